@@ -1,0 +1,180 @@
+"""The ``fs`` command line."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+from featurestore import __version__
+
+DEFAULT_STORE = "fs-store.zarr"
+
+
+def _store_default() -> str:
+    return os.environ.get("FS_STORE", DEFAULT_STORE)
+
+
+def _fail(e: Exception) -> None:
+    raise click.ClickException(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+
+
+def _seconds_range(ctx, param, value: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value.split(":"))
+    except ValueError:
+        raise click.BadParameter(f"expected MIN:MAX in seconds, got {value!r}") from None
+    return lo, hi
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fs")
+def main() -> None:
+    """fs: an offline feature store for action recognition in long videos, with audio as a cheap preview.
+
+    Decode each video once into a zarr store of image, audio, fused and R(2+1)D descriptors; trainers and
+    benchmarks read only the store.
+    """
+    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
+
+
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default: <data root>/synthetic).")
+@click.option("--videos", type=int, default=16, show_default=True, help="Number of videos.")
+@click.option("--classes", type=int, default=4, show_default=True, help="Number of classes.")
+@click.option("--seconds", default="16:24", show_default=True, callback=_seconds_range,
+              help="Video length range MIN:MAX in seconds.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Generator seed (output is deterministic in it).")
+@click.option("--test-fraction", type=float, default=0.25, show_default=True, help="Share of each class in test.")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None, help="Data root (or $FS_DATA_ROOT).")
+def synth(out, videos, classes, seconds, seed, test_fraction, data_root) -> None:
+    """Generate the synthetic untrimmed audio-visual dataset (H.264/AAC mp4 + manifest.csv)."""
+    from featurestore.manifest import data_root as resolve_root
+    from pipelines.synth import generate_synthetic
+
+    out = Path(out) if out else resolve_root(data_root) / "synthetic"
+    with click.progressbar(length=videos, label="synth", file=sys.stderr) as bar:
+        last = [0]
+
+        def progress(i: int, n: int) -> None:
+            bar.update(i - last[0])
+            last[0] = i
+        try:
+            manifest = generate_synthetic(out, videos, classes, seconds, seed, test_fraction, progress)
+        except (ValueError, RuntimeError) as e:
+            _fail(e)
+    click.echo(f"wrote {videos} videos and {manifest}")
+
+
+def _load_manifest(dataset: str | None, manifest: str | None, data_root: str | None):
+    """(dataframe, dataset name, classes); the synthetic dataset is generated on first use."""
+    from featurestore.manifest import class_list, dataset_manifest, read_manifest
+
+    if manifest:
+        df = read_manifest(manifest)
+        return df, dataset or Path(manifest).stem, class_list(df)
+    name = dataset or "synthetic"
+    csv, base = dataset_manifest(name, data_root)
+    if name == "synthetic" and not csv.is_file():
+        from pipelines.synth import generate_synthetic
+        click.echo(f"generating the default synthetic dataset into {base} (first use)", err=True)
+        generate_synthetic(base)
+    df = read_manifest(csv, base=base)
+    classes_txt = csv.parent / "classes.txt"
+    classes = classes_txt.read_text().split() if name == "synthetic" and classes_txt.is_file() else class_list(df)
+    return df, name, classes
+
+
+@main.command()
+@click.option("--dataset", default=None, help="Dataset name: 'synthetic' (default, generated on first use) or "
+                                              "manifests/NAME.csv.")
+@click.option("--manifest", type=click.Path(dir_okay=False), default=None, help="A manifest CSV instead of --dataset.")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None, help="Data root (or $FS_DATA_ROOT).")
+@click.option("--store", default=_store_default, show_default="$FS_STORE or fs-store.zarr", help="Store path.")
+@click.option("--gpus", type=int, default=0, show_default=True, help="GPUs to use, one Dask worker each.")
+@click.option("--workers", type=int, default=1, show_default=True, help="CPU workers (when --gpus is 0).")
+@click.option("--scheduler", default=None, help="Address of an existing Dask scheduler.")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Clips per teacher batch.")
+@click.option("--descriptors", default="image,audio,fused,r2p1d", show_default=True,
+              help="What to compute (comma list); CPU users may skip r2p1d, the costly teacher.")
+@click.option("--teacher-weights", default="kinetics400", show_default=True,
+              help="kinetics400 (torchvision weights API), random, or a checkpoint path.")
+@click.option("--weights", "student_weights", default="imagenet", show_default=True,
+              help="Student weights: a checkpoint path (e.g. from distillation), imagenet or random.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of any random initialisation.")
+@click.option("--retry-failed", is_flag=True, help="Retry videos listed in the failures table.")
+def extract(dataset, manifest, data_root, store, gpus, workers, scheduler, batch_size, descriptors, teacher_weights,
+            student_weights, seed, retry_failed) -> None:
+    """Decode each video once and write its descriptors to the zarr store (one Dask task per video)."""
+    from featurestore.cluster import ClusterError, close_client, make_client
+    from featurestore.extract import ExtractConfig, run_extraction
+    from featurestore.manifest import ManifestError
+    from featurestore.store import FeatureStore, StoreError
+    from featurestore.weights import WeightsError
+
+    try:
+        df, name, classes = _load_manifest(dataset, manifest, data_root)
+        n_procs = gpus or workers
+        config = ExtractConfig(
+            descriptors=tuple(d.strip() for d in descriptors.split(",") if d.strip()), batch_size=batch_size,
+            device="cuda" if gpus else "cpu", teacher_weights=teacher_weights, student_weights=student_weights,
+            seed=seed, threads=0 if gpus else max(1, (os.cpu_count() or 1) // max(1, n_procs)))
+        fs = FeatureStore(store, mode="a")
+        client = make_client(gpus=gpus, workers=workers, scheduler=scheduler)
+        try:
+            summary = run_extraction(df, fs, config, client, name, classes, retry_failed=retry_failed)
+        finally:
+            close_client(client)
+    except (ManifestError, StoreError, WeightsError, ClusterError, ValueError) as e:
+        _fail(e)
+    click.echo(summary.line())
+    _print_info(fs.path)
+
+
+def _print_info(path) -> None:
+    from featurestore.store import FeatureStore
+
+    info = FeatureStore(path).info()
+    models = info["provenance"].get("models", {})
+    click.echo(f"store        {info['path']} (schema v{info['schema_version']}, dataset {info['dataset']}, "
+               f"{info['classes']} classes)")
+    click.echo(f"videos       {info['videos']} complete " +
+               " ".join(f"{k}={v}" for k, v in sorted(info["per_split"].items())) +
+               f"; {info['failures']} failed; {info['partial']} partial")
+    click.echo(f"steps        {info['steps']} from {info['video_minutes']:.2f} video-minutes; "
+               f"{info['no_audio']} without audio; {info['short']} shorter than one clip")
+    click.echo(f"descriptors  {', '.join(info['descriptors'])}")
+    click.echo(f"bytes        {info['bytes'] / 1e6:.2f} MB ({info['bytes_per_video_minute'] / 1e3:.1f} kB per "
+               f"video-minute)")
+    for name, rec in models.items():
+        click.echo(f"{name:<12} {rec.get('source')} sha256:{rec.get('sha256')}")
+
+
+@main.command()
+@click.argument("store", default=_store_default, required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--failures", is_flag=True, help="Also list the failures table.")
+def info(store, as_json, failures) -> None:
+    """Summarise a store: videos, steps, bytes, failures, provenance."""
+    from featurestore.store import FeatureStore, StoreError
+
+    try:
+        fs = FeatureStore(store)
+        summary = fs.info()
+    except StoreError as e:
+        _fail(e)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+    else:
+        _print_info(store)
+    if failures:
+        df = fs.failures()
+        click.echo(df.to_string(index=False) if len(df) else "no failures")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""Decode a video once with ffmpeg: 30 fps RGB frames scaled and centre-cropped inside ffmpeg, and 16 kHz mono audio.
+
+A single ffmpeg process writes the frames to stdout and the audio to a second pipe (fd 3), so each stream of the
+file is decoded exactly once. Frames are streamed; only the (small) audio is held whole.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import threading
+from dataclasses import dataclass
+from typing import Iterator
+
+import ffmpeg
+import numpy as np
+
+FPS = 30
+CROP = 112
+SHORT_SIDE = 128
+SAMPLE_RATE = 16000
+
+
+class DecodeError(RuntimeError):
+    """A video (or its audio) could not be decoded; the message says why in one line."""
+
+
+def ffmpeg_exe() -> str:
+    """The ffmpeg binary: ``$FS_FFMPEG``, else ``ffmpeg`` on PATH, else the one bundled by imageio-ffmpeg."""
+    exe = os.environ.get("FS_FFMPEG") or shutil.which("ffmpeg")
+    if exe:
+        return exe
+    try:
+        import imageio_ffmpeg
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except ImportError as e:
+        raise DecodeError("no ffmpeg found: install it (apt-get install ffmpeg), pip install imageio-ffmpeg, "
+                          "or set FS_FFMPEG") from e
+
+
+def ffprobe_exe() -> str | None:
+    """The ffprobe binary beside ffmpeg, ``$FS_FFPROBE`` or on PATH; None when only ffmpeg exists."""
+    exe = os.environ.get("FS_FFPROBE")
+    if exe:
+        return exe
+    sibling = os.path.join(os.path.dirname(ffmpeg_exe()), "ffprobe")
+    return sibling if os.path.exists(sibling) else shutil.which("ffprobe")
+
+
+@dataclass
+class ProbeInfo:
+    """Container facts read from headers (no decoding)."""
+
+    has_video: bool
+    has_audio: bool
+    duration: float | None
+    width: int | None
+    height: int | None
+
+
+def _probe_with_ffmpeg(path: str) -> ProbeInfo:
+    """Header facts from ``ffmpeg -i`` when no ffprobe is installed (imageio-ffmpeg ships ffmpeg only)."""
+    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path], capture_output=True)
+    text = proc.stderr.decode(errors="replace")
+    if "Invalid data found" in text or "No such file" in text or "moov atom not found" in text:
+        raise DecodeError(text.strip().splitlines()[-1])
+    dur = re.search(r"Duration: (\d+):(\d+):([\d.]+)", text)
+    size = re.search(r"Stream #\S+.*Video:.*?(\d{2,5})x(\d{2,5})", text)
+    return ProbeInfo(
+        has_video=" Video: " in text, has_audio=" Audio: " in text,
+        duration=int(dur[1]) * 3600 + int(dur[2]) * 60 + float(dur[3]) if dur else None,
+        width=int(size[1]) if size else None, height=int(size[2]) if size else None)
+
+
+def probe(path: str) -> ProbeInfo:
+    """Read stream and duration facts from the container headers."""
+    if not os.path.exists(path):
+        raise DecodeError(f"file not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise DecodeError("empty file (0 bytes)")
+    exe = ffprobe_exe()
+    if exe is None:
+        return _probe_with_ffmpeg(path)
+    try:
+        meta = ffmpeg.probe(path, cmd=exe)
+    except ffmpeg.Error as e:
+        lines = e.stderr.decode(errors="replace").strip().splitlines() if e.stderr else []
+        raise DecodeError(f"ffprobe: {lines[-1] if lines else 'unreadable file'}") from None
+    streams = meta.get("streams", [])
+    video = next((s for s in streams if s.get("codec_type") == "video"
+                  and not s.get("disposition", {}).get("attached_pic")), None)
+    dur = meta.get("format", {}).get("duration")
+    return ProbeInfo(
+        has_video=video is not None,
+        has_audio=any(s.get("codec_type") == "audio" for s in streams),
+        duration=float(dur) if dur not in (None, "N/A") else None,
+        width=int(video["width"]) if video and "width" in video else None,
+        height=int(video["height"]) if video and "height" in video else None,
+    )
+
+
+def decode_command(path: str, audio_fd: int | None, fps: int = FPS, crop: int = CROP,
+                   short_side: int = SHORT_SIDE, sample_rate: int = SAMPLE_RATE) -> list[str]:
+    """The one ffmpeg command that decodes ``path``: rgb24 frames on stdout, f32le mono audio on ``audio_fd``."""
+    inp = ffmpeg.input(path)
+    video = (
+        inp.video
+        .filter("fps", fps=fps)
+        # short side to `short_side`, keeping the aspect ratio (even sizes for the scaler), then a centre crop
+        .filter("scale", f"if(lt(iw,ih),{short_side},-2)", f"if(lt(iw,ih),-2,{short_side})")
+        .filter("crop", crop, crop)
+        .output("pipe:1", format="rawvideo", pix_fmt="rgb24")
+    )
+    outputs = [video]
+    if audio_fd is not None:
+        outputs.append(inp.audio.output(f"pipe:{audio_fd}", format="f32le", acodec="pcm_f32le", ac=1,
+                                        ar=sample_rate))
+    return (ffmpeg.merge_outputs(*outputs)
+            .global_args("-hide_banner", "-nostdin", "-loglevel", "error")
+            .compile(cmd=ffmpeg_exe()))
+
+
+def _popen(cmd: list[str], pass_fds: tuple[int, ...]) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=pass_fds)
+
+
+class DecodedVideo:
+    """One running decode of a video. Iterate :meth:`frames` first, then read :meth:`audio`.
+
+    Use as a context manager so the ffmpeg process is always reaped.
+    """
+
+    def __init__(self, path: str, with_audio: bool, fps: int = FPS, crop: int = CROP,
+                 short_side: int = SHORT_SIDE, sample_rate: int = SAMPLE_RATE):
+        self.path, self.with_audio, self.fps, self.crop, self.sample_rate = path, with_audio, fps, crop, sample_rate
+        self.n_frames = 0
+        self._audio = bytearray()
+        self._stderr = b""
+        read_fd = write_fd = None
+        if with_audio:
+            read_fd, write_fd = os.pipe()
+        cmd = decode_command(path, write_fd, fps, crop, short_side, sample_rate)
+        try:
+            self._proc = _popen(cmd, pass_fds=(write_fd,) if with_audio else ())
+        finally:
+            if write_fd is not None:
+                os.close(write_fd)  # the child holds its copy; EOF reaches us when ffmpeg exits
+        self._threads = [threading.Thread(target=self._drain_stderr, daemon=True)]
+        if read_fd is not None:
+            self._threads.append(threading.Thread(target=self._drain_audio, args=(read_fd,), daemon=True))
+        for t in self._threads:
+            t.start()
+
+    def _drain_stderr(self) -> None:
+        self._stderr = self._proc.stderr.read()
+
+    def _drain_audio(self, fd: int) -> None:
+        with os.fdopen(fd, "rb") as f:
+            while chunk := f.read(1 << 16):
+                self._audio += chunk
+
+    def frames(self, chunk: int = 64) -> Iterator[np.ndarray]:
+        """Yield frames in chunks of shape (k, crop, crop, 3) uint8, in order."""
+        frame_bytes = self.crop * self.crop * 3
+        out = self._proc.stdout
+        while True:
+            buf = out.read(frame_bytes * chunk)
+            if not buf:
+                break
+            k = len(buf) // frame_bytes
+            if k == 0:
+                break
+            self.n_frames += k
+            yield np.frombuffer(buf[: k * frame_bytes], np.uint8).reshape(k, self.crop, self.crop, 3)
+        self._finish()
+
+    def _finish(self) -> None:
+        rc = self._proc.wait()
+        for t in self._threads:
+            t.join()
+        if rc != 0:
+            lines = self._stderr.decode(errors="replace").strip().splitlines()
+            raise DecodeError(f"ffmpeg exited {rc}: {lines[-1] if lines else 'no message'}")
+        if self.n_frames == 0:
+            raise DecodeError("no video frames could be decoded")
+
+    def audio(self) -> np.ndarray:
+        """The whole audio track as float32 mono at ``sample_rate`` (empty when the file has none)."""
+        if self._proc.poll() is None:
+            raise RuntimeError("read every frame before the audio")
+        n = len(self._audio) // 4
+        return np.frombuffer(bytes(self._audio[: n * 4]), "<f4").copy()
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        for t in self._threads:
+            t.join(timeout=5)
+
+    def __enter__(self) -> "DecodedVideo":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def ffmpeg_version() -> str:
+    """First line of ``ffmpeg -version`` (recorded in provenance)."""
+    out = subprocess.run([ffmpeg_exe(), "-version"], capture_output=True, text=True).stdout
+    return out.splitlines()[0] if out else "unknown"

@@ -1,0 +1,122 @@
+"""Dataset manifests: one CSV schema for every dataset, validated with pandas.
+
+Columns: ``video_id, path, label, split`` and optionally ``duration`` (seconds) and ``segments`` (ground-truth action
+segments, ``start-end`` in seconds joined by ``;``). Other columns are kept. Relative paths resolve against a base
+directory (the manifest's folder, or the data root for the shipped ``manifests/NAME.csv``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+REQUIRED_COLUMNS = ("video_id", "path", "label", "split")
+SPLITS = ("train", "val", "test")
+MANIFEST_DIR = Path(__file__).resolve().parent.parent / "manifests"
+DEFAULT_DATA_ROOT = "fs-data"
+
+
+class ManifestError(ValueError):
+    """A manifest is malformed; the message is one line naming the file and the offending row."""
+
+
+def data_root(explicit: str | Path | None = None) -> Path:
+    """``--data-root``, else ``$FS_DATA_ROOT``, else ``./fs-data``."""
+    return Path(explicit or os.environ.get("FS_DATA_ROOT") or DEFAULT_DATA_ROOT)
+
+
+def parse_segments(text: str) -> list[tuple[float, float]]:
+    """``"1.5-3.0;10-12.25"`` -> ``[(1.5, 3.0), (10.0, 12.25)]``; empty text gives ``[]``."""
+    out = []
+    for part in str(text).split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        start, sep, end = part.partition("-")
+        if not sep:
+            raise ValueError(f"segment {part!r} is not start-end")
+        s, e = float(start), float(end)
+        if not 0 <= s < e:
+            raise ValueError(f"segment {part!r} needs 0 <= start < end")
+        out.append((s, e))
+    return out
+
+
+def _row_error(name: str, i: int, df: pd.DataFrame, msg: str) -> ManifestError:
+    vid = df["video_id"].iloc[i] if "video_id" in df.columns else "?"
+    return ManifestError(f"{name} line {i + 2} (video_id {vid!r}): {msg}")
+
+
+def read_manifest(path: str | Path, base: str | Path | None = None, check_files: bool = True) -> pd.DataFrame:
+    """Read and validate a manifest; ``path`` values are returned absolute. Raises :class:`ManifestError`."""
+    path = Path(path)
+    name = path.name
+    if not path.is_file():
+        raise ManifestError(f"manifest not found: {path}")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{name}: not a readable CSV ({str(e).splitlines()[0]})") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ManifestError(f"{name}: missing column(s) {', '.join(missing)} (need {', '.join(REQUIRED_COLUMNS)})")
+    if df.empty:
+        raise ManifestError(f"{name}: no rows")
+    base = Path(base) if base is not None else path.parent
+    for col in REQUIRED_COLUMNS:
+        empty = df[col].str.strip() == ""
+        if empty.any():
+            raise _row_error(name, int(empty.to_numpy().argmax()), df, f"empty {col}")
+    dup = df["video_id"].duplicated(keep="first")
+    if dup.any():
+        i = int(dup.to_numpy().argmax())
+        first = int((df["video_id"] == df["video_id"].iloc[i]).to_numpy().argmax())
+        raise _row_error(name, i, df, f"duplicate video_id (first on line {first + 2})")
+    bad_id = df["video_id"].str.contains("/", regex=False) | df["video_id"].str.startswith((".", "__"))
+    if bad_id.any():
+        raise _row_error(name, int(bad_id.to_numpy().argmax()), df, "video_id may not contain '/' or start "
+                                                                     "with '.' or '__'")
+    bad_split = ~df["split"].isin(SPLITS)
+    if bad_split.any():
+        i = int(bad_split.to_numpy().argmax())
+        raise _row_error(name, i, df, f"unknown split {df['split'].iloc[i]!r} (use {', '.join(SPLITS)})")
+    if "duration" in df.columns:
+        dur = pd.to_numeric(df["duration"].replace("", None), errors="coerce")
+        bad = (df["duration"] != "") & (dur.isna() | (dur < 0))
+        if bad.any():
+            i = int(bad.to_numpy().argmax())
+            raise _row_error(name, i, df, f"duration {df['duration'].iloc[i]!r} is not a non-negative number")
+    if "segments" in df.columns:
+        for i, text in enumerate(df["segments"]):
+            try:
+                parse_segments(text)
+            except ValueError as e:
+                raise _row_error(name, i, df, str(e)) from None
+    df["path"] = [str(p if os.path.isabs(p) else (base / p)) for p in df["path"]]
+    if check_files:
+        for i, p in enumerate(df["path"]):
+            if not os.path.exists(p):
+                raise _row_error(name, i, df, f"file not found: {p}")
+    return df
+
+
+def dataset_manifest(name: str, root: str | Path | None = None) -> tuple[Path, Path]:
+    """(manifest CSV, base directory for its relative paths) of a named dataset.
+
+    ``synthetic`` lives in ``<data root>/synthetic/`` (generated by the caller on first use); any other name is
+    ``manifests/NAME.csv`` shipped with fs, with paths relative to the data root.
+    """
+    root = data_root(root)
+    if name == "synthetic":
+        return root / "synthetic" / "manifest.csv", root / "synthetic"
+    csv = MANIFEST_DIR / f"{name}.csv"
+    if not csv.is_file():
+        raise ManifestError(f"no manifest for dataset {name!r}: expected {csv}; write one with columns "
+                            f"{','.join(REQUIRED_COLUMNS)} (paths relative to {root}) or pass --manifest CSV")
+    return csv, root
+
+
+def class_list(df: pd.DataFrame) -> list[str]:
+    """The dataset's classes in a stable order (sorted labels)."""
+    return sorted(df["label"].unique().tolist())

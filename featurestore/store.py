@@ -1,0 +1,235 @@
+"""The feature store: a zarr v3 hierarchy with one group per video, visible to readers only once complete.
+
+Layout::
+
+    <store>/zarr.json                 root attrs: schema_version, fs_version, dataset, classes, descriptors, provenance
+    <store>/videos/<video_id>/        attrs: label, split, fps, duration, has_audio, n_steps, provenance, complete
+        t (N,) f4 · image (N,256) f2 · audio (N,256) f2 · fused (N,512) f2 · r2p1d (N,512) f2 · r2p1d_logits (N,C) f2
+    <store>/partial/<video_id>-<tag>/ groups being written (never read)
+    <store>/failures.csv              video_id, path, stage, error
+
+A video is written under ``partial/``, its ``complete`` attribute set last, and the finished directory renamed
+into ``videos/`` in one atomic step, so a crash never leaves a half-written video where readers look.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+import zarr
+from zarr.codecs import BloscCodec
+
+from featurestore import SCHEMA_VERSION, __version__
+
+FEATURE_DIMS = {"image": 256, "audio": 256, "fused": 512, "r2p1d": 512}
+DESCRIPTORS = tuple(FEATURE_DIMS)        # what `--descriptors` may name; r2p1d brings r2p1d_logits along
+FAILURE_COLUMNS = ["video_id", "path", "stage", "error"]
+COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+
+
+class StoreError(RuntimeError):
+    """The store is missing, of another schema, or was built with other settings than asked."""
+
+
+@dataclass
+class VideoFeatures:
+    """One video's stored arrays and attributes, as every trainer and selector sees it."""
+
+    video_id: str
+    attrs: dict
+    arrays: dict[str, np.ndarray]
+
+    @property
+    def label(self) -> str:
+        return self.attrs["label"]
+
+    @property
+    def split(self) -> str:
+        return self.attrs["split"]
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.attrs["n_steps"])
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.arrays[name]
+
+
+class FeatureStore:
+    """Read and write a feature store at a local ``path``.
+
+    ``mode="r"`` requires an existing store; ``mode="a"`` creates it when absent.
+    """
+
+    def __init__(self, path: str | Path, mode: str = "r"):
+        self.path = Path(path)
+        if mode == "r":
+            if not (self.path / "zarr.json").is_file():
+                raise StoreError(f"no feature store at {self.path} (run `fs extract` first)")
+            self.root = zarr.open_group(str(self.path), mode="r")
+            self._check_schema()
+        elif mode == "a":
+            self.root = zarr.open_group(str(self.path), mode="a")
+            for sub in ("videos", "partial"):
+                if sub not in self.root:
+                    self.root.create_group(sub)
+        else:
+            raise ValueError(f"mode must be 'r' or 'a', not {mode!r}")
+        self.mode = mode
+
+    # --- root metadata -------------------------------------------------------------------------------------
+    @property
+    def attrs(self) -> dict:
+        return dict(self.root.attrs)
+
+    def _check_schema(self) -> None:
+        found = self.root.attrs.get("schema_version")
+        if found is not None and found != SCHEMA_VERSION:
+            raise StoreError(f"store {self.path} has schema version {found}, this fs reads version {SCHEMA_VERSION}")
+
+    def initialise(self, dataset: str, classes: list[str], descriptors: Iterable[str], provenance: dict) -> None:
+        """Record what the store holds on first use; on later runs refuse settings that differ from the recorded ones."""
+        self._check_schema()
+        want = {"schema_version": SCHEMA_VERSION, "dataset": dataset, "classes": list(classes),
+                "descriptors": list(descriptors), "provenance": provenance}
+        have = self.attrs
+        if "schema_version" not in have:
+            self.root.attrs.update({**want, "fs_version": __version__})
+            return
+        for key in ("dataset", "classes", "descriptors"):
+            if have.get(key) != want[key]:
+                raise StoreError(f"store {self.path} was built with {key}={_short(have.get(key))}, this run asks "
+                                 f"{_short(want[key])}: use another --store")
+        for name, rec in provenance.get("models", {}).items():
+            old = have.get("provenance", {}).get("models", {}).get(name)
+            if old and old.get("sha256") != rec.get("sha256"):
+                raise StoreError(f"store {self.path} holds {name} features from weights {old.get('source')} "
+                                 f"(sha256 {old.get('sha256')}); this run loads {rec.get('source')} "
+                                 f"(sha256 {rec.get('sha256')}): use another --store")
+
+    # --- videos ----------------------------------------------------------------------------------------------
+    def _video_dirs(self, sub: str = "videos") -> list[Path]:
+        d = self.path / sub
+        return sorted(p for p in d.iterdir() if (p / "zarr.json").is_file()) if d.is_dir() else []
+
+    def video_ids(self) -> list[str]:
+        """Ids of every complete video, sorted."""
+        ids = []
+        for p in self._video_dirs():
+            if zarr.open_group(str(p), mode="r").attrs.get("complete") is True:
+                ids.append(p.name)
+        return ids
+
+    def partial_ids(self) -> list[str]:
+        """Groups left under ``partial/`` by an interrupted writer."""
+        return [p.name for p in self._video_dirs("partial")]
+
+    def has_video(self, video_id: str) -> bool:
+        p = self.path / "videos" / video_id
+        return (p / "zarr.json").is_file() and zarr.open_group(str(p), mode="r").attrs.get("complete") is True
+
+    def write_video(self, video_id: str, arrays: dict[str, np.ndarray], attrs: dict) -> bool:
+        """Write one video's arrays and attributes, then publish it atomically.
+
+        Returns False (and writes nothing visible) when a complete copy already exists, e.g. from a concurrent run.
+        """
+        if self.mode != "a":
+            raise StoreError("store opened read-only")
+        tag = f"{video_id}-{uuid.uuid4().hex[:8]}"
+        group = self.root["partial"].create_group(tag, attributes={**attrs, "complete": False})
+        n = None
+        for name, data in arrays.items():
+            n = n if n is not None else len(data)
+            if len(data) != n:
+                raise ValueError(f"{video_id}: array {name} has {len(data)} rows, expected {n}")
+            group.create_array(name, data=np.ascontiguousarray(data), chunks=data.shape, compressors=COMPRESSOR)
+        group.attrs["complete"] = True   # the completion marker, written after every array
+        src, dst = self.path / "partial" / tag, self.path / "videos" / video_id
+        if dst.exists() and not self.has_video(video_id):
+            shutil.rmtree(dst)           # an incomplete leftover under the final name (older layouts)
+        try:
+            os.rename(src, dst)
+        except OSError:
+            shutil.rmtree(src, ignore_errors=True)
+            return False
+        return True
+
+    def read_video(self, video_id: str, names: Iterable[str] | None = None) -> VideoFeatures:
+        """Load a complete video's arrays (all, or ``names``) as numpy."""
+        if not self.has_video(video_id):
+            raise StoreError(f"video {video_id!r} is not a complete video of store {self.path}")
+        g = zarr.open_group(str(self.path / "videos" / video_id), mode="r")
+        names = list(names) if names is not None else sorted(k for k, _ in g.arrays())
+        return VideoFeatures(video_id, dict(g.attrs), {k: g[k][...] for k in names})
+
+    def video_attrs(self, video_id: str) -> dict:
+        return dict(zarr.open_group(str(self.path / "videos" / video_id), mode="r").attrs)
+
+    def clear_partials(self) -> int:
+        """Remove groups left half-written by an interrupted run; returns how many."""
+        dirs = list((self.path / "partial").iterdir()) if (self.path / "partial").is_dir() else []
+        for p in dirs:
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+        return len([p for p in dirs if p.is_dir()])
+
+    # --- failures --------------------------------------------------------------------------------------------
+    @property
+    def failures_path(self) -> Path:
+        return self.path / "failures.csv"
+
+    def failures(self) -> pd.DataFrame:
+        """The failures table (one row per failed video, latest reason)."""
+        if not self.failures_path.is_file():
+            return pd.DataFrame(columns=FAILURE_COLUMNS)
+        df = pd.read_csv(self.failures_path, dtype=str, keep_default_na=False)
+        return df.drop_duplicates("video_id", keep="last").reset_index(drop=True)
+
+    def record_failure(self, video_id: str, path: str, stage: str, error: str) -> None:
+        """Append one failure row (called by the single client process, never by workers)."""
+        row = pd.DataFrame([[video_id, path, stage, " ".join(str(error).split())]], columns=FAILURE_COLUMNS)
+        row.to_csv(self.failures_path, mode="a", header=not self.failures_path.is_file(), index=False)
+
+    def forget_failures(self, video_ids: Iterable[str]) -> None:
+        """Drop the failure rows of videos that have since been stored."""
+        ids = set(video_ids)
+        df = self.failures()
+        if ids and len(df) and df["video_id"].isin(ids).any():
+            df[~df["video_id"].isin(ids)].to_csv(self.failures_path, index=False)
+
+    # --- summary ---------------------------------------------------------------------------------------------
+    def info(self) -> dict:
+        """Counts, sizes and provenance for ``fs info``."""
+        ids = self.video_ids()
+        per_split: dict[str, int] = {}
+        steps = 0
+        seconds = 0.0
+        no_audio = short = 0
+        for vid in ids:
+            a = self.video_attrs(vid)
+            per_split[a["split"]] = per_split.get(a["split"], 0) + 1
+            steps += int(a["n_steps"])
+            seconds += float(a["duration"])
+            no_audio += not a["has_audio"]
+            short += bool(a.get("short", False))
+        size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        return {
+            "path": str(self.path), "schema_version": self.attrs.get("schema_version"),
+            "dataset": self.attrs.get("dataset"), "classes": len(self.attrs.get("classes", [])),
+            "descriptors": self.attrs.get("descriptors", []), "videos": len(ids), "per_split": per_split,
+            "steps": steps, "video_minutes": seconds / 60, "no_audio": no_audio, "short": short,
+            "partial": len(self.partial_ids()), "failures": len(self.failures()), "bytes": size,
+            "bytes_per_video_minute": size / (seconds / 60) if seconds else float("nan"),
+            "provenance": self.attrs.get("provenance", {}),
+        }
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

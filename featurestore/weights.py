@@ -1,0 +1,122 @@
+"""Model weights: torchvision's weights API, local checkpoints, or a seeded random initialisation — always recorded.
+
+Every loader returns the module and a provenance record ``{"source": ..., "sha256": ...}``; the hash is over the
+parameters actually loaded, so two stores are comparable exactly when their hashes are equal.
+"""
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import ResNet18_Weights
+from torchvision.models.video import R2Plus1D_18_Weights
+
+from models.imgaud import ImgAud2Vid, imgaud2vid_student
+from models.teacher import R2Plus1DTeacher, r2plus1d_teacher
+
+TEACHER_DEFAULT = "kinetics400"
+STUDENT_DEFAULT = "imagenet"
+
+
+class WeightsError(RuntimeError):
+    """A weights file could not be read or does not fit the model."""
+
+
+def state_hash(module: nn.Module) -> str:
+    """sha256 (first 16 hex digits) over the module's state dict, keys sorted, tensors as float32 bytes."""
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _read_checkpoint(path: str) -> dict[str, torch.Tensor]:
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise WeightsError(f"cannot read weights file {path}: {e}") from None
+    if isinstance(ckpt, dict) and "state_dict" in ckpt and isinstance(ckpt["state_dict"], dict):
+        ckpt = ckpt["state_dict"]
+    if not isinstance(ckpt, dict):
+        raise WeightsError(f"{path} holds no state dict")
+    return ckpt
+
+
+def _warn_random(what: str, why: str, seed: int) -> None:
+    warnings.warn(f"{what}: {why}; using a RANDOM initialisation (seed {seed}). Descriptors will not be "
+                  f"semantically meaningful until trained; provenance records this.", stacklevel=3)
+
+
+def load_teacher(spec: str = TEACHER_DEFAULT, seed: int = 0) -> tuple[R2Plus1DTeacher, dict]:
+    """The R(2+1)D-18 teacher from ``spec``: "kinetics400" (torchvision weights API), "random", or a file path.
+
+    torchvision looks for the Kinetics weights in ``$TORCH_HOME/hub/checkpoints/r2plus1d_18-91a641e6.pth``; when
+    they cannot be had (offline), a warning is issued and the model is randomly initialised with ``seed``.
+    """
+    if spec == "kinetics400":
+        try:
+            state = R2Plus1D_18_Weights.KINETICS400_V1.get_state_dict(progress=False, check_hash=True)
+        except Exception as e:  # noqa: BLE001 - offline, proxy, corrupt cache: all mean "not available"
+            _warn_random("R(2+1)D-18 Kinetics-400 weights unavailable", f"{type(e).__name__}: {e}", seed)
+        else:
+            model = r2plus1d_teacher(400)
+            model.load_torchvision_state(state)
+            return model, {"source": "torchvision:R2Plus1D_18_Weights.KINETICS400_V1", "sha256": state_hash(model),
+                           "num_classes": 400}
+        spec = "random"
+    if spec == "random":
+        torch.manual_seed(seed)
+        model = r2plus1d_teacher(400)
+        return model, {"source": f"random(seed={seed})", "sha256": state_hash(model), "num_classes": 400}
+    state = _read_checkpoint(spec)
+    fc = state.get("fc.weight")
+    if fc is None:
+        raise WeightsError(f"{spec} is not an R(2+1)D-18 checkpoint (no fc.weight)")
+    model = r2plus1d_teacher(int(fc.shape[0]))
+    try:
+        model.load_torchvision_state(state) if "stem.0.weight" in state else model.load_state_dict(state)
+    except RuntimeError as e:
+        raise WeightsError(f"{spec} does not fit R(2+1)D-18: {str(e).splitlines()[0]}") from None
+    return model, {"source": f"file:{Path(spec).resolve()}", "sha256": state_hash(model),
+                   "num_classes": int(fc.shape[0])}
+
+
+def load_student(spec: str = STUDENT_DEFAULT, seed: int = 0, num_classes: int = 400) -> tuple[ImgAud2Vid, dict]:
+    """The ImgAud2Vid student from ``spec``: a checkpoint path, "imagenet" or "random".
+
+    "imagenet" is the paper's undistilled starting point: the image stream from torchvision's ImageNet ResNet-18,
+    the audio stream and Psi random (seeded). A distilled checkpoint (``fs train-distill``) is passed as a path.
+    """
+    torch.manual_seed(seed)
+    if spec in ("imagenet", "random"):
+        model = imgaud2vid_student(num_classes)
+        source = f"random(seed={seed})"
+        if spec == "imagenet":
+            try:
+                state = ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=False, check_hash=True)
+            except Exception as e:  # noqa: BLE001
+                _warn_random("ResNet-18 ImageNet weights unavailable for the student's image stream",
+                             f"{type(e).__name__}: {e}", seed)
+            else:
+                model.image_net.trunk.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")},
+                                                      strict=False)
+                source = f"torchvision:ResNet18_Weights.IMAGENET1K_V1+random(seed={seed})"
+        return model, {"source": source, "sha256": state_hash(model), "num_classes": num_classes}
+    state = _read_checkpoint(spec)
+    cls = state.get("classifier.weight")
+    if cls is None:
+        raise WeightsError(f"{spec} is not an ImgAud2Vid checkpoint (no classifier.weight)")
+    model = imgaud2vid_student(int(cls.shape[0]))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise WeightsError(f"{spec} does not fit the ImgAud2Vid student: {str(e).splitlines()[0]}") from None
+    return model, {"source": f"file:{Path(spec).resolve()}", "sha256": state_hash(model),
+                   "num_classes": int(cls.shape[0])}

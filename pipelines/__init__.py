@@ -1,0 +1,1 @@
+"""Trainers, evaluation and dataset generation that read only the feature store."""
