@@ -173,11 +173,11 @@ class FeatureStore:
 
     def clear_partials(self) -> int:
         """Remove groups left half-written by an interrupted run; returns how many."""
-        dirs = list((self.path / "partial").iterdir()) if (self.path / "partial").is_dir() else []
+        part = self.path / "partial"
+        dirs = [p for p in part.iterdir() if p.is_dir()] if part.is_dir() else []
         for p in dirs:
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-        return len([p for p in dirs if p.is_dir()])
+            shutil.rmtree(p, ignore_errors=True)
+        return len(dirs)
 
     # --- failures --------------------------------------------------------------------------------------------
     @property

@@ -1,0 +1,62 @@
+import pytest
+import torch
+
+from featurestore.weights import WeightsError, load_student, load_teacher, state_hash
+from models import imgaud2vid_student, r2plus1d_teacher
+
+
+def test_student_gives_256_256_512_and_class_logits():
+    net = imgaud2vid_student(num_classes=7).eval()
+    with torch.inference_mode():
+        z_i, z_a, fused, logits = net(torch.randint(0, 255, (2, 112, 112, 3), dtype=torch.uint8),
+                                      torch.randn(2, 40, 101))
+    assert z_i.shape == (2, 256) and z_a.shape == (2, 256) and fused.shape == (2, 512) and logits.shape == (2, 7)
+
+
+def test_teacher_gives_512_descriptor_and_logits():
+    net = r2plus1d_teacher(num_classes=5).eval()
+    with torch.inference_mode():
+        z, logits = net(torch.randint(0, 255, (1, 16, 112, 112, 3), dtype=torch.uint8))
+    assert z.shape == (1, 512) and logits.shape == (1, 5)
+    assert (z >= 0).all()   # post-ReLU average pool, like torchvision's descriptor
+
+
+def test_random_initialisation_is_seeded_and_recorded():
+    a, rec_a = load_student("random", seed=3)
+    b, rec_b = load_student("random", seed=3)
+    c, rec_c = load_student("random", seed=4)
+    assert rec_a["sha256"] == rec_b["sha256"] != rec_c["sha256"]
+    assert rec_a["source"] == "random(seed=3)"
+
+
+def test_offline_pretrained_request_warns_and_falls_back(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))   # an empty cache; downloads are impossible here
+    import torchvision.models.video as tvv
+
+    def no_network(*a, **k):
+        raise OSError("offline")
+    monkeypatch.setattr(tvv.R2Plus1D_18_Weights.KINETICS400_V1.__class__, "get_state_dict", no_network)
+    with pytest.warns(UserWarning, match="RANDOM initialisation"):
+        _, rec = load_teacher("kinetics400", seed=1)
+    assert rec["source"] == "random(seed=1)"
+
+
+def test_checkpoint_files_load_with_their_hash(tmp_path):
+    teacher = r2plus1d_teacher(num_classes=6)
+    raw = {k.replace("trunk.0", "stem").replace("trunk.1", "layer1").replace("trunk.2", "layer2")
+           .replace("trunk.3", "layer3").replace("trunk.4", "layer4"): v for k, v in teacher.state_dict().items()}
+    torch.save(raw, tmp_path / "t.pth")             # torchvision key layout
+    loaded, rec = load_teacher(str(tmp_path / "t.pth"))
+    assert rec["num_classes"] == 6 and rec["sha256"] == state_hash(teacher)
+    student = imgaud2vid_student(num_classes=3)
+    torch.save({"state_dict": student.state_dict()}, tmp_path / "s.pth")
+    _, rec = load_student(str(tmp_path / "s.pth"))
+    assert rec["sha256"] == state_hash(student) and rec["source"].startswith("file:")
+
+
+def test_bad_weight_files_are_clear_errors(tmp_path):
+    with pytest.raises(WeightsError, match="not found"):
+        load_teacher(str(tmp_path / "none.pth"))
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    with pytest.raises(WeightsError, match="cannot read"):
+        load_student(str(tmp_path / "junk.pth"))
