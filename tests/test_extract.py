@@ -1,0 +1,115 @@
+"""End-to-end extraction on generated videos, through a threaded Dask cluster so decodes can be counted."""
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import featurestore.decode as decode
+from featurestore.cluster import close_client, make_client
+from featurestore.extract import ExtractConfig, run_extraction
+from featurestore.store import FeatureStore, StoreError
+
+CONFIG = ExtractConfig(batch_size=4, student_weights="random", teacher_weights="random", threads=2)
+
+
+@pytest.fixture
+def decodes(monkeypatch):
+    """Count ffmpeg decode processes per input file."""
+    counts = Counter()
+    real = decode._popen
+
+    def counting(cmd, pass_fds):
+        counts[cmd[cmd.index("-i") + 1]] += 1
+        return real(cmd, pass_fds)
+    monkeypatch.setattr(decode, "_popen", counting)
+    return counts
+
+
+@pytest.fixture(scope="module")
+def client():
+    c = make_client(workers=1, processes=False)
+    yield c
+    close_client(c)
+
+
+def manifest(video_dir, names):
+    return pd.DataFrame([{"video_id": n.split(".")[0], "path": str(video_dir / n), "label": f"c{i % 2}",
+                          "split": "train" if i % 2 else "test", "segments": ""} for i, n in enumerate(names)])
+
+
+def extract(store_path, df, client, config=CONFIG, **kw):
+    store = FeatureStore(store_path, mode="a")
+    return run_extraction(df, store, config, client, "testset", ["c0", "c1"], progress=False, **kw), store
+
+
+def test_every_array_has_its_shape_and_dtype_and_each_file_is_decoded_once(tmp_path, video_dir, client, decodes):
+    df = manifest(video_dir, ["tone.mp4", "pal.mp4", "silent.mp4"])
+    summary, store = extract(tmp_path / "s.zarr", df, client)
+    assert summary.stored == 3 and summary.failed == 0
+    assert sorted(store.video_ids()) == ["pal", "silent", "tone"]
+    assert set(decodes.values()) == {1} and len(decodes) == 3
+    for vid, n in (("tone", 4), ("pal", 4), ("silent", 3)):       # ceil(60/16) = 4, ceil(45/16) = 3
+        v = store.read_video(vid)
+        assert v.n_steps == n
+        assert v["t"].shape == (n,) and v["t"].dtype == np.float32
+        np.testing.assert_allclose(v["t"], np.arange(n) * 16 / 30, rtol=1e-6)
+        for name, dim in (("image", 256), ("audio", 256), ("fused", 512), ("r2p1d", 512), ("r2p1d_logits", 400)):
+            assert v[name].shape == (n, dim) and v[name].dtype == np.float16, name
+            assert np.isfinite(v[name].astype(np.float32)).all()
+        assert v.attrs["provenance"]["models"]["teacher"]["source"] == "random(seed=0)"
+    assert store.read_video("tone").attrs["has_audio"] is True
+    silent = store.read_video("silent")
+    assert silent.attrs["has_audio"] is False and not silent["audio"].any()
+    assert store.read_video("tone")["audio"].any()
+
+
+def test_rerun_does_no_new_work(tmp_path, video_dir, client, decodes):
+    df = manifest(video_dir, ["tone.mp4", "silent.mp4"])
+    config = ExtractConfig(descriptors=("image", "audio", "fused"), batch_size=4, student_weights="random")
+    extract(tmp_path / "s.zarr", df, client, config)
+    first = dict(decodes)
+    summary, store = extract(tmp_path / "s.zarr", df, client, config)
+    assert summary.submitted == 0 and summary.skipped_done == 2
+    assert dict(decodes) == first
+
+
+def test_broken_files_become_failure_rows_and_the_rest_is_stored(tmp_path, video_dir, client, decodes):
+    df = manifest(video_dir, ["empty.mp4", "tone.mp4", "truncated.mp4"])
+    config = ExtractConfig(descriptors=("image", "audio", "fused"), batch_size=4, student_weights="random")
+    summary, store = extract(tmp_path / "s.zarr", df, client, config)
+    assert store.video_ids() == ["tone"] and summary.failed == 2
+    fails = store.failures().set_index("video_id")
+    assert set(fails.index) == {"empty", "truncated"}
+    assert "empty file" in fails.loc["empty", "error"]
+    assert fails.loc["truncated", "stage"] in ("probe", "decode") and fails.loc["truncated", "error"]
+    assert store.partial_ids() == []
+    again, _ = extract(tmp_path / "s.zarr", df, client, config)            # failed ones are not retried...
+    assert again.submitted == 0 and again.skipped_failed == 2
+    retry, _ = extract(tmp_path / "s.zarr", df, client, config, retry_failed=True)   # ...unless asked
+    assert retry.submitted == 2 and retry.failed == 2
+
+
+def test_a_store_refuses_features_from_other_weights(tmp_path, video_dir, client):
+    df = manifest(video_dir, ["silent.mp4"])
+    config = ExtractConfig(descriptors=("image", "audio", "fused"), student_weights="random", seed=0)
+    extract(tmp_path / "s.zarr", df, client, config)
+    with pytest.raises(StoreError, match="weights"):
+        extract(tmp_path / "s.zarr", df, client, ExtractConfig(descriptors=config.descriptors,
+                                                               student_weights="random", seed=1))
+
+
+def test_batched_and_unbatched_inference_agree(tmp_path, video_dir, client):
+    df = manifest(video_dir, ["tone.mp4"])
+    _, a = extract(tmp_path / "a.zarr", df, client, ExtractConfig(descriptors=("image", "audio", "fused"),
+                                                                   batch_size=1, student_weights="random"))
+    _, b = extract(tmp_path / "b.zarr", df, client, ExtractConfig(descriptors=("image", "audio", "fused"),
+                                                                   batch_size=3, student_weights="random"))
+    for name in ("image", "audio", "fused"):
+        np.testing.assert_allclose(a.read_video("tone")[name].astype(np.float32),
+                                   b.read_video("tone")[name].astype(np.float32), rtol=1e-2, atol=1e-2)
+
+
+def test_unknown_descriptor_is_refused():
+    with pytest.raises(ValueError, match="--descriptors"):
+        ExtractConfig(descriptors=("image", "optical_flow"))
