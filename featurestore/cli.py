@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from featurestore import __version__
+from pipelines.synth import DEFAULT_CLASSES, DEFAULT_SECONDS, DEFAULT_VIDEOS
 
 DEFAULT_STORE = "fs-store.zarr"
 
@@ -44,9 +45,9 @@ def main() -> None:
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output folder (default: <data root>/synthetic).")
-@click.option("--videos", type=int, default=16, show_default=True, help="Number of videos.")
-@click.option("--classes", type=int, default=4, show_default=True, help="Number of classes.")
-@click.option("--seconds", default="16:24", show_default=True, callback=_seconds_range,
+@click.option("--videos", type=int, default=DEFAULT_VIDEOS, show_default=True, help="Number of videos.")
+@click.option("--classes", type=int, default=DEFAULT_CLASSES, show_default=True, help="Number of classes.")
+@click.option("--seconds", default="{:g}:{:g}".format(*DEFAULT_SECONDS), show_default=True, callback=_seconds_range,
               help="Video length range MIN:MAX in seconds.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Generator seed (output is deterministic in it).")
 @click.option("--test-fraction", type=float, default=0.25, show_default=True, help="Share of each class in test.")

@@ -29,6 +29,7 @@ from featurestore.decode import ffmpeg_exe
 WIDTH, HEIGHT, FPS = 192, 144, 30
 AUDIO_RATE = 44100  # encoded stereo at 44.1 kHz so the extractor's downmix and resampling are exercised
 SPRITE = 44
+DEFAULT_VIDEOS, DEFAULT_CLASSES, DEFAULT_SECONDS = 12, 3, (12.0, 20.0)   # the embedded default dataset
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
 COLOURS = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink")
 
@@ -317,8 +318,8 @@ def _distractors_str(segs: list[Segment], sigs: list[ClassSignature]) -> str:
     return ";".join(f"{'visual' if s.visual else 'audio'}:{sigs[s.cls].name}:{s.start:.2f}-{s.end:.2f}" for s in segs)
 
 
-def generate_synthetic(out: str | Path, n_videos: int = 16, n_classes: int = 4,
-                       seconds: tuple[float, float] = (16.0, 24.0), seed: int = 0, test_fraction: float = 0.25,
+def generate_synthetic(out: str | Path, n_videos: int = DEFAULT_VIDEOS, n_classes: int = DEFAULT_CLASSES,
+                       seconds: tuple[float, float] = DEFAULT_SECONDS, seed: int = 0, test_fraction: float = 0.25,
                        progress: Callable[[int, int], None] | None = None) -> Path:
     """Generate the synthetic dataset into ``out`` and return the path of its ``manifest.csv``.
 

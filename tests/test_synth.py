@@ -1,0 +1,84 @@
+import subprocess
+
+import numpy as np
+import pytest
+
+from featurestore.decode import DecodedVideo, ffmpeg_exe, probe
+from featurestore.manifest import parse_segments, read_manifest
+from pipelines.synth import (AUDIO_RATE, class_signatures, generate_synthetic, iter_frames, plan_videos,
+                             render_audio)
+
+
+def test_plans_are_deterministic_in_the_seed():
+    a, b, c = (plan_videos(12, 3, (20, 40), s, 0.25) for s in (7, 7, 8))
+    assert a == b and a != c
+
+
+def test_action_segments_are_sparse_and_distractors_belong_to_other_classes():
+    for plan in plan_videos(40, 5, (30, 90), 1, 0.25):
+        assert 2 <= len(plan.actions) <= 5 and 1 <= len(plan.distractors) <= 3
+        segs = sorted(plan.actions + plan.distractors, key=lambda s: s.start)
+        assert all(a.end <= b.start for a, b in zip(segs, segs[1:]))        # no overlap
+        assert 0 <= segs[0].start and segs[-1].end <= plan.duration
+        covered = sum(s.end - s.start for s in plan.actions)
+        assert covered <= plan.duration / 3                                   # the class stays sparse
+        for d in plan.distractors:
+            assert d.cls != plan.label and d.visual != d.audio               # picture without sound or vice versa
+
+
+def test_split_is_stratified_with_test_videos_in_every_class():
+    plans = plan_videos(20, 4, (12, 14), 0, 0.25)
+    for c in range(4):
+        splits = [p.split for p in plans if p.label == c]
+        assert splits.count("test") == 1 and splits.count("train") == 4
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="--classes"):
+        plan_videos(4, 1, (20, 30), 0, 0.2)
+    with pytest.raises(ValueError, match="--seconds"):
+        plan_videos(4, 2, (30, 20), 0, 0.2)
+
+
+def test_class_shows_only_in_its_segments_in_picture_and_sound():
+    sigs = class_signatures(3)
+    plan = plan_videos(3, 3, (20, 20), 2, 0.0)[0]
+    act = plan.actions[0]
+    frames = list(iter_frames(plan, sigs))
+    inside = frames[int((act.start + act.end) / 2 * 30)].astype(float)
+    colour = np.asarray(sigs[plan.label].rgb) * 255
+    near = lambda f: (np.abs(f - colour).sum(-1) < 60).mean()          # noqa: E731
+    quiet = [f for i, f in enumerate(frames) if not any(s.start - 0.2 <= i / 30 < s.end + 0.2 for s in
+                                                            plan.actions + plan.distractors)]
+    assert near(inside) > 0.02 and max(near(f.astype(float)) for f in quiet[::15]) < 0.005
+    audio = render_audio(plan, sigs)[:, 0]
+    tone = sigs[plan.label].tone_hz
+
+    def tone_energy(t0: float) -> float:
+        x = audio[int(t0 * AUDIO_RATE): int(t0 * AUDIO_RATE) + AUDIO_RATE // 2]
+        spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+        f = np.fft.rfftfreq(len(x), 1 / AUDIO_RATE)
+        return spec[np.abs(f - tone) < 15].max() / spec.mean()
+    gap_t = [i / 30 for i in range(len(frames)) if not any(s.start - 0.6 <= i / 30 < s.end + 0.1 for s in
+                                                             plan.actions + plan.distractors)][0]
+    assert tone_energy(act.start) > 3 * tone_energy(gap_t)
+
+
+def test_generated_dataset_is_h264_aac_with_a_valid_manifest(tmp_path):
+    csv = generate_synthetic(tmp_path / "syn", n_videos=3, n_classes=2, seconds=(12, 12.5), seed=5,
+                             test_fraction=0.4)
+    df = read_manifest(csv)
+    assert len(df) == 3 and set(df["split"]) == {"train", "test"}
+    assert all(parse_segments(s) for s in df["segments"])
+    out = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", df["path"][0]], capture_output=True, text=True).stderr
+    assert "Video: h264" in out and "Audio: aac" in out
+    assert probe(df["path"][0]).has_audio
+    with DecodedVideo(df["path"][0], with_audio=True) as dec:
+        n = sum(len(c) for c in dec.frames())
+    assert abs(n - float(df["duration"][0]) * 30) <= 2
+    again = generate_synthetic(tmp_path / "syn2", n_videos=3, n_classes=2, seconds=(12, 12.5), seed=5,
+                               test_fraction=0.4)
+    assert again.read_text() == csv.read_text()
+    for rel in df["path"]:
+        name = rel.split("/")[-1]
+        assert (tmp_path / "syn2" / "videos" / name).read_bytes() == (tmp_path / "syn" / "videos" / name).read_bytes()
