@@ -13,7 +13,7 @@ import os
 import time
 import traceback
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import numpy as np
@@ -56,6 +56,16 @@ class ExtractConfig:
     @property
     def needs_student(self) -> bool:
         return bool({"image", "audio", "fused"} & set(self.descriptors))
+
+    def resolved(self, models: dict[str, dict]) -> "ExtractConfig":
+        """This config with pretrained-weight requests that fell back to random init pinned to "random".
+
+        The client resolves weights once, so workers never load different weights than the store records.
+        """
+        fell_back = {name: rec["source"].startswith("random(") for name, rec in models.items()}
+        return replace(self,
+                       teacher_weights="random" if fell_back.get("teacher") else self.teacher_weights,
+                       student_weights="random" if fell_back.get("student") else self.student_weights)
 
     def stored_arrays(self) -> list[str]:
         names = ["t"] + [d for d in DESCRIPTORS if d in self.descriptors]
@@ -305,7 +315,9 @@ def run_extraction(manifest, store: FeatureStore, config: ExtractConfig, client,
     from distributed import as_completed
     from tqdm import tqdm
 
-    store.initialise(dataset, classes, config.descriptors, get_extractor(config, "cpu").provenance())
+    local = get_extractor(config, "cpu")
+    store.initialise(dataset, classes, config.descriptors, local.provenance())
+    config = config.resolved(local.models)
     store.clear_partials()
     summary = ExtractionSummary()
     done = set(store.video_ids())

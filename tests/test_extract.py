@@ -113,3 +113,10 @@ def test_batched_and_unbatched_inference_agree(tmp_path, video_dir, client):
 def test_unknown_descriptor_is_refused():
     with pytest.raises(ValueError, match="--descriptors"):
         ExtractConfig(descriptors=("image", "optical_flow"))
+
+
+def test_workers_get_the_weights_the_client_resolved():
+    cfg = ExtractConfig(teacher_weights="kinetics400", student_weights="imagenet")
+    pinned = cfg.resolved({"teacher": {"source": "random(seed=0)"},
+                           "student": {"source": "torchvision:ResNet18_Weights.IMAGENET1K_V1+random(seed=0)"}})
+    assert pinned.teacher_weights == "random" and pinned.student_weights == "imagenet"
