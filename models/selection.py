@@ -1,0 +1,34 @@
+"""The one selection interface: given a video's stored arrays and a budget, return chosen steps + prediction.
+
+Every method — the skimmer, the Listen-to-Look baselines, SCSampler variants, AVGN — is a :class:`Selector`, so a
+benchmark compares them all in one loop and never special-cases one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Protocol
+
+import numpy as np
+
+
+class VideoArrays(Protocol):
+    """What a selector may read of a video: its stored arrays (``t``, ``image``, ``audio``, ``fused``, ...)."""
+
+    arrays: Mapping[str, np.ndarray]
+    attrs: Mapping
+
+
+@dataclass
+class Selection:
+    """A selector's answer for one video."""
+
+    steps: np.ndarray      # chosen step indices, in the order chosen
+    scores: np.ndarray     # (C,) video-level class scores (probabilities)
+    gflops: float          # what this method actually computed for this video
+
+
+class Selector(Protocol):
+    name: str
+
+    def select(self, video: VideoArrays) -> Selection:
+        ...

@@ -1,0 +1,199 @@
+"""ImgAud-Skimming (Listen to Look §3.3, supp. C, D, G): an attention LSTM that picks T useful moments.
+
+At each step the LSTM state queries the image and audio indexing features (Eq. 6), soft-indexes them (Eq. 7), mixes
+the two modalities with predicted scores s^I, s^A (Eq. 8) and feeds Psi(z~^I, z~^A) back (Eq. 5); m is the mean of
+the T fused features (Eq. 9) and an FC layer classifies it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from models.imgaud import Fusion
+
+INDEXING_MODES = ("audio-visual", "visual", "single")
+NEG = -1e9   # what padded or already-chosen positions score before the softmax
+
+
+def soft_index(w: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Eq. 7: the attention-weighted sum of indexing features. w (B, N), z (B, N, D) -> (B, D)."""
+    return torch.einsum("bn,bnd->bd", w, z)
+
+
+def kept_steps(n: int, subsample: int) -> torch.Tensor:
+    """Indices whose indexing features are computed when subsampling by ``subsample``: every s-th step and the last."""
+    if subsample < 1:
+        raise ValueError(f"subsample factor must be >= 1, got {subsample}")
+    idx = list(range(0, n, subsample))
+    if n and idx[-1] != n - 1:
+        idx.append(n - 1)
+    return torch.tensor(idx, dtype=torch.long)
+
+
+def interpolate_features(z: torch.Tensor, subsample: int) -> torch.Tensor:
+    """Sparse indexing features: keep :func:`kept_steps`, rebuild the rest by linear interpolation along time.
+
+    z (N, D) -> (N, D); exact on sequences that are linear in time.
+    """
+    n = z.shape[0]
+    if subsample == 1 or n <= 2:
+        return z
+    kept = kept_steps(n, subsample).to(z.device)
+    pos = torch.arange(n, device=z.device)
+    right = torch.searchsorted(kept, pos).clamp(max=len(kept) - 1)
+    left = (right - 1).clamp(min=0)
+    exact = kept[right] == pos
+    a, b = kept[left], kept[right]
+    frac = ((pos - a).float() / (b - a).clamp(min=1).float()).unsqueeze(1).to(z.dtype)
+    out = z[a] + frac * (z[b] - z[a])
+    return torch.where(exact.unsqueeze(1), z[pos], out)
+
+
+def masked_mean(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over valid steps. z (B, N, D), mask (B, N) -> (B, D)."""
+    m = mask.unsqueeze(-1).to(z.dtype)
+    return (z * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+class IndexKey(nn.Module):
+    """Key(.): a 1x1 convolution + BN + ReLU over the feature bank, applied to valid steps only."""
+
+    def __init__(self, in_dim: int, key_dim: int = 512):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv1d(in_dim, key_dim, kernel_size=1), nn.BatchNorm1d(key_dim), nn.ReLU())
+        self.key_dim = key_dim
+
+    def forward(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, N, D), (B, N) -> keys (B, N, key_dim), zero at padded steps (BN statistics see valid steps only)."""
+        rows = z[mask]                                   # (M, D)
+        keys = self.net(rows.unsqueeze(-1)).squeeze(-1)  # each row is a length-1 sequence
+        out = z.new_zeros(*mask.shape, self.key_dim)
+        out[mask] = keys
+        return out
+
+
+def attention_query(hidden: int = 1024, key_dim: int = 512) -> nn.Module:
+    """Query(.): MLP 1024 -> 1024 (BN, ReLU) -> 512."""
+    return nn.Sequential(nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, key_dim))
+
+
+def attend(keys: torch.Tensor, query: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
+    """Eq. 6: softmax(k^T q / sqrt(d)) over the available steps. keys (B, N, d), query (B, d) -> w (B, N)."""
+    scores = torch.einsum("bnd,bd->bn", keys, query) / math.sqrt(keys.shape[-1])
+    return F.softmax(scores.masked_fill(~available, NEG), dim=1)
+
+
+@dataclass
+class SkimOutput:
+    logits: torch.Tensor          # (B, C)
+    steps: torch.Tensor           # (B, T) chosen step per skimming step
+    fused: torch.Tensor           # (B, T, 512) the fused feature of every step (m is their mean)
+    modality: torch.Tensor        # (B, T, 2) s^I, s^A per step
+
+
+class ImgAudSkimmer(nn.Module):
+    """ImgAud-Skimming over a video's indexing features.
+
+    ``indexing``: "audio-visual" (the paper's method), "visual" (ablation G.1: query the image features only; the
+    audio feature is the one at argmax w^I) or "single" (ablation G.2: one query on the fused features).
+    """
+
+    def __init__(self, fusion: Fusion, num_classes: int, image_dim: int = 256, audio_dim: int = 256,
+                 fused_dim: int = 512, hidden: int = 1024, key_dim: int = 512, indexing: str = "audio-visual"):
+        super().__init__()
+        if indexing not in INDEXING_MODES:
+            raise ValueError(f"indexing must be one of {INDEXING_MODES}, got {indexing!r}")
+        self.indexing, self.hidden, self.num_classes = indexing, hidden, num_classes
+        self.fusion = fusion
+        self.lstm = nn.LSTMCell(fused_dim, hidden)
+        if indexing == "single":
+            self.key_f = IndexKey(fused_dim, key_dim)
+            self.query_f = attention_query(hidden, key_dim)
+        else:
+            self.key_i, self.key_a = IndexKey(image_dim, key_dim), IndexKey(audio_dim, key_dim)
+            self.query_i, self.query_a = attention_query(hidden, key_dim), attention_query(hidden, key_dim)
+            self.modality = nn.Linear(hidden, 2)
+        self.classifier = nn.Linear(fused_dim, num_classes)
+
+    def forward(self, z_image: torch.Tensor, z_audio: torch.Tensor, mask: torch.Tensor, steps: int = 10,
+                hard: bool = False, z_fused: torch.Tensor | None = None) -> SkimOutput:
+        """Skim ``steps`` moments. z_* (B, N, D) indexing features, mask (B, N) valid steps.
+
+        ``hard`` (ablation G.3, "unaggregated") feeds the features at the chosen step instead of the soft-indexed
+        aggregate. A chosen step is never chosen again while unchosen valid steps remain.
+        """
+        if self.indexing == "single":
+            if z_fused is None:
+                raise ValueError("single-query skimming needs the fused features")
+            return self._forward_single(z_fused, mask, steps, hard)
+        b = torch.arange(mask.shape[0], device=mask.device)
+        k_i, k_a = self.key_i(z_image, mask), self.key_a(z_audio, mask)
+        avail_i, avail_a, taken = mask.clone(), mask.clone(), torch.zeros_like(mask)
+        h = z_image.new_zeros(mask.shape[0], self.hidden)
+        c = torch.zeros_like(h)
+        x = self.fusion(masked_mean(z_image, mask), masked_mean(z_audio, mask))   # first input: mean features
+        fused, chosen, modality = [], [], []
+        for _ in range(steps):
+            h, c = self.lstm(x, (h, c))
+            w_i = attend(k_i, self.query_i(h), avail_i)
+            w_a = attend(k_a, self.query_a(h), avail_a)
+            s = F.softmax(self.modality(h), dim=1)                               # s^I, s^A (Eq. 8)
+            if self.indexing == "visual":
+                j = w_i.argmax(1)
+                zi, za, combined = soft_index(w_i, z_image), z_audio[b, j], w_i
+            else:
+                s_i, s_a = s[:, :1], s[:, 1:]
+                zi = s_i * soft_index(w_i, z_image) + s_a * soft_index(w_a, z_image)
+                za = s_i * soft_index(w_i, z_audio) + s_a * soft_index(w_a, z_audio)
+                combined = s_i * w_i + s_a * w_a
+            pick = self._pick(combined, mask, taken)
+            if hard:
+                zi, za = z_image[b, pick], z_audio[b, pick]
+            avail_i = self._mask_out(avail_i, w_i.argmax(1), mask)
+            avail_a = self._mask_out(avail_a, w_a.argmax(1), mask)
+            x = self.fusion(zi, za)
+            fused.append(x)
+            chosen.append(pick)
+            modality.append(s)
+        feats = torch.stack(fused, 1)
+        return SkimOutput(self.classifier(feats.mean(1)), torch.stack(chosen, 1), feats, torch.stack(modality, 1))
+
+    def _forward_single(self, z: torch.Tensor, mask: torch.Tensor, steps: int, hard: bool) -> SkimOutput:
+        b = torch.arange(mask.shape[0], device=mask.device)
+        keys = self.key_f(z, mask)
+        avail, taken = mask.clone(), torch.zeros_like(mask)
+        h = z.new_zeros(mask.shape[0], self.hidden)
+        c = torch.zeros_like(h)
+        x = masked_mean(z, mask)
+        feats, chosen = [], []
+        for _ in range(steps):
+            h, c = self.lstm(x, (h, c))
+            w = attend(keys, self.query_f(h), avail)
+            pick = self._pick(w, mask, taken)
+            x = z[b, pick] if hard else soft_index(w, z)
+            avail = self._mask_out(avail, w.argmax(1), mask)
+            feats.append(x)
+            chosen.append(pick)
+        f = torch.stack(feats, 1)
+        ones = torch.ones(*f.shape[:2], 2, device=f.device) * torch.tensor([1.0, 0.0], device=f.device)
+        return SkimOutput(self.classifier(f.mean(1)), torch.stack(chosen, 1), f, ones)
+
+    @staticmethod
+    def _pick(weights: torch.Tensor, mask: torch.Tensor, taken: torch.Tensor) -> torch.Tensor:
+        """The step looked at: the best-weighted valid step not yet chosen (any valid step once all are chosen)."""
+        free = mask & ~taken
+        free = torch.where(free.any(1, keepdim=True), free, mask)
+        pick = weights.detach().masked_fill(~free, -1.0).argmax(1)
+        taken[torch.arange(len(pick), device=pick.device), pick] = True
+        return pick
+
+    @staticmethod
+    def _mask_out(avail: torch.Tensor, idx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Remove each video's argmax from its available steps; a video with none left starts over."""
+        avail = avail.clone()
+        avail[torch.arange(len(idx), device=idx.device), idx] = False
+        return torch.where(avail.any(1, keepdim=True), avail, mask)
