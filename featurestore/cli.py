@@ -177,5 +177,106 @@ def info(store, as_json, failures) -> None:
         click.echo(df.to_string(index=False) if len(df) else "no failures")
 
 
+def _milestones(ctx, param, value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated epochs, got {value!r}") from None
+
+
+def _epoch_reporter(label: str):
+    def report(row: dict) -> None:
+        click.echo(f"{label} epoch {row['epoch']:>3}  loss {row['loss']:.4f}  train acc {100 * row['train_acc']:5.1f}%"
+                   f"  lr {row['lr']:.0e}", err=True)
+    return report
+
+
+@main.command("train-head")
+@click.option("--store", default=_store_default, show_default="$FS_STORE or fs-store.zarr", help="Store path.")
+@click.option("--runs", default=None, help="Checkpoint folder (default $FS_RUNS or fs-runs).")
+@click.option("--features", type=click.Choice(["fused", "r2p1d", "image", "audio"]), default="fused",
+              show_default=True, help="Stored descriptor the head classifies.")
+@click.option("--epochs", type=int, default=15, show_default=True)
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--lr", type=float, default=0.01, show_default=True)
+@click.option("--milestones", default="10", show_default=True, callback=_milestones, help="Epochs where lr /= 10.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def train_head_cmd(store, runs, features, epochs, batch_size, lr, milestones, seed) -> None:
+    """Train the per-step classifier the baselines average (every training step labelled with its video's label)."""
+    from featurestore.store import FeatureStore, StoreError
+    from pipelines.data import runs_dir
+    from pipelines.train_head import train_head
+
+    out = runs_dir(runs) / f"head-{features}.pt"
+    try:
+        _, hist = train_head(FeatureStore(store), out, features, epochs, batch_size, lr, milestones, seed,
+                             _epoch_reporter("head"))
+    except (StoreError, ValueError) as e:
+        _fail(e)
+    click.echo(f"saved {out} (final train step accuracy {100 * hist[-1]['train_acc']:.1f}%)")
+
+
+@main.command("train-skim")
+@click.option("--store", default=_store_default, show_default="$FS_STORE or fs-store.zarr", help="Store path.")
+@click.option("--runs", default=None, help="Checkpoint folder (default $FS_RUNS or fs-runs).")
+@click.option("--model", default="skim", show_default=True,
+              help="Comma list of: skim, skim-visual (G.1), skim-single (G.2), non-recurrent, lstm; or 'all'.")
+@click.option("--epochs", type=int, default=25, show_default=True)
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--lr", type=float, default=1e-2, show_default=True)
+@click.option("--milestones", default="15,20", show_default=True, callback=_milestones, help="Epochs where lr /= 10.")
+@click.option("--steps", type=int, default=10, show_default=True, help="Skimming steps T during training.")
+@click.option("--freeze-fusion", is_flag=True, help="Keep the student's fusion Psi fixed (as the authors' release).")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def train_skim_cmd(store, runs, model, epochs, batch_size, lr, milestones, steps, freeze_fusion, device,
+                   seed) -> None:
+    """Train ImgAud-Skimming (or the LSTM / NON-RECURRENT baselines, ablations) on the store's training split."""
+    from featurestore.store import FeatureStore, StoreError
+    from pipelines.data import runs_dir
+    from pipelines.train_skim import SKIM_MODELS, train_skim
+
+    models = list(SKIM_MODELS) if model == "all" else [m.strip() for m in model.split(",") if m.strip()]
+    try:
+        fs = FeatureStore(store)
+        for m in models:
+            out = runs_dir(runs) / f"{m}.pt"
+            _, hist = train_skim(fs, out, m, epochs, batch_size, lr, milestones, steps, freeze_fusion, device, seed,
+                                 _epoch_reporter(m))
+            click.echo(f"saved {out} (final train accuracy {100 * hist[-1]['train_acc']:.1f}%)")
+    except (StoreError, ValueError) as e:
+        _fail(e)
+
+
+@main.command()
+@click.option("--store", default=_store_default, show_default="$FS_STORE or fs-store.zarr", help="Store path.")
+@click.option("--runs", default=None, help="Checkpoint folder (default $FS_RUNS or fs-runs).")
+@click.option("--subsample", type=int, default=5, show_default=True, help="Skimmer's indexing subsampling factor s.")
+@click.option("--steps", type=int, default=3, show_default=True, help="Skimmer's early-stop step t (1..10).")
+@click.option("--methods", default="all", show_default=True, help="Comma list of methods, or 'all'.")
+@click.option("--out", default=None, help="Output folder (default <runs>/bench).")
+@click.option("--no-sweep", is_flag=True, help="Skip the subsample x steps sweep.")
+def bench(store, runs, subsample, steps, methods, out, no_sweep) -> None:
+    """Compare every selector on the test split: top-1, mAP, GFLOPs, time; trade-off plot and Fig. 6 sweep."""
+    from featurestore.store import FeatureStore, StoreError
+    from pipelines.bench import METHODS, run_bench
+    from pipelines.data import runs_dir
+
+    chosen = METHODS if methods == "all" else tuple(m.strip().upper() for m in methods.split(",") if m.strip())
+    out_dir = Path(out) if out else runs_dir(runs) / "bench"
+    try:
+        table = run_bench(FeatureStore(store), runs_dir(runs), out_dir, chosen, subsample, steps, not no_sweep,
+                          say=lambda m: click.echo(m, err=True))
+    except (StoreError, ValueError) as e:
+        _fail(e)
+    fmt = {"top1": lambda v: f"{100 * v:.1f}", "mAP": lambda v: f"{100 * v:.1f}",
+           "gflops_per_video": lambda v: f"{v:.1f}", "seconds_per_video": lambda v: f"{v:.4f}",
+           "steps_per_video": lambda v: f"{v:.1f}"}
+    click.echo(table.to_string(index=False, formatters=fmt) + "\n(top1 and mAP in %; GFLOPs = 2 x multiply-adds)")
+    click.echo(f"wrote {out_dir / 'bench.csv'}, {out_dir / 'tradeoff.png'}" +
+               ("" if no_sweep or not (out_dir / "sweep.csv").is_file() else
+                f", {out_dir / 'sweep.csv'}, {out_dir / 'sweep.png'}"))
+
+
 if __name__ == "__main__":
     main()

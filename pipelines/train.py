@@ -1,0 +1,40 @@
+"""Shared training recipe: SGD with Nesterov momentum, weight decay and step decay (Listen to Look supp. C)."""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+
+
+def sgd_schedule(params: Iterable[torch.nn.Parameter], lr: float, milestones: tuple[int, ...],
+                 weight_decay: float = 1e-4, momentum: float = 0.9):
+    """SGD (Nesterov) and a MultiStepLR dividing the rate by 10 at each milestone epoch."""
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
+    return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=0.1)
+
+
+def fit(model: torch.nn.Module, batches: Callable[[torch.Generator], Iterable[tuple]], loss_fn: Callable,
+        epochs: int, lr: float, milestones: tuple[int, ...], seed: int,
+        report: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train ``model`` for ``epochs``; ``batches(gen)`` yields loss_fn argument tuples. Returns per-epoch history."""
+    gen = torch.Generator().manual_seed(seed)
+    opt, sched = sgd_schedule([p for p in model.parameters() if p.requires_grad], lr, milestones)
+    history = []
+    for epoch in range(1, epochs + 1):
+        model.train()
+        total = correct = seen = 0.0
+        for batch in batches(gen):
+            loss, logits, labels = loss_fn(*batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(labels)
+            correct += (logits.argmax(1) == labels).sum().item()
+            seen += len(labels)
+        sched.step()
+        row = {"epoch": epoch, "loss": total / max(seen, 1), "train_acc": correct / max(seen, 1),
+               "lr": opt.param_groups[0]["lr"]}
+        history.append(row)
+        if report:
+            report(row)
+    return history
