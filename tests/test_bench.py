@@ -1,0 +1,130 @@
+"""Trainers and the bench on a small fabricated store (no decoding: they read only the store)."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from featurestore.cli import main
+from featurestore.store import FeatureStore, StoreError
+from featurestore.weights import load_student
+from models.baselines import (HeadSelector, LSTMBaseline, LSTMSelector, NonRecurrentSelector, SkimSelector,
+                              index_center, index_end, index_front, index_random, index_uniform)
+from models.heads import StepClassifier
+from models.imgaud import Fusion
+from models.skim import ImgAudSkimmer
+from pipelines.bench import METHODS, average_precision, mean_average_precision
+from pipelines.train_skim import train_skim
+
+CLASSES = ["a", "b", "c"]
+
+
+def fabricate_store(path, n_videos=24, seed=0):
+    """Videos whose class shows in a few steps only: class-specific image/audio offsets at 2-4 sparse steps."""
+    rng = np.random.default_rng(seed)
+    student, rec = load_student("random", 0, 400)
+    store = FeatureStore(path, mode="a")
+    store.initialise("fab", CLASSES, ["image", "audio", "fused"], {"models": {"student": rec}})
+    proto_i, proto_a = rng.normal(0, 3, (3, 256)), rng.normal(0, 3, (3, 256))
+    for v in range(n_videos):
+        label = v % 3
+        n = int(rng.integers(12, 40))
+        z_i, z_a = rng.normal(0, 1, (n, 256)), rng.normal(0, 1, (n, 256))
+        for j in rng.choice(n, size=int(rng.integers(2, 5)), replace=False):
+            z_i[j] += proto_i[label]
+            z_a[j] += proto_a[label]
+        with torch.no_grad():
+            fused = student.fusion(torch.tensor(z_i, dtype=torch.float32), torch.tensor(z_a, dtype=torch.float32))
+        store.write_video(f"v{v:03d}", {"t": np.arange(n, dtype=np.float32) * 16 / 30,
+                                        "image": z_i.astype(np.float16), "audio": z_a.astype(np.float16),
+                                        "fused": fused.numpy().astype(np.float16)},
+                          {"label": CLASSES[label], "split": "test" if v % 4 == 0 else "train", "n_steps": n,
+                           "duration": n * 16 / 30, "has_audio": True, "path": f"v{v}.mp4"})
+    return FeatureStore(path)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return fabricate_store(tmp_path_factory.mktemp("fab") / "s.zarr")
+
+
+@pytest.mark.parametrize("fn", [index_uniform, index_front, index_center, index_end,
+                                lambda n, k: index_random(n, k, seed=3)])
+@pytest.mark.parametrize("n", [1, 5, 10, 11, 97])
+def test_blind_baselines_pick_min_k_n_distinct_steps_within_range(fn, n):
+    idx = fn(n, 10)
+    assert len(idx) == min(10, n) == len(set(idx.tolist()))
+    assert idx.min() >= 0 and idx.max() < n
+
+
+def test_average_precision_by_hand():
+    assert average_precision(np.array([0.9, 0.8, 0.7, 0.1]), np.array([1, 0, 1, 0])) == pytest.approx((1 + 2 / 3) / 2)
+    scores = np.eye(3)[[0, 1, 2, 0]]
+    assert mean_average_precision(scores, np.array([0, 1, 2, 0])) == 1.0
+
+
+def test_every_selector_returns_steps_within_range_and_a_distribution(store):
+    torch.manual_seed(0)
+    fusion = Fusion()
+    head = StepClassifier(512, 3).eval()
+    sk = ImgAudSkimmer(fusion, 3).eval()
+    selectors = [HeadSelector(r, head, 1.3, rule=r, class_index={c: i for i, c in enumerate(CLASSES)})
+                 for r in ("random", "uniform", "front", "center", "end", "dense", "confidence", "oracle")]
+    selectors += [SkimSelector("skim", sk, 1.3, steps=3, subsample=5), SkimSelector("hard", sk, 1.3, hard=True),
+                  NonRecurrentSelector("nr", sk, 1.3), LSTMSelector("lstm", LSTMBaseline(3), 1.3),
+                  SkimSelector("single", ImgAudSkimmer(fusion, 3, indexing="single"), 1.3, steps=4, subsample=2)]
+    for vid in store.video_ids()[:6]:
+        video = store.read_video(vid)
+        for sel in selectors:
+            out = sel.select(video)
+            assert len(out.steps) and out.steps.min() >= 0 and out.steps.max() < video.n_steps, sel.name
+            assert out.scores.shape == (3,) and out.scores.sum() == pytest.approx(1, abs=1e-4)
+            assert out.gflops > 0
+
+
+def test_sparse_early_stopped_skimming_costs_what_it_computes(store):
+    sk = ImgAudSkimmer(Fusion(), 3).eval()
+    video = store.read_video(store.video_ids()[0])
+    n = video.n_steps
+    dense = SkimSelector("d", sk, 1.0, steps=10, subsample=1).select(video).gflops
+    sparse = SkimSelector("s", sk, 1.0, steps=3, subsample=5).select(video).gflops
+    assert dense >= n and sparse < dense
+    assert sparse >= len(range(0, n, 5))          # the kept indexing features are paid for
+
+
+def test_checkpoint_refuses_a_store_with_other_classes(tmp_path, store):
+    train_skim(store, tmp_path / "skim.pt", epochs=1, batch_size=8)
+    other = FeatureStore(tmp_path / "o.zarr", mode="a")
+    other.initialise("fab", ["x", "y", "z"], ["image", "audio", "fused"], store.attrs["provenance"])
+    from pipelines.train_skim import load_skim_model
+    with pytest.raises(StoreError, match="classes"):
+        load_skim_model(other, tmp_path / "skim.pt", "skim")
+
+
+def test_train_and_bench_from_the_cli(tmp_path, store):
+    runs = tmp_path / "runs"
+    cli = CliRunner()
+    common = ["--store", str(store.path), "--runs", str(runs)]
+    res = cli.invoke(main, ["train-skim", *common, "--model", "all", "--epochs", "6", "--batch-size", "6",
+                            "--milestones", "5", "--lr", "0.05"])
+    assert res.exit_code == 0, res.output
+    res = cli.invoke(main, ["bench", *common, "--subsample", "5", "--steps", "3"])
+    assert res.exit_code == 0, res.output
+    table = pd.read_csv(runs / "bench" / "bench.csv")
+    assert list(table.columns[:5]) == ["method", "top1", "mAP", "gflops_per_video", "seconds_per_video"]
+    assert len(table) == len(METHODS)
+    assert (runs / "bench" / "tradeoff.png").stat().st_size > 10_000
+    sweep = pd.read_csv(runs / "bench" / "sweep.csv")
+    assert len(sweep) == 40 and set(sweep["subsample"]) == {1, 2, 5, 10}
+    by = table.set_index("method")
+    assert by.loc["ORACLE (upper bound)", "top1"] >= by.loc["DENSE", "top1"]
+    skim = by.loc["IMGAUD-SKIM (s=5, T=3)", "gflops_per_video"]
+    assert skim <= by.loc["DENSE", "gflops_per_video"] / 2
+    assert by.loc["ORACLE (upper bound)", "top1"] > 0.6     # the fabricated signal is learnable
+
+
+def test_bench_without_trained_skimmer_says_how_to_train(tmp_path, store):
+    res = CliRunner().invoke(main, ["bench", "--store", str(store.path), "--runs", str(tmp_path / "r"),
+                                    "--methods", "uniform,skim", "--no-sweep"])
+    assert res.exit_code == 0, res.output
+    assert "fs train-skim --model skim" in res.output and "UNIFORM" in res.output

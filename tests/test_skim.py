@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+import torch
+
+from models.imgaud import Fusion
+from models.skim import ImgAudSkimmer, interpolate_features, kept_steps, soft_index
+
+
+def test_soft_index_is_the_weighted_sum():
+    torch.manual_seed(0)
+    w = torch.softmax(torch.randn(2, 7), 1)
+    z = torch.randn(2, 7, 5)
+    want = torch.stack([sum(w[b, j] * z[b, j] for j in range(7)) for b in range(2)])
+    torch.testing.assert_close(soft_index(w, z), want)
+
+
+@pytest.mark.parametrize("s", [1, 2, 3, 5, 10])
+@pytest.mark.parametrize("n", [1, 2, 9, 23, 50])
+def test_interpolation_is_exact_on_linear_sequences(s, n):
+    t = torch.arange(n, dtype=torch.float32)[:, None]
+    z = 3.0 * t + torch.tensor([[1.0, -2.0, 0.5]])
+    torch.testing.assert_close(interpolate_features(z, s), z)
+
+
+def test_interpolation_only_reads_the_kept_steps():
+    z = torch.randn(23, 4)
+    kept = kept_steps(23, 5)
+    assert kept.tolist() == [0, 5, 10, 15, 20, 22]
+    poisoned = z.clone()
+    others = torch.ones(23, dtype=torch.bool)
+    others[kept] = False
+    poisoned[others] = 1e6
+    torch.testing.assert_close(interpolate_features(poisoned, 5), interpolate_features(z, 5))
+
+
+@pytest.fixture(params=["audio-visual", "visual", "single"])
+def skimmer(request):
+    torch.manual_seed(0)
+    return ImgAudSkimmer(Fusion(), num_classes=4, indexing=request.param).eval()
+
+
+def run(skimmer, z_i, z_a, mask, steps, hard=False, fused=None):
+    with torch.no_grad():
+        if fused is None:
+            fused = torch.randn(*mask.shape, 512, generator=torch.Generator().manual_seed(1))
+        return skimmer(z_i, z_a, mask, steps, hard, z_fused=fused)
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_masking_never_reselects_and_early_stop_uses_exactly_t_steps(skimmer, hard):
+    torch.manual_seed(1)
+    lengths = [15, 40, 12]
+    mask = torch.zeros(3, 40, dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = True
+    z_i, z_a = torch.randn(3, 40, 256), torch.randn(3, 40, 256)
+    for t in (1, 3, 10):
+        out = run(skimmer, z_i, z_a, mask, t, hard)
+        assert out.steps.shape == (3, t) and out.fused.shape[1] == t
+        for i, n in enumerate(lengths):
+            chosen = out.steps[i].tolist()
+            assert len(set(chosen)) == t                 # no step chosen twice
+            assert all(0 <= j < n for j in chosen)       # never a padded step
+
+
+def test_padding_does_not_change_a_videos_result(skimmer):
+    torch.manual_seed(2)
+    z_i, z_a, z_f = torch.randn(1, 20, 256), torch.randn(1, 20, 256), torch.randn(1, 20, 512)
+    alone = run(skimmer, z_i, z_a, torch.ones(1, 20, dtype=torch.bool), 5, fused=z_f)
+    pad_i = torch.cat([z_i, torch.randn(1, 10, 256)], 1)
+    pad_a = torch.cat([z_a, torch.randn(1, 10, 256)], 1)
+    pad_f = torch.cat([z_f, torch.randn(1, 10, 512)], 1)
+    mask = torch.zeros(1, 30, dtype=torch.bool)
+    mask[0, :20] = True
+    padded = run(skimmer, pad_i, pad_a, mask, 5, fused=pad_f)
+    assert padded.steps.tolist() == alone.steps.tolist()
+    torch.testing.assert_close(padded.logits, alone.logits, rtol=1e-4, atol=1e-5)
+
+
+def test_short_video_cycles_through_its_steps_when_t_exceeds_n():
+    sk = ImgAudSkimmer(Fusion(), 3).eval()
+    out = run(sk, torch.randn(1, 4, 256), torch.randn(1, 4, 256), torch.ones(1, 4, dtype=torch.bool), 10)
+    assert sorted(out.steps[0, :4].tolist()) == [0, 1, 2, 3]
+    assert np.all((out.steps.numpy() >= 0) & (out.steps.numpy() < 4))
+
+
+def test_unknown_indexing_mode_is_refused():
+    with pytest.raises(ValueError, match="indexing"):
+        ImgAudSkimmer(Fusion(), 3, indexing="telepathy")
