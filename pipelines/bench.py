@@ -130,24 +130,29 @@ def sweep(store: FeatureStore, runs: Path, data: SplitData) -> pd.DataFrame:
 
 
 def plot_tradeoff(table: pd.DataFrame, path: Path, title: str) -> None:
+    """Accuracy against GFLOPs per video (log scale); points are numbered and named in the legend, so that
+    methods of equal cost stay readable."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for _, r in table.iterrows():
-        oracle = r["method"].startswith("ORACLE")
-        ours = r["method"].startswith("IMGAUD-SKIM")
-        ax.scatter(r["gflops_per_video"], 100 * r["top1"], s=70 if ours else 45,
-                   marker="*" if ours else ("x" if oracle else "o"), color="C3" if ours else ("grey" if oracle else "C0"),
-                   zorder=3)
-        ax.annotate(r["method"], (r["gflops_per_video"], 100 * r["top1"]), textcoords="offset points", xytext=(5, 4),
-                    fontsize=7)
+    fig, ax = plt.subplots(figsize=(11, 5.5))
+    for i, r in enumerate(table.itertuples(), start=1):
+        oracle, ours = r.method.startswith("ORACLE"), r.method.startswith("IMGAUD-SKIM")
+        ax.scatter(r.gflops_per_video, 100 * r.top1, s=90 if ours else 50,
+                   marker="*" if ours else ("x" if oracle else "o"),
+                   color="C3" if ours else ("grey" if oracle else "C0"), zorder=3,
+                   label=f"{i:>2}  {r.method}: {100 * r.top1:.1f}%, {r.gflops_per_video:.1f} GFLOPs")
+        ax.annotate(str(i), (r.gflops_per_video, 100 * r.top1), textcoords="offset points",
+                    xytext=(4, 4 + 7 * (i % 3)), fontsize=8)
     ax.set_xscale("log")
-    ax.set_xlabel("GFLOPs per video (FlopCounterMode, 2 FLOPs per multiply-add)")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.set_xlabel("GFLOPs per video (counted with FlopCounterMode, 2 FLOPs per multiply-add)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, frameon=False, handletextpad=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
