@@ -248,6 +248,35 @@ def train_skim_cmd(store, runs, model, epochs, batch_size, lr, milestones, steps
         _fail(e)
 
 
+@main.command("train-sampler")
+@click.option("--store", default=_store_default, show_default="$FS_STORE or fs-store.zarr", help="Store path.")
+@click.option("--runs", default=None, help="Checkpoint folder (default $FS_RUNS or fs-runs).")
+@click.option("--modality", type=click.Choice(["audio", "visual", "av"]), default="audio", show_default=True,
+              help="Descriptor the sampler reads; av = AV-joint-training (both, scores averaged).")
+@click.option("--loss", type=click.Choice(["ac", "sal-cl", "sal-rank", "all"]), default="sal-rank", show_default=True)
+@click.option("--margin", type=float, default=1.0, show_default=True, help="SAL-RANK margin eta.")
+@click.option("--epochs", type=int, default=15, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Videos per batch.")
+@click.option("--lr", type=float, default=0.01, show_default=True)
+@click.option("--milestones", default="10", show_default=True, callback=_milestones, help="Epochs where lr /= 10.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def train_sampler_cmd(store, runs, modality, loss, margin, epochs, batch_size, lr, milestones, seed) -> None:
+    """Train an SCSampler ranker (AC, SAL-CL or SAL-RANK) on one modality's stored descriptors."""
+    from featurestore.store import FeatureStore, StoreError
+    from pipelines.data import runs_dir
+    from pipelines.train_sampler import checkpoint_name, train_sampler
+
+    losses = ["ac", "sal-cl", "sal-rank"] if loss == "all" else [loss]
+    try:
+        fs = FeatureStore(store)
+        for lo in losses:
+            _, hist = train_sampler(fs, runs_dir(runs), modality, lo, margin, epochs, batch_size, lr, milestones, seed,
+                                    _epoch_reporter(checkpoint_name(modality, lo)), say=lambda m: click.echo(m, err=True))
+            click.echo(f"saved {runs_dir(runs) / checkpoint_name(modality, lo)}.pt")
+    except (StoreError, ValueError) as e:
+        _fail(e)
+
+
 @main.command()
 @click.option("--store", default=_store_default, show_default="$FS_STORE or fs-store.zarr", help="Store path.")
 @click.option("--runs", default=None, help="Checkpoint folder (default $FS_RUNS or fs-runs).")

@@ -16,11 +16,13 @@ from models.baselines import HeadSelector, LSTMSelector, NonRecurrentSelector, S
 from models.selection import Selector
 from pipelines.data import SplitData, load_split
 from pipelines.train_head import load_head, train_head
+from pipelines.train_sampler import clip_classifier, load_sampler
 from pipelines.train_skim import load_skim_model
+from models.scsampler import SamplerSelector
 
 BLIND = ("RANDOM", "UNIFORM", "FRONT", "CENTER", "END")
 METHODS = BLIND + ("DENSE", "SCSAMPLER", "LSTM", "NON-RECURRENT", "SKIM", "SKIM-DENSE", "SKIM-ARGMAX",
-                   "SKIM-VISUAL", "SKIM-SINGLE", "ORACLE")
+                   "SKIM-VISUAL", "SKIM-SINGLE", "ORACLE", "SAMPLERS", "ORACLE-F")
 SWEEP_SUBSAMPLE = (1, 2, 5, 10)
 SWEEP_STEPS = tuple(range(1, 11))
 
@@ -99,6 +101,8 @@ def build_selectors(store: FeatureStore, runs: Path, methods: tuple[str, ...], s
             name = "ORACLE (upper bound)" if m == "ORACLE" else m
             out.append(HeadSelector(name, head, pair, rule=head_rules[m], class_index=class_index))
             continue
+        if m not in skims:
+            continue                      # SAMPLERS and ORACLE-F are added below
         model, options, name = skims[m]
         if model not in nets:
             path = runs / f"{model}.pt"
@@ -114,6 +118,53 @@ def build_selectors(store: FeatureStore, runs: Path, methods: tuple[str, ...], s
             out.append(NonRecurrentSelector(name, net, pair))
         else:
             out.append(SkimSelector(name, net, pair, **options))
+    if "SAMPLERS" in methods or "ORACLE-F" in methods:
+        out += sampler_selectors(store, runs, "SAMPLERS" in methods, "ORACLE-F" in methods, class_index, say)
+    return out
+
+
+def sampler_selectors(store: FeatureStore, runs: Path, samplers: bool, oracle: bool, class_index: dict[str, int],
+                      say: Callable[[str], None]) -> list[Selector]:
+    """SCSampler rows: every trained sampler (each loss x modality), the AV combinations and joint training, each
+    recognised by the student head and, when the store has r2p1d, by the R(2+1)D head f; plus f's oracle."""
+    u = unit_gflops()
+    unit = {"image": u["image"], "audio": u["audio"], "fusion": u["fusion"], "r2p1d": u["clip"]}
+    has_r2p1d = "r2p1d" in store.attrs.get("descriptors", [])
+    found = {}
+    for path in sorted(runs.glob("sampler-*.pt")):
+        model, cfg = load_sampler(store, path)
+        found[(cfg["modality"], cfg["loss"])] = model
+    if samplers and not found:
+        say(f"skipping SCSampler rows: no sampler checkpoints in {runs} (fs train-sampler --modality audio|visual "
+            f"--loss ac|sal-cl|sal-rank)")
+    recognisers = []
+    if found or oracle:
+        student = runs / "head-fused.pt"
+        if not student.is_file():
+            train_head(store, student)
+        recognisers.append(("student", load_head(store, student)[0], "fused"))
+        if has_r2p1d:
+            recognisers.append(("R(2+1)D", clip_classifier(store, runs, say), "r2p1d"))
+    out: list[Selector] = []
+    for rec_name, head, feature in recognisers if samplers else []:
+        for (modality, loss), model in sorted(found.items()):
+            label = "AV-joint-training" if modality == "av" else modality
+            out.append(SamplerSelector(f"SCS {label} {loss.upper()} -> {rec_name}", {modality: model}, (head, feature),
+                                       unit))
+        visual = found.get(("visual", "ac")) or next((m for (mo, _), m in found.items() if mo == "visual"), None)
+        audio = found.get(("audio", "sal-rank")) or next((m for (mo, _), m in found.items() if mo == "audio"), None)
+        if visual is not None and audio is not None:
+            for combine, extra in (("convex-score", " (a=0.9)"), ("convex-list", " (a=0.8)"), ("union-list", " (K'=8)"),
+                                   ("intersect-list", "")):
+                out.append(SamplerSelector(f"SCS AV-{combine}{extra} -> {rec_name}", {"visual": visual, "audio": audio},
+                                           (head, feature), unit, combine=combine))
+    if oracle:
+        if not has_r2p1d:
+            say("skipping ORACLE-F: the store has no r2p1d descriptors")
+        else:
+            f = clip_classifier(store, runs, say)
+            out.append(HeadSelector("ORACLE-F (SCSampler upper bound)", f, u["clip"], feature="r2p1d", rule="oracle",
+                                    class_index=class_index))
     return out
 
 
@@ -191,7 +242,8 @@ def run_bench(store: FeatureStore, runs: Path, out: Path, methods: tuple[str, ..
         raise ValueError(f"unknown method(s) {', '.join(sorted(unknown))}; choose from {', '.join(METHODS)}")
     if subsample < 1 or not 1 <= steps <= 10:
         raise ValueError("--subsample must be >= 1 and --steps within 1..10")
-    data = load_split(store, "test", ("image", "audio", "fused"))
+    names = ("image", "audio", "fused") + (("r2p1d",) if "r2p1d" in store.attrs.get("descriptors", []) else ())
+    data = load_split(store, "test", names)
     selectors = build_selectors(store, runs, methods, subsample, steps, say)
     if not selectors:
         raise StoreError("no method could be evaluated (see the lines above)")

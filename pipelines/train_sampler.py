@@ -1,0 +1,95 @@
+"""``fs train-sampler``: SCSampler's light rankers trained on stored descriptors.
+
+The clip classifier f whose scores define the SAL-CL / SAL-RANK pseudo-labels is the R(2+1)D-18 head over the
+stored ``r2p1d`` descriptors, fitted on the training split (``fs train-head --features r2p1d``; trained here on first
+use): the teacher's own logits are over Kinetics classes, not the dataset's.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.nn import functional as F
+
+from featurestore.store import FeatureStore, StoreError
+from models.scsampler import JointSampler, SaliencySampler, sal_cl_loss, sal_rank_loss
+from pipelines.data import load_checkpoint, load_split, save_checkpoint
+from pipelines.train import fit
+from pipelines.train_head import load_head, train_head
+
+MODALITY_FEATURE = {"visual": "image", "audio": "audio"}
+FEATURE_DIM = {"image": 256, "audio": 256}
+
+
+def clip_classifier(store: FeatureStore, runs: Path, say: Callable[[str], None] = print):
+    """f: the R(2+1)D head on stored ``r2p1d`` descriptors (trained on first use)."""
+    if "r2p1d" not in store.attrs.get("descriptors", []):
+        raise StoreError(f"store {store.path} has no r2p1d descriptors: SCSampler's clip classifier f needs them "
+                         f"(fs extract --descriptors image,audio,fused,r2p1d)")
+    path = runs / "head-r2p1d.pt"
+    if not path.is_file():
+        say(f"no clip classifier at {path}: training it now (fs train-head --features r2p1d)")
+        train_head(store, path, "r2p1d")
+    return load_head(store, path)[0]
+
+
+def checkpoint_name(modality: str, loss: str) -> str:
+    return f"sampler-{modality}-{loss}"
+
+
+def train_sampler(store: FeatureStore, runs: Path, modality: str, loss: str, margin: float = 1.0,
+                  epochs: int = 15, batch_size: int = 16, lr: float = 0.01, milestones: tuple[int, ...] = (10,),
+                  seed: int = 0, report: Callable[[dict], None] | None = None,
+                  say: Callable[[str], None] = print) -> tuple[torch.nn.Module, list[dict]]:
+    """Train one sampler (``modality`` visual, audio, or av = AV-joint-training) with ``loss``; batches are videos,
+    since SAL-CL labels and SAL-RANK pairs are defined within a video."""
+    mods = ["visual", "audio"] if modality == "av" else [modality]
+    if any(m not in MODALITY_FEATURE for m in mods):
+        raise ValueError("--modality must be audio, visual or av")
+    feats = tuple(MODALITY_FEATURE[m] for m in mods)
+    data = load_split(store, "train", feats + ("r2p1d",))
+    f = clip_classifier(store, runs, say)
+    with torch.no_grad():
+        f_true = [F.softmax(f(z), 1)[:, int(y)] for z, y in zip(data.tensors("r2p1d"), data.labels)]
+    seqs = {n: data.tensors(n) for n in feats}
+    torch.manual_seed(seed)
+    samplers = [SaliencySampler(FEATURE_DIM[n], loss, len(data.classes)) for n in feats]
+    model = JointSampler(*samplers) if modality == "av" else samplers[0]
+
+    def batches(gen):
+        order = torch.randperm(len(data.labels), generator=gen).tolist()
+        for i in range(0, len(order), batch_size):
+            if len(order[i:i + batch_size]) > 1:
+                yield (order[i:i + batch_size],)
+
+    def loss_fn(idx):
+        outs = [model(*[seqs[n][j] for n in feats]) for j in idx]
+        y = data.labels[idx]
+        if loss == "ac":
+            logits = torch.cat(outs)
+            steps_y = torch.cat([torch.full((len(o),), int(data.labels[j])) for o, j in zip(outs, idx)])
+            return F.cross_entropy(logits, steps_y), logits, steps_y
+        if loss == "sal-cl":
+            total = torch.stack([sal_cl_loss(o, f_true[j]) for o, j in zip(outs, idx)]).mean()
+        else:
+            total = torch.stack([sal_rank_loss(o, f_true[j], margin) for o, j in zip(outs, idx)]).mean()
+        # "accuracy" for saliency losses: is the top-scored step one of f's top half for the true class?
+        hits = torch.tensor([float(f_true[j][o.argmax()] >= f_true[j].median()) for o, j in zip(outs, idx)])
+        return total, torch.stack([1 - hits, hits], 1), torch.ones(len(idx), dtype=torch.long)
+
+    history = fit(model, batches, loss_fn, epochs, lr, milestones, seed, report)
+    model.eval()
+    save_checkpoint(runs / f"{checkpoint_name(modality, loss)}.pt", "sampler", model, store,
+                    {"modality": modality, "loss": loss, "margin": margin, "num_classes": len(data.classes)}, history)
+    return model, history
+
+
+def load_sampler(store: FeatureStore, path: Path) -> tuple[torch.nn.Module, dict]:
+    ckpt = load_checkpoint(path, "sampler", store)
+    cfg = ckpt["config"]
+    mods = ["visual", "audio"] if cfg["modality"] == "av" else [cfg["modality"]]
+    samplers = [SaliencySampler(FEATURE_DIM[MODALITY_FEATURE[m]], cfg["loss"], cfg["num_classes"]) for m in mods]
+    model = JointSampler(*samplers) if cfg["modality"] == "av" else samplers[0]
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), cfg
