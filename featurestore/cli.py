@@ -108,8 +108,11 @@ def _load_manifest(dataset: str | None, manifest: str | None, data_root: str | N
               help="Student weights: a checkpoint path (e.g. from distillation), imagenet or random.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of any random initialisation.")
 @click.option("--retry-failed", is_flag=True, help="Retry videos listed in the failures table.")
+@click.option("--keep-inputs", is_flag=True, help="Also store each step's first frame and log-mel (for distillation "
+                                                   "and refresh without decoding again).")
+@click.option("--keep-clips", is_flag=True, help="Also store each step's 16-frame teacher clip (large; small data).")
 def extract(dataset, manifest, data_root, store, gpus, workers, scheduler, batch_size, descriptors, teacher_weights,
-            student_weights, seed, retry_failed) -> None:
+            student_weights, seed, retry_failed, keep_inputs, keep_clips) -> None:
     """Decode each video once and write its descriptors to the zarr store (one Dask task per video)."""
     from featurestore.cluster import ClusterError, close_client, make_client
     from featurestore.extract import ExtractConfig, run_extraction
@@ -123,7 +126,8 @@ def extract(dataset, manifest, data_root, store, gpus, workers, scheduler, batch
         config = ExtractConfig(
             descriptors=tuple(d.strip() for d in descriptors.split(",") if d.strip()), batch_size=batch_size,
             device="cuda" if gpus else "cpu", teacher_weights=teacher_weights, student_weights=student_weights,
-            seed=seed, threads=0 if gpus else max(1, (os.cpu_count() or 1) // max(1, n_procs)))
+            seed=seed, threads=0 if gpus else max(1, (os.cpu_count() or 1) // max(1, n_procs)),
+            keep_inputs=keep_inputs, keep_clips=keep_clips)
         fs = FeatureStore(store, mode="a")
         client = make_client(gpus=gpus, workers=workers, scheduler=scheduler)
         try:
@@ -148,7 +152,8 @@ def _print_info(path) -> None:
                f"; {info['failures']} failed; {info['partial']} partial")
     click.echo(f"steps        {info['steps']} from {info['video_minutes']:.2f} video-minutes; "
                f"{info['no_audio']} without audio; {info['short']} shorter than one clip")
-    click.echo(f"descriptors  {', '.join(info['descriptors'])}")
+    click.echo(f"descriptors  {', '.join(info['descriptors'])}" +
+               (f"; inputs kept: {', '.join(info['inputs'])}" if info["inputs"] else ""))
     click.echo(f"bytes        {info['bytes'] / 1e6:.2f} MB ({info['bytes_per_video_minute'] / 1e3:.1f} kB per "
                f"video-minute)")
     for name, rec in models.items():

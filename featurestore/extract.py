@@ -42,6 +42,8 @@ class ExtractConfig:
     student_weights: str = STUDENT_DEFAULT
     seed: int = 0
     threads: int = 0      # torch intra-op threads per worker; 0 leaves torch's default
+    keep_inputs: bool = False   # also store each step's first frame (uint8) and log-mel (float16)
+    keep_clips: bool = False    # also store each step's 16-frame teacher clip (uint8; large)
 
     def __post_init__(self) -> None:
         unknown = set(self.descriptors) - set(DESCRIPTORS)
@@ -67,9 +69,14 @@ class ExtractConfig:
                        teacher_weights="random" if fell_back.get("teacher") else self.teacher_weights,
                        student_weights="random" if fell_back.get("student") else self.student_weights)
 
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The model inputs kept in the store beside the descriptors."""
+        return (("frames", "mel") if self.keep_inputs else ()) + (("clips",) if self.keep_clips else ())
+
     def stored_arrays(self) -> list[str]:
         names = ["t"] + [d for d in DESCRIPTORS if d in self.descriptors]
-        return names + (["r2p1d_logits"] if self.needs_teacher else [])
+        return names + (["r2p1d_logits"] if self.needs_teacher else []) + list(self.inputs)
 
 
 def n_steps_for(n_frames: int) -> int:
@@ -131,6 +138,8 @@ class Extractor:
                 arrays[name] = "student"
             elif name.startswith("r2p1d"):
                 arrays[name] = "teacher"
+            elif name in ("frames", "mel", "clips"):
+                arrays[name] = "decode"
         return {
             "fs_version": __version__, "schema_version": SCHEMA_VERSION, "torch": torch.__version__,
             "models": self.models, "arrays": arrays,
@@ -153,6 +162,7 @@ class Extractor:
         cfg, bs = self.config, self.config.batch_size
         image_feats, teacher_feats, teacher_logits = [], [], []
         first_frames, clips = [], []
+        kept_frames, kept_clips = [], []
 
         def flush_images() -> None:
             (z,) = self._batched(lambda x: (self.student.image_net(x),), first_frames)
@@ -170,6 +180,10 @@ class Extractor:
             n = 0
             for k, first, clip in iter_steps(dec.frames()):
                 n = k + 1
+                if cfg.keep_inputs:
+                    kept_frames.append(first)
+                if cfg.keep_clips:
+                    kept_clips.append(clip)
                 if self.student is not None:
                     first_frames.append(first)
                     if len(first_frames) == bs * 4:
@@ -188,10 +202,10 @@ class Extractor:
         t = (np.arange(n, dtype=np.float32) * STEP_FRAMES / FPS).astype(np.float32)
         has_audio = bool(info.has_audio and len(audio) > 0)
         arrays: dict[str, np.ndarray] = {"t": t}
+        mel = self._log_mels(audio, t) if has_audio and (self.student is not None or cfg.keep_inputs) else None
         if self.student is not None:
             z_i = np.concatenate(image_feats)
             if has_audio:
-                mel = self._log_mels(audio, t)
                 z_a = np.concatenate([self._batched(lambda x: (self.student.audio_net(x),), list(mel[i:i + bs * 4]))[0]
                                       for i in range(0, n, bs * 4)])
             else:
@@ -205,6 +219,11 @@ class Extractor:
         if self.teacher is not None:
             arrays["r2p1d"] = np.concatenate(teacher_feats).astype(np.float16)
             arrays["r2p1d_logits"] = np.concatenate(teacher_logits).astype(np.float16)
+        if cfg.keep_inputs:
+            arrays["frames"] = np.stack(kept_frames)
+            arrays["mel"] = (mel if mel is not None else np.zeros((n, N_MELS, 101), np.float32)).astype(np.float16)
+        if cfg.keep_clips:
+            arrays["clips"] = np.stack(kept_clips)
         attrs = {
             "fps": FPS, "n_frames": int(n_frames), "n_steps": int(n), "duration": round(n_frames / FPS, 4),
             "container_duration": info.duration, "has_audio": has_audio,
@@ -316,7 +335,7 @@ def run_extraction(manifest, store: FeatureStore, config: ExtractConfig, client,
     from tqdm import tqdm
 
     local = get_extractor(config, "cpu")
-    store.initialise(dataset, classes, config.descriptors, local.provenance())
+    store.initialise(dataset, classes, config.descriptors, local.provenance(), config.inputs)
     config = config.resolved(local.models)
     store.clear_partials()
     summary = ExtractionSummary()

@@ -5,6 +5,7 @@ Layout::
     <store>/zarr.json                 root attrs: schema_version, fs_version, dataset, classes, descriptors, provenance
     <store>/videos/<video_id>/        attrs: label, split, fps, duration, has_audio, n_steps, provenance, complete
         t (N,) f4 · image (N,256) f2 · audio (N,256) f2 · fused (N,512) f2 · r2p1d (N,512) f2 · r2p1d_logits (N,C) f2
+        frames (N,112,112,3) u1 · mel (N,40,101) f2 [--keep-inputs] · clips (N,16,112,112,3) u1 [--keep-clips]
     <store>/partial/<video_id>-<tag>/ groups being written (never read)
     <store>/failures.csv              video_id, path, stage, error
 
@@ -31,6 +32,12 @@ FEATURE_DIMS = {"image": 256, "audio": 256, "fused": 512, "r2p1d": 512}
 DESCRIPTORS = tuple(FEATURE_DIMS)        # what `--descriptors` may name; r2p1d brings r2p1d_logits along
 FAILURE_COLUMNS = ["video_id", "path", "stage", "error"]
 COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+
+
+def chunk_shape(data: np.ndarray, target_bytes: int = 4 << 20) -> tuple[int, ...]:
+    """Whole rows per chunk, about ``target_bytes`` each: one chunk for descriptors, a few for kept inputs."""
+    row = max(1, data[0].nbytes if len(data) else 1)
+    return (max(1, min(len(data), target_bytes // row)),) + data.shape[1:]
 
 
 class StoreError(RuntimeError):
@@ -93,17 +100,18 @@ class FeatureStore:
         if found is not None and found != SCHEMA_VERSION:
             raise StoreError(f"store {self.path} has schema version {found}, this fs reads version {SCHEMA_VERSION}")
 
-    def initialise(self, dataset: str, classes: list[str], descriptors: Iterable[str], provenance: dict) -> None:
+    def initialise(self, dataset: str, classes: list[str], descriptors: Iterable[str], provenance: dict,
+                   inputs: Iterable[str] = ()) -> None:
         """Record what the store holds on first use; on later runs refuse settings that differ from the recorded ones."""
         self._check_schema()
         want = {"schema_version": SCHEMA_VERSION, "dataset": dataset, "classes": list(classes),
-                "descriptors": list(descriptors), "provenance": provenance}
+                "descriptors": list(descriptors), "inputs": list(inputs), "provenance": provenance}
         have = self.attrs
         if "schema_version" not in have:
             self.root.attrs.update({**want, "fs_version": __version__})
             return
-        for key in ("dataset", "classes", "descriptors"):
-            if have.get(key) != want[key]:
+        for key in ("dataset", "classes", "descriptors", "inputs"):
+            if have.get(key, []) != want[key]:
                 raise StoreError(f"store {self.path} was built with {key}={_short(have.get(key))}, this run asks "
                                  f"{_short(want[key])}: use another --store")
         for name, rec in provenance.get("models", {}).items():
@@ -148,7 +156,8 @@ class FeatureStore:
             n = n if n is not None else len(data)
             if len(data) != n:
                 raise ValueError(f"{video_id}: array {name} has {len(data)} rows, expected {n}")
-            group.create_array(name, data=np.ascontiguousarray(data), chunks=data.shape, compressors=COMPRESSOR)
+            group.create_array(name, data=np.ascontiguousarray(data), chunks=chunk_shape(data),
+                               compressors=COMPRESSOR)
         group.attrs["complete"] = True   # the completion marker, written after every array
         src, dst = self.path / "partial" / tag, self.path / "videos" / video_id
         if dst.exists() and not self.has_video(video_id):
@@ -222,7 +231,8 @@ class FeatureStore:
         return {
             "path": str(self.path), "schema_version": self.attrs.get("schema_version"),
             "dataset": self.attrs.get("dataset"), "classes": len(self.attrs.get("classes", [])),
-            "descriptors": self.attrs.get("descriptors", []), "videos": len(ids), "per_split": per_split,
+            "descriptors": self.attrs.get("descriptors", []), "inputs": self.attrs.get("inputs", []),
+            "videos": len(ids), "per_split": per_split,
             "steps": steps, "video_minutes": seconds / 60, "no_audio": no_audio, "short": short,
             "partial": len(self.partial_ids()), "failures": len(self.failures()), "bytes": size,
             "bytes_per_video_minute": size / (seconds / 60) if seconds else float("nan"),

@@ -120,3 +120,22 @@ def test_workers_get_the_weights_the_client_resolved():
     pinned = cfg.resolved({"teacher": {"source": "random(seed=0)"},
                            "student": {"source": "torchvision:ResNet18_Weights.IMAGENET1K_V1+random(seed=0)"}})
     assert pinned.teacher_weights == "random" and pinned.student_weights == "imagenet"
+
+
+def test_keep_inputs_round_trips_the_decoded_first_frames_bit_exactly(tmp_path, video_dir, client):
+    from featurestore.decode import DecodedVideo
+    from featurestore.extract import iter_steps
+
+    df = manifest(video_dir, ["tone.mp4", "silent.mp4"])
+    config = ExtractConfig(descriptors=("image",), student_weights="random", keep_inputs=True, keep_clips=True)
+    _, store = extract(tmp_path / "s.zarr", df, client, config)
+    v = store.read_video("tone")
+    with DecodedVideo(str(video_dir / "tone.mp4"), with_audio=False) as dec:
+        steps = list(iter_steps(dec.frames()))
+    assert v["frames"].dtype == np.uint8 and v["frames"].shape == (4, 112, 112, 3)
+    assert np.array_equal(v["frames"], np.stack([first for _, first, _ in steps]))
+    assert np.array_equal(v["clips"], np.stack([clip for _, _, clip in steps]))
+    assert v["mel"].shape == (4, 40, 101) and v["mel"].dtype == np.float16
+    assert v["mel"].astype(np.float32).max() > np.log(1e-6) + 10          # the tone is there
+    assert not store.read_video("silent")["mel"].any()                    # no audio track: zeros
+    assert store.attrs["inputs"] == ["frames", "mel", "clips"]
