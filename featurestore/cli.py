@@ -253,6 +253,79 @@ def train_skim_cmd(store, runs, model, epochs, batch_size, lr, milestones, steps
         _fail(e)
 
 
+@main.command("train-teacher")
+@click.option("--store", default=_store_default, show_default="$FS_STORE or fs-store.zarr", help="Store path.")
+@click.option("--runs", default=None, help="Checkpoint folder (default $FS_RUNS or fs-runs).")
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--milestones", default="6", show_default=True, callback=_milestones, help="Epochs where lr /= 10.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def train_teacher_cmd(store, runs, epochs, batch_size, lr, milestones, device, seed) -> None:
+    """Fine-tune the R(2+1)D-18 teacher on the dataset's classes from stored clips (needs --keep-clips)."""
+    from featurestore.store import FeatureStore, StoreError
+    from pipelines.data import runs_dir
+    from pipelines.distill import train_teacher
+
+    out = runs_dir(runs) / "teacher.pt"
+    try:
+        train_teacher(FeatureStore(store), out, epochs, batch_size, lr, milestones, seed, device,
+                      _epoch_reporter("teacher"))
+    except (StoreError, ValueError) as e:
+        _fail(e)
+    click.echo(f"saved {out} (use it with: fs refresh --teacher {out})")
+
+
+@main.command("train-distill")
+@click.option("--store", default=_store_default, show_default="$FS_STORE or fs-store.zarr", help="Store path.")
+@click.option("--runs", default=None, help="Checkpoint folder (default $FS_RUNS or fs-runs).")
+@click.option("--epochs", type=int, default=60, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--milestones", default="30,50", show_default=True, callback=_milestones, help="Epochs where lr /= 10.")
+@click.option("--lambda", "lam", type=float, default=100.0, show_default=True, help="Weight of the KL term.")
+@click.option("--finetune", "finetune_epochs", type=int, default=0, show_default=True,
+              help="Epochs of fine-tuning on the target labels after distillation.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def train_distill_cmd(store, runs, epochs, batch_size, lr, milestones, lam, finetune_epochs, device, seed) -> None:
+    """Distil the stored teacher into the ImgAud2Vid student from stored frames and log-mels (L1 + lambda KL)."""
+    from featurestore.store import FeatureStore, StoreError
+    from pipelines.data import runs_dir
+    from pipelines.distill import train_distill
+
+    out = runs_dir(runs) / "student.pt"
+    try:
+        train_distill(FeatureStore(store), out, epochs, batch_size, lr, milestones, lam, finetune_epochs, seed, device,
+                      _epoch_reporter("distill"))
+    except (StoreError, ValueError) as e:
+        _fail(e)
+    click.echo(f"saved {out} (use it with: fs refresh --student {out})")
+
+
+@main.command()
+@click.option("--store", default=_store_default, show_default="$FS_STORE or fs-store.zarr", help="Store path.")
+@click.option("--student", default=None, help="Student checkpoint: recompute image, audio, fused from stored inputs.")
+@click.option("--teacher", default=None, help="Teacher checkpoint: recompute r2p1d, r2p1d_logits from stored clips.")
+def refresh(store, student, teacher) -> None:
+    """Recompute descriptors from the inputs kept in the store with new weights, without touching the videos."""
+    from featurestore.store import StoreError
+    from featurestore.weights import WeightsError
+    from pipelines.distill import refresh as run_refresh
+
+    try:
+        with click.progressbar(length=1, label="refresh", file=sys.stderr) as bar:
+            def progress(i, n):
+                bar.length = n
+                bar.update(1)
+            changed = run_refresh(store, student, teacher, progress)
+    except (StoreError, WeightsError, ValueError) as e:
+        _fail(e)
+    click.echo(f"refreshed {changed} videos")
+    _print_info(store)
+
+
 @main.command("train-sampler")
 @click.option("--store", default=_store_default, show_default="$FS_STORE or fs-store.zarr", help="Store path.")
 @click.option("--runs", default=None, help="Checkpoint folder (default $FS_RUNS or fs-runs).")

@@ -150,7 +150,7 @@ class FeatureStore:
         if self.mode != "a":
             raise StoreError("store opened read-only")
         tag = f"{video_id}-{uuid.uuid4().hex[:8]}"
-        group = self.root["partial"].create_group(tag, attributes={**attrs, "complete": False})
+        group = self.root["partial"].create_group(tag, attributes={**attrs, "video_id": video_id, "complete": False})
         n = None
         for name, data in arrays.items():
             n = n if n is not None else len(data)
@@ -169,6 +169,23 @@ class FeatureStore:
             return False
         return True
 
+    def replace_video(self, video_id: str, arrays: dict[str, np.ndarray], attrs: dict) -> None:
+        """Swap a complete video for a new version (``fs refresh``): the new copy is written in full under
+        ``partial/``, the old one moved aside there and removed only after the new one is in place. A crash between
+        the two renames leaves a complete copy under ``partial/`` that :meth:`clear_partials` puts back."""
+        if not self.has_video(video_id):
+            raise StoreError(f"video {video_id!r} is not a complete video of store {self.path}")
+        tag = f"{video_id}-{uuid.uuid4().hex[:8]}"
+        group = self.root["partial"].create_group(tag, attributes={**attrs, "video_id": video_id, "complete": False})
+        for name, data in arrays.items():
+            group.create_array(name, data=np.ascontiguousarray(data), chunks=chunk_shape(data),
+                               compressors=COMPRESSOR)
+        group.attrs["complete"] = True
+        old = self.path / "partial" / f"{tag}-old"
+        os.rename(self.path / "videos" / video_id, old)
+        os.rename(self.path / "partial" / tag, self.path / "videos" / video_id)
+        shutil.rmtree(old, ignore_errors=True)
+
     def read_video(self, video_id: str, names: Iterable[str] | None = None) -> VideoFeatures:
         """Load a complete video's arrays (all, or ``names``) as numpy."""
         if not self.has_video(video_id):
@@ -181,11 +198,18 @@ class FeatureStore:
         return dict(zarr.open_group(str(self.path / "videos" / video_id), mode="r").attrs)
 
     def clear_partials(self) -> int:
-        """Remove groups left half-written by an interrupted run; returns how many."""
+        """Remove groups left half-written by an interrupted run (returns how many); a complete copy whose video is
+        missing from ``videos/`` (a refresh cut between its two renames) is put back instead."""
         part = self.path / "partial"
         dirs = [p for p in part.iterdir() if p.is_dir()] if part.is_dir() else []
-        for p in dirs:
-            shutil.rmtree(p, ignore_errors=True)
+        for p in sorted(dirs, key=lambda p: not p.name.endswith("-old")):   # restore old copies first
+            attrs = zarr.open_group(str(p), mode="r").attrs if (p / "zarr.json").is_file() else {}
+            vid = attrs.get("video_id")
+            target = self.path / "videos" / str(vid)
+            if vid and attrs.get("complete") is True and not target.exists():
+                os.rename(p, target)
+            else:
+                shutil.rmtree(p, ignore_errors=True)
         return len(dirs)
 
     # --- failures --------------------------------------------------------------------------------------------

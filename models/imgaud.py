@@ -85,3 +85,19 @@ class ImgAud2Vid(nn.Module):
 def imgaud2vid_student(num_classes: int = 400) -> ImgAud2Vid:
     """Build the ImgAud2Vid student (randomly initialised; weights are loaded by the caller)."""
     return ImgAud2Vid(num_classes=num_classes)
+
+
+def distillation_loss(z_teacher: torch.Tensor, teacher_logits: torch.Tensor, z_student: torch.Tensor,
+                      student_logits: torch.Tensor, lam: float = 100.0
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eq. 4 of Listen to Look: L1(z^V, Psi(z^I, z^A)) + lambda * KL(Omega(V) || Phi(I, A)).
+
+    The L1 term is the mean absolute difference over batch and dimensions; the KL term is sum_c p_t (log p_t - log p_s)
+    averaged over the batch, with p_t = softmax(teacher logits), p_s = softmax(student logits).
+    Returns (total, l1, kl).
+    """
+    l1 = (z_teacher - z_student).abs().mean()
+    log_p_t = torch.log_softmax(teacher_logits, dim=1)
+    log_p_s = torch.log_softmax(student_logits, dim=1)
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(1).mean()
+    return l1 + lam * kl, l1, kl

@@ -34,19 +34,24 @@ class SplitData:
 
 def load_split(store: FeatureStore, split: str, names: tuple[str, ...]) -> SplitData:
     """Every complete video of ``split`` with the arrays ``names``; refuses a store lacking them."""
-    have = store.attrs.get("descriptors", [])
+    have = store.attrs.get("descriptors", []) + store.attrs.get("inputs", [])
     missing = [n for n in names if n not in have and n not in ("t", "r2p1d_logits")]
     if missing:
         raise StoreError(f"store {store.path} has no {', '.join(missing)} descriptors (it holds "
                          f"{', '.join(have)}): re-extract with --descriptors including them")
     classes = list(store.attrs["classes"])
     index = {c: i for i, c in enumerate(classes)}
+    models = {k: v.get("sha256") for k, v in store.attrs.get("provenance", {}).get("models", {}).items()}
     videos = []
     for vid in store.video_ids():
         attrs = store.video_attrs(vid)
         if attrs["split"] == split:
             if attrs["label"] not in index:
                 raise StoreError(f"video {vid}: label {attrs['label']!r} is not among the store's classes")
+            for model, digest in attrs.get("provenance", {}).get("models", {}).items():
+                if model in models and digest.get("sha256") != models[model]:
+                    raise StoreError(f"video {vid} holds {model} features from weights sha256 {digest.get('sha256')}, "
+                                     f"the store's are {models[model]} (an unfinished fs refresh? run it again)")
             videos.append(store.read_video(vid, names))
     if not videos:
         raise StoreError(f"store {store.path} has no complete {split} videos")
@@ -84,19 +89,36 @@ def check_fingerprint(saved: dict, store: FeatureStore, what: str) -> None:
                              f"{now['models'][model]}: retrain it on this store")
 
 
-def student_fusion(store: FeatureStore) -> Fusion:
-    """The student's Psi that produced this store's ``fused`` features, rebuilt from provenance and hash-checked."""
-    rec = store.attrs.get("provenance", {}).get("models", {}).get("student")
-    if rec is None:
-        raise StoreError(f"store {store.path} holds no student features")
-    source = rec["source"]
+def weights_spec(record: dict) -> tuple[str, int]:
+    """(spec for the weights loaders, seed) that reproduce a provenance record's weights."""
+    source = record["source"]
     seed = int(source.rsplit("seed=", 1)[1].rstrip(")")) if "seed=" in source else 0
-    spec = source[5:] if source.startswith("file:") else ("imagenet" if source.startswith("torchvision:") else "random")
-    model, got = load_student(spec, seed, rec.get("num_classes", 400))
+    if source.startswith("file:"):
+        return source[5:], seed
+    if source.startswith("torchvision:"):
+        return ("kinetics400" if "R2Plus1D" in source else "imagenet"), seed
+    return "random", seed
+
+
+def store_model(store: FeatureStore, name: str) -> torch.nn.Module:
+    """The student or teacher that produced this store's features, rebuilt from provenance and hash-checked."""
+    from featurestore.weights import load_teacher
+
+    rec = store.attrs.get("provenance", {}).get("models", {}).get(name)
+    if rec is None:
+        raise StoreError(f"store {store.path} holds no {name} features")
+    spec, seed = weights_spec(rec)
+    model, got = (load_student(spec, seed, rec.get("num_classes", 400)) if name == "student"
+                  else load_teacher(spec, seed))
     if got["sha256"] != rec["sha256"]:
-        raise StoreError(f"cannot rebuild the student behind store {store.path}: {source} now hashes to "
+        raise StoreError(f"cannot rebuild the {name} behind store {store.path}: {rec['source']} now hashes to "
                          f"{got['sha256']}, the store recorded {rec['sha256']}")
-    return model.fusion
+    return model
+
+
+def student_fusion(store: FeatureStore) -> Fusion:
+    """The student's Psi that produced this store's ``fused`` features."""
+    return store_model(store, "student").fusion
 
 
 def save_checkpoint(path: Path, kind: str, model: torch.nn.Module, store: FeatureStore, config: dict,

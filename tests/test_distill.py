@@ -1,0 +1,127 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from featurestore.cli import main
+from featurestore.cluster import close_client, make_client
+from featurestore.extract import ExtractConfig, run_extraction
+from featurestore.store import FeatureStore, StoreError
+from featurestore.weights import load_student, state_hash
+from models.imgaud import distillation_loss, imgaud2vid_student
+from pipelines.data import load_split
+
+
+def test_l1_and_kl_terms_follow_the_equation_on_hand_made_tensors():
+    z_t = torch.tensor([[1.0, -2.0], [0.0, 4.0]])
+    z_s = torch.tensor([[0.0, -1.0], [1.0, 1.0]])
+    lt = torch.tensor([[0.0, 0.0], [2.0, 0.0]])
+    ls = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    total, l1, kl = distillation_loss(z_t, lt, z_s, ls, lam=100.0)
+    assert l1.item() == pytest.approx((1 + 1 + 1 + 3) / 4)
+    p_t = np.array([[0.5, 0.5], [np.exp(2) / (np.exp(2) + 1), 1 / (np.exp(2) + 1)]])
+    p_s = np.array([[np.e / (np.e + 1), 1 / (np.e + 1)], [0.5, 0.5]])
+    want_kl = (p_t * np.log(p_t / p_s)).sum(1).mean()
+    assert kl.item() == pytest.approx(want_kl, rel=1e-5)
+    assert total.item() == pytest.approx(l1.item() + 100 * want_kl, rel=1e-5)
+    same = distillation_loss(z_t, lt, z_t, lt)
+    assert same[1].item() == 0 and abs(same[2].item()) < 1e-7
+
+
+def test_a_distillation_step_lowers_the_loss_on_a_fixed_batch():
+    torch.manual_seed(0)
+    student = imgaud2vid_student(num_classes=10)
+    frames = torch.randint(0, 255, (4, 112, 112, 3), dtype=torch.uint8)
+    mel = torch.randn(4, 40, 101)
+    z_t, logits_t = torch.rand(4, 512), torch.randn(4, 10)
+    opt = torch.optim.SGD(student.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
+    student.train()
+    losses = []
+    for _ in range(3):
+        _, _, fused, logits = student(frames, mel)
+        loss = distillation_loss(z_t, logits_t, fused, logits)[0]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+@pytest.fixture(scope="module")
+def input_store(tmp_path_factory, video_dir):
+    path = tmp_path_factory.mktemp("inputs") / "s.zarr"
+    df = pd.DataFrame([{"video_id": v, "path": str(video_dir / f"{v}.mp4"), "label": lab, "split": sp}
+                       for v, lab, sp in (("tone", "a", "train"), ("pal", "b", "train"), ("silent", "a", "test"))])
+    client = make_client(workers=1, processes=False)
+    try:
+        config = ExtractConfig(student_weights="random", teacher_weights="random", keep_inputs=True, keep_clips=True,
+                               batch_size=4)
+        run_extraction(df, FeatureStore(path, mode="a"), config, client, "t", ["a", "b"], progress=False)
+    finally:
+        close_client(client)
+    return path
+
+
+def test_refresh_changes_only_the_named_arrays_and_records_the_checkpoint(tmp_path, input_store):
+    import shutil
+    path = tmp_path / "s.zarr"
+    shutil.copytree(input_store, path)
+    before = {v: FeatureStore(path).read_video(v) for v in ("tone", "pal", "silent")}
+    new, rec = load_student("random", seed=7)
+    torch.save({"state_dict": new.state_dict()}, tmp_path / "student.pt")
+    res = CliRunner().invoke(main, ["refresh", "--store", str(path), "--student", str(tmp_path / "student.pt")])
+    assert res.exit_code == 0, res.output
+    assert "refreshed 3 videos" in res.output
+    store = FeatureStore(path)
+    for vid, old in before.items():
+        now = store.read_video(vid)
+        for name in ("t", "r2p1d", "r2p1d_logits", "frames", "mel", "clips"):
+            assert np.array_equal(now[name], old[name]), name
+        assert not np.array_equal(now["image"], old["image"])
+        assert not np.array_equal(now["fused"], old["fused"])
+        assert now.attrs["provenance"]["models"]["student"]["sha256"] == state_hash(new)
+    assert store.attrs["provenance"]["models"]["student"]["sha256"] == state_hash(new)
+    assert not store.read_video("silent")["audio"].any()
+    with torch.inference_mode():        # the refreshed features are the new student's on the stored inputs
+        tone = store.read_video("tone")
+        z_i = new.eval().image_net(torch.from_numpy(tone["frames"]))
+    np.testing.assert_allclose(tone["image"].astype(np.float32), z_i.numpy(), rtol=2e-2, atol=2e-2)
+    load_split(store, "train", ("fused",))          # consistent provenance: trainers accept it
+    again = CliRunner().invoke(main, ["refresh", "--store", str(path), "--student", str(tmp_path / "student.pt")])
+    assert "refreshed 0 videos" in again.output
+
+
+def test_trainers_refuse_a_half_refreshed_store(tmp_path, input_store):
+    import shutil
+    path = tmp_path / "s.zarr"
+    shutil.copytree(input_store, path)
+    store = FeatureStore(path, mode="a")
+    prov = store.attrs["provenance"]
+    prov["models"]["student"] = {"source": "file:/elsewhere.pt", "sha256": "0123456789abcdef"}
+    store.root.attrs["provenance"] = prov      # as if refresh had switched the root and stopped
+    with pytest.raises(StoreError, match="unfinished fs refresh"):
+        load_split(FeatureStore(path), "train", ("fused",))
+
+
+def test_distill_and_teacher_training_from_stored_inputs(tmp_path, input_store):
+    runs = tmp_path / "runs"
+    cli = CliRunner()
+    res = cli.invoke(main, ["train-distill", "--store", str(input_store), "--runs", str(runs), "--epochs", "2",
+                            "--batch-size", "4", "--finetune", "1"])
+    assert res.exit_code == 0, res.output
+    student, rec = load_student(str(runs / "student.pt"))
+    assert student.classifier.out_features == 2          # fine-tuned on the two target classes
+    res = cli.invoke(main, ["train-teacher", "--store", str(input_store), "--runs", str(runs), "--epochs", "1",
+                            "--batch-size", "4"])
+    assert res.exit_code == 0, res.output
+    from featurestore.weights import load_teacher
+    teacher, trec = load_teacher(str(runs / "teacher.pt"))
+    assert trec["num_classes"] == 2
+
+
+def test_distillation_needs_kept_inputs(tmp_path):
+    from tests.test_bench import fabricate_store
+    store = fabricate_store(tmp_path / "f.zarr", n_videos=6)
+    res = CliRunner().invoke(main, ["train-distill", "--store", str(store.path), "--runs", str(tmp_path)])
+    assert res.exit_code != 0 and "--keep-inputs" in res.output
