@@ -363,11 +363,28 @@ def train_sampler_cmd(store, runs, modality, loss, margin, epochs, batch_size, l
 @click.option("--methods", default="all", show_default=True, help="Comma list of methods, or 'all'.")
 @click.option("--out", default=None, help="Output folder (default <runs>/bench).")
 @click.option("--no-sweep", is_flag=True, help="Skip the subsample x steps sweep.")
-def bench(store, runs, subsample, steps, methods, out, no_sweep) -> None:
+@click.option("--clip-level", is_flag=True, help="Clip-level comparison instead: teacher vs image-only, audio-only, "
+                                                  "image+audio undistilled and distilled (needs --keep-inputs).")
+@click.option("--student", default=None, help="With --clip-level: the distilled student (default <runs>/student.pt).")
+def bench(store, runs, subsample, steps, methods, out, no_sweep, clip_level, student) -> None:
     """Compare every selector on the test split: top-1, mAP, GFLOPs, time; trade-off plot and Fig. 6 sweep."""
     from featurestore.store import FeatureStore, StoreError
     from pipelines.bench import METHODS, run_bench
     from pipelines.data import runs_dir
+
+    if clip_level:
+        from pipelines.clip_bench import clip_level_bench
+        out_dir = Path(out) if out else runs_dir(runs) / "bench"
+        ckpt = Path(student) if student else runs_dir(runs) / "student.pt"
+        try:
+            table = clip_level_bench(FeatureStore(store), ckpt if (student or ckpt.is_file()) else None, out_dir,
+                                     say=lambda m: click.echo(m, err=True))
+        except StoreError as e:
+            _fail(e)
+        click.echo(table.to_string(index=False, formatters={"top1": lambda v: f"{100 * v:.1f}",
+                                                             "gflops_per_clip": lambda v: f"{v:.2f}"}))
+        click.echo(f"(top1 in %; GFLOPs = 2 x multiply-adds) wrote {out_dir / 'clip_bench.csv'}")
+        return
 
     chosen = METHODS if methods == "all" else tuple(m.strip().upper() for m in methods.split(",") if m.strip())
     out_dir = Path(out) if out else runs_dir(runs) / "bench"

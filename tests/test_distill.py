@@ -125,3 +125,20 @@ def test_distillation_needs_kept_inputs(tmp_path):
     store = fabricate_store(tmp_path / "f.zarr", n_videos=6)
     res = CliRunner().invoke(main, ["train-distill", "--store", str(store.path), "--runs", str(tmp_path)])
     assert res.exit_code != 0 and "--keep-inputs" in res.output
+
+
+def test_clip_level_bench_compares_teacher_and_students(tmp_path, input_store):
+    import shutil
+    path = tmp_path / "s.zarr"
+    shutil.copytree(input_store, path)
+    student, _ = load_student("random", seed=3)
+    torch.save({"state_dict": student.state_dict()}, tmp_path / "student.pt")
+    res = CliRunner().invoke(main, ["bench", "--clip-level", "--store", str(path), "--runs", str(tmp_path),
+                                    "--student", str(tmp_path / "student.pt")])
+    assert res.exit_code == 0, res.output
+    table = pd.read_csv(tmp_path / "bench" / "clip_bench.csv").set_index("model")
+    assert {"teacher R(2+1)D-18 (clip)", "image+audio, undistilled", "image+audio, distilled",
+            "image-only (first frame), undistilled", "audio-only (1 s log-mel), distilled"} <= set(table.index)
+    assert table.loc["teacher R(2+1)D-18 (clip)", "gflops_per_clip"] > 50 * table.loc["image+audio, distilled",
+                                                                                      "gflops_per_clip"]
+    assert table["top1"].between(0, 1).all()
