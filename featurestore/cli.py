@@ -260,9 +260,11 @@ def train_skim_cmd(store, runs, model, epochs, batch_size, lr, milestones, steps
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--milestones", default="6", show_default=True, callback=_milestones, help="Epochs where lr /= 10.")
+@click.option("--clips-per-video", type=int, default=0, show_default=True,
+              help="Clips drawn per video each epoch (0: all).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def train_teacher_cmd(store, runs, epochs, batch_size, lr, milestones, device, seed) -> None:
+def train_teacher_cmd(store, runs, epochs, batch_size, lr, milestones, clips_per_video, device, seed) -> None:
     """Fine-tune the R(2+1)D-18 teacher on the dataset's classes from stored clips (needs --keep-clips)."""
     from featurestore.store import FeatureStore, StoreError
     from pipelines.data import runs_dir
@@ -271,7 +273,7 @@ def train_teacher_cmd(store, runs, epochs, batch_size, lr, milestones, device, s
     out = runs_dir(runs) / "teacher.pt"
     try:
         train_teacher(FeatureStore(store), out, epochs, batch_size, lr, milestones, seed, device,
-                      _epoch_reporter("teacher"))
+                      _epoch_reporter("teacher"), clips_per_video)
     except (StoreError, ValueError) as e:
         _fail(e)
     click.echo(f"saved {out} (use it with: fs refresh --teacher {out})")

@@ -59,9 +59,11 @@ def _batches(n: int, batch_size: int):
 
 def train_teacher(store: FeatureStore, out: Path, epochs: int = 10, batch_size: int = 8, lr: float = 1e-3,
                   milestones: tuple[int, ...] = (6,), seed: int = 0, device: str = "cpu",
-                  report: Callable[[dict], None] | None = None) -> tuple[nn.Module, list[dict]]:
+                  report: Callable[[dict], None] | None = None, clips_per_video: int = 0
+                  ) -> tuple[nn.Module, list[dict]]:
     """Fine-tune the store's R(2+1)D-18 on the dataset's classes from stored clips (the SCSampler setting: f trained on
-    the training split); every clip is labelled with its video's label."""
+    the training split); every clip is labelled with its video's label. ``clips_per_video`` > 0 draws that many
+    clips of each video afresh every epoch (a CPU-sized epoch); 0 uses every clip."""
     _need(store, ("clips",), "--keep-clips")
     data = load_split(store, "train", ("clips",))
     (clips,), labels = _steps(data, ("clips",))
@@ -76,7 +78,20 @@ def train_teacher(store: FeatureStore, out: Path, epochs: int = 10, batch_size: 
         y = labels[idx].to(device)
         return F.cross_entropy(logits, y), logits, y
 
-    history = fit(teacher, _batches(len(labels), batch_size), loss_fn, epochs, lr, milestones, seed, report)
+    bounds = np.cumsum([0] + [v.n_steps for v in data.videos])
+
+    def sampled(g):
+        if not clips_per_video:
+            yield from _batches(len(labels), batch_size)(g)
+            return
+        idx = torch.cat([a + torch.randperm(int(b - a), generator=g)[:clips_per_video]
+                         for a, b in zip(bounds[:-1], bounds[1:])])
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        for i in range(0, len(idx), batch_size):
+            if len(idx[i:i + batch_size]) > 1:
+                yield (idx[i:i + batch_size],)
+
+    history = fit(teacher, sampled, loss_fn, epochs, lr, milestones, seed, report)
     teacher.eval().cpu()
     _save(out, teacher, store, "teacher", {"num_classes": len(data.classes), "epochs": epochs}, history)
     return teacher, history

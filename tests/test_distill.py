@@ -113,6 +113,7 @@ def test_distill_and_teacher_training_from_stored_inputs(tmp_path, input_store):
     student, rec = load_student(str(runs / "student.pt"))
     assert student.classifier.out_features == 2          # fine-tuned on the two target classes
     res = cli.invoke(main, ["train-teacher", "--store", str(input_store), "--runs", str(runs), "--epochs", "1",
+                            "--clips-per-video", "2",
                             "--batch-size", "4"])
     assert res.exit_code == 0, res.output
     from featurestore.weights import load_teacher
