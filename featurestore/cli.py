@@ -91,6 +91,40 @@ def _load_manifest(dataset: str | None, manifest: str | None, data_root: str | N
 
 
 @main.command()
+@click.argument("dataset", type=click.Choice(["minisports1m", "activitynet", "kinetics-sounds", "ucf101"]))
+@click.option("--annotations", required=True, type=click.Path(exists=True),
+              help="Official annotation file or folder (partition files, v1.3 JSON, Kinetics CSVs, UCF101 lists).")
+@click.option("--video-root", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder holding the user's copy of the videos (searched recursively).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of Mini-Sports1M's per-class draw.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Manifest to write (default "
+                                                                           "manifests/DATASET.csv).")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="Paths are written relative to it when under it (default $FS_DATA_ROOT or ./fs-data).")
+def manifest(dataset, annotations, video_root, seed, out, data_root) -> None:
+    """Build a dataset's manifest from its official annotation files and the videos on disk."""
+    from featurestore.manifest import MANIFEST_DIR, data_root as resolve_root
+    from manifests.builders import AnnotationError, build, write_manifest
+
+    try:
+        report = build(dataset, annotations, video_root, seed)
+    except AnnotationError as e:
+        _fail(e)
+    target = Path(out) if out else MANIFEST_DIR / f"{dataset}.csv"
+    write_manifest(report, target, resolve_root(data_root))
+    click.echo(f"{dataset}: {report.summary()}")
+    for line in report.malformed[:10]:
+        click.echo(f"  malformed: {line}", err=True)
+    if len(report.malformed) > 10:
+        click.echo(f"  ... and {len(report.malformed) - 10} more malformed lines", err=True)
+    if report.short_classes:
+        shown = ", ".join(f"{k} ({v})" for k, v in list(report.short_classes.items())[:8])
+        click.echo(f"  classes short of their quota: {shown}" + (" ..." if len(report.short_classes) > 8 else ""))
+    click.echo(f"wrote {target} and {target.with_name(target.stem + '.missing.csv')} "
+               f"({len(report.missing)} missing videos listed)")
+
+
+@main.command()
 @click.option("--dataset", default=None, help="Dataset name: 'synthetic' (default, generated on first use) or "
                                               "manifests/NAME.csv.")
 @click.option("--manifest", type=click.Path(dir_okay=False), default=None, help="A manifest CSV instead of --dataset.")

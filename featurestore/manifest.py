@@ -112,8 +112,8 @@ def dataset_manifest(name: str, root: str | Path | None = None) -> tuple[Path, P
         return root / "synthetic" / "manifest.csv", root / "synthetic"
     csv = MANIFEST_DIR / f"{name}.csv"
     if not csv.is_file():
-        raise ManifestError(f"no manifest for dataset {name!r}: expected {csv}; write one with columns "
-                            f"{','.join(REQUIRED_COLUMNS)} (paths relative to {root}) or pass --manifest CSV")
+        raise ManifestError(f"no manifest for dataset {name!r}: expected {csv}; build it with `fs manifest {name} "
+                            f"--annotations PATH --video-root DIR` (or pass --manifest CSV)")
     return csv, root
 
 

@@ -44,7 +44,7 @@ def test_bad_manifest_is_one_line_naming_the_row(files, text, expected):
 
 
 def test_unknown_dataset_says_how_to_provide_it(tmp_path):
-    with pytest.raises(ManifestError, match="no manifest for dataset 'nosuch'.*--manifest"):
+    with pytest.raises(ManifestError, match="no manifest for dataset 'nosuch'.*fs manifest nosuch"):
         dataset_manifest("nosuch", tmp_path)
 
 

@@ -1,0 +1,1 @@
+"""Dataset class lists, split manifests (CSV) and the builders that make them from official annotation files."""
