@@ -216,6 +216,25 @@ def info(store, as_json, failures) -> None:
         click.echo(df.to_string(index=False) if len(df) else "no failures")
 
 
+@main.command()
+@click.argument("store", default=_store_default, required=False)
+def verify(store) -> None:
+    """Check every complete video: all arrays, equal step counts, finite values, provenance and schema of the store."""
+    from featurestore.store import FeatureStore, StoreError, verify as verify_store
+
+    try:
+        problems, notes = verify_store(FeatureStore(store))
+    except StoreError as e:
+        _fail(e)
+    for line in notes:
+        click.echo(line)
+    for line in problems:
+        click.echo(f"problem: {line}")
+    if problems:
+        raise click.ClickException(f"{len(problems)} problem(s) in {store}")
+    click.echo(f"{store}: no problems")
+
+
 def _milestones(ctx, param, value: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in value.split(",") if v.strip())

@@ -334,47 +334,49 @@ def run_extraction(manifest, store: FeatureStore, config: ExtractConfig, client,
     from distributed import as_completed
     from tqdm import tqdm
 
-    local = get_extractor(config, "cpu")
-    store.initialise(dataset, classes, config.descriptors, local.provenance(), config.inputs)
-    config = config.resolved(local.models)
-    store.clear_partials()
-    summary = ExtractionSummary()
-    done = set(store.video_ids())
-    failed_before = set() if retry_failed else set(store.failures()["video_id"])
-    rows = []
-    for row in manifest.to_dict("records"):
-        if row["video_id"] in done:
-            summary.skipped_done += 1
-        elif row["video_id"] in failed_before:
-            summary.skipped_failed += 1
-        else:
-            rows.append(row)
-    t0 = time.perf_counter()
-    futures = [client.submit(extract_video_task, row, str(store.path), config, pure=False,
-                             key=f"extract-{row['video_id']}-{os.getpid()}") for row in rows]
-    by_key = {f.key: row for f, row in zip(futures, rows)}
-    summary.submitted = len(futures)
-    stored_ids = []
-    bar = tqdm(total=len(futures), unit="video", desc="extract", disable=not progress, dynamic_ncols=True)
-    for fut in as_completed(futures):
-        row = by_key[fut.key]
-        try:
-            res: VideoResult = fut.result()
-        except Exception as e:  # noqa: BLE001 - a dead worker (OOM, segfault) fails its video, not the run
-            res = VideoResult(row["video_id"], row["path"], False, stage="worker", error=f"{type(e).__name__}: {e}")
-        if res.ok:
-            summary.stored += 1
-            summary.steps += res.n_steps
-            summary.video_seconds += res.duration
-            stored_ids.append(res.video_id)
-        else:
-            summary.failed += 1
-            store.record_failure(res.video_id, res.path, res.stage, res.error)
-            bar.write(f"failed {res.video_id} ({res.stage}): {res.error}")
-        bar.set_postfix(stored=summary.stored, failed=summary.failed)
-        bar.update(1)
-        fut.release()
-    bar.close()
-    store.forget_failures(stored_ids)
-    summary.wall_seconds = time.perf_counter() - t0
+    with store.writer_lock("fs extract"):
+        local = get_extractor(config, "cpu")
+        store.initialise(dataset, classes, config.descriptors, local.provenance(), config.inputs)
+        config = config.resolved(local.models)
+        store.clear_partials()
+        summary = ExtractionSummary()
+        done = set(store.video_ids())
+        failed_before = set() if retry_failed else set(store.failures()["video_id"])
+        rows = []
+        for row in manifest.to_dict("records"):
+            if row["video_id"] in done:
+                summary.skipped_done += 1
+            elif row["video_id"] in failed_before:
+                summary.skipped_failed += 1
+            else:
+                rows.append(row)
+        t0 = time.perf_counter()
+        futures = [client.submit(extract_video_task, row, str(store.path), config, pure=False,
+                                 key=f"extract-{row['video_id']}-{os.getpid()}") for row in rows]
+        by_key = {f.key: row for f, row in zip(futures, rows)}
+        summary.submitted = len(futures)
+        stored_ids = []
+        bar = tqdm(total=len(futures), unit="video", desc="extract", disable=not progress, dynamic_ncols=True)
+        for fut in as_completed(futures):
+            row = by_key[fut.key]
+            try:
+                res: VideoResult = fut.result()
+            except Exception as e:  # noqa: BLE001 - a dead worker (OOM, segfault) fails its video, not the run
+                res = VideoResult(row["video_id"], row["path"], False, stage="worker",
+                                  error=f"{type(e).__name__}: {e}")
+            if res.ok:
+                summary.stored += 1
+                summary.steps += res.n_steps
+                summary.video_seconds += res.duration
+                stored_ids.append(res.video_id)
+            else:
+                summary.failed += 1
+                store.record_failure(res.video_id, res.path, res.stage, res.error)
+                bar.write(f"failed {res.video_id} ({res.stage}): {res.error}")
+            bar.set_postfix(stored=summary.stored, failed=summary.failed)
+            bar.update(1)
+            fut.release()
+        bar.close()
+        store.forget_failures(stored_ids)
+        summary.wall_seconds = time.perf_counter() - t0
     return summary

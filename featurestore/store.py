@@ -14,8 +14,11 @@ into ``videos/`` in one atomic step, so a crash never leaves a half-written vide
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,6 +215,27 @@ class FeatureStore:
                 shutil.rmtree(p, ignore_errors=True)
         return len(dirs)
 
+    @contextlib.contextmanager
+    def writer_lock(self, what: str):
+        """Hold the store's writer lock (one ``fs extract`` / ``fs refresh`` at a time); a second writer gets a
+        one-line StoreError naming the holder instead of racing it."""
+        lock = self.path / ".fs-writer.lock"
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise StoreError(f"store {self.path} is being written by {holder}; wait for it to finish or use "
+                             f"another --store") from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{what} (pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')})".encode(), 0)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
     # --- failures --------------------------------------------------------------------------------------------
     @property
     def failures_path(self) -> Path:
@@ -262,6 +286,58 @@ class FeatureStore:
             "bytes_per_video_minute": size / (seconds / 60) if seconds else float("nan"),
             "provenance": self.attrs.get("provenance", {}),
         }
+
+
+def expected_arrays(root_attrs: dict) -> list[str]:
+    """The arrays every complete video of a store with these root attributes must hold."""
+    desc = list(root_attrs.get("descriptors", []))
+    return ["t"] + desc + (["r2p1d_logits"] if "r2p1d" in desc else []) + list(root_attrs.get("inputs", []))
+
+
+def check_video(video: VideoFeatures, root_attrs: dict, names: Iterable[str] | None = None) -> list[str]:
+    """Problems of one loaded video: missing arrays, row counts other than n_steps, non-finite values, provenance
+    or schema other than the store's. Empty when the video is sound."""
+    problems = []
+    n = video.attrs.get("n_steps")
+    want = set(names) if names is not None else set(expected_arrays(root_attrs))
+    for name in sorted(want - set(video.arrays)):
+        problems.append(f"{video.video_id}: array {name} missing")
+    for name, arr in video.arrays.items():
+        if len(arr) != n:
+            problems.append(f"{video.video_id}: array {name} has {len(arr)} rows, n_steps is {n}")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            problems.append(f"{video.video_id}: array {name} holds non-finite values")
+    prov = video.attrs.get("provenance", {})
+    if prov.get("schema_version", SCHEMA_VERSION) != root_attrs.get("schema_version"):
+        problems.append(f"{video.video_id}: schema version {prov.get('schema_version')} differs from the store's")
+    root_models = root_attrs.get("provenance", {}).get("models", {})
+    for model, rec in prov.get("models", {}).items():
+        if model in root_models and rec.get("sha256") != root_models[model].get("sha256"):
+            problems.append(f"{video.video_id}: {model} features from weights sha256 {rec.get('sha256')}, the store's "
+                            f"are {root_models[model].get('sha256')} (an unfinished fs refresh? run it again)")
+    return problems
+
+
+def verify(store: "FeatureStore", progress=None) -> tuple[list[str], list[str]]:
+    """(problems, notes) for the whole store; ``fs verify`` exits non-zero when there are problems."""
+    problems, notes = [], []
+    attrs = store.attrs
+    if attrs.get("schema_version") != SCHEMA_VERSION:
+        problems.append(f"store schema version {attrs.get('schema_version')}, expected {SCHEMA_VERSION}")
+    complete = store.video_ids()
+    for p in store._video_dirs():
+        if p.name not in complete:
+            problems.append(f"{p.name}: group under videos/ without its completion marker")
+    for i, vid in enumerate(complete):
+        problems += check_video(store.read_video(vid), attrs)
+        if progress:
+            progress(i + 1, len(complete))
+    if store.partial_ids():
+        notes.append(f"{len(store.partial_ids())} unfinished groups under partial/ (invisible; cleared by the next run)")
+    if len(store.failures()):
+        notes.append(f"{len(store.failures())} videos in the failures table (fs info STORE --failures)")
+    notes.append(f"{len(complete)} complete videos checked")
+    return problems, notes
 
 
 def _short(value: object, limit: int = 60) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from featurestore.store import FeatureStore, StoreError, VideoFeatures
+from featurestore.store import FeatureStore, StoreError, VideoFeatures, check_video
 from featurestore.weights import load_student
 from models.imgaud import Fusion
 
@@ -41,18 +41,17 @@ def load_split(store: FeatureStore, split: str, names: tuple[str, ...]) -> Split
                          f"{', '.join(have)}): re-extract with --descriptors including them")
     classes = list(store.attrs["classes"])
     index = {c: i for i, c in enumerate(classes)}
-    models = {k: v.get("sha256") for k, v in store.attrs.get("provenance", {}).get("models", {}).items()}
     videos = []
     for vid in store.video_ids():
         attrs = store.video_attrs(vid)
         if attrs["split"] == split:
             if attrs["label"] not in index:
                 raise StoreError(f"video {vid}: label {attrs['label']!r} is not among the store's classes")
-            for model, digest in attrs.get("provenance", {}).get("models", {}).items():
-                if model in models and digest.get("sha256") != models[model]:
-                    raise StoreError(f"video {vid} holds {model} features from weights sha256 {digest.get('sha256')}, "
-                                     f"the store's are {models[model]} (an unfinished fs refresh? run it again)")
-            videos.append(store.read_video(vid, names))
+            video = store.read_video(vid, names)
+            problems = check_video(video, store.attrs, names)
+            if problems:
+                raise StoreError(f"{problems[0]} (fs verify {store.path} lists every problem)")
+            videos.append(video)
     if not videos:
         raise StoreError(f"store {store.path} has no complete {split} videos")
     return SplitData(videos, torch.tensor([index[v.label] for v in videos]), classes)

@@ -151,47 +151,48 @@ def refresh(store_path: str | Path, student: str | None = None, teacher: str | N
     if not student and not teacher:
         raise ValueError("name a --student and/or a --teacher checkpoint")
     store = FeatureStore(store_path, mode="a")
-    store.clear_partials()
-    prov = store.attrs.get("provenance", {})
-    models: dict[str, tuple[nn.Module, dict]] = {}
-    if student:
-        _need(store, ("frames", "mel"), "--keep-inputs")
-        models["student"] = load_student(student)
-    if teacher:
-        _need(store, ("clips",), "--keep-clips")
-        models["teacher"] = load_teacher(teacher)
-    for name, (model, rec) in models.items():
-        model.eval()
-        prov.setdefault("models", {})[name] = rec
-    store.root.attrs["provenance"] = prov
-    ids = store.video_ids()
-    changed = 0
-    for i, vid in enumerate(ids):
-        attrs = store.video_attrs(vid)
-        vprov = attrs.get("provenance", {})
-        todo = [n for n in models if vprov.get("models", {}).get(n, {}).get("sha256") != models[n][1]["sha256"]]
-        if todo:
-            video = store.read_video(vid)
-            arrays = dict(video.arrays)
-            if "student" in todo:
-                net = models["student"][0]
-                z_i, = _batched(net.image_net, video["frames"])
-                mel = video["mel"].astype(np.float32)
-                z_a, = _batched(net.audio_net, mel) if attrs.get("has_audio") else (np.zeros_like(z_i),)
-                with torch.inference_mode():
-                    fused = net.fusion(torch.from_numpy(z_i), torch.from_numpy(z_a)).numpy()
-                for n, v in (("image", z_i), ("audio", z_a), ("fused", fused)):
-                    if n in arrays:
-                        arrays[n] = v.astype(np.float16)
-            if "teacher" in todo:
-                z_v, logits = _batched(models["teacher"][0], video["clips"], batch=8)
-                arrays["r2p1d"], arrays["r2p1d_logits"] = z_v.astype(np.float16), logits.astype(np.float16)
-            for n in todo:
-                vprov.setdefault("models", {})[n] = models[n][1]
-            attrs.pop("complete", None)
-            store.replace_video(vid, arrays, {**attrs, "provenance": vprov})
-            changed += 1
-        if progress:
-            progress(i + 1, len(ids))
+    with store.writer_lock("fs refresh"):
+        store.clear_partials()
+        prov = store.attrs.get("provenance", {})
+        models: dict[str, tuple[nn.Module, dict]] = {}
+        if student:
+            _need(store, ("frames", "mel"), "--keep-inputs")
+            models["student"] = load_student(student)
+        if teacher:
+            _need(store, ("clips",), "--keep-clips")
+            models["teacher"] = load_teacher(teacher)
+        for name, (model, rec) in models.items():
+            model.eval()
+            prov.setdefault("models", {})[name] = rec
+        store.root.attrs["provenance"] = prov
+        ids = store.video_ids()
+        changed = 0
+        for i, vid in enumerate(ids):
+            attrs = store.video_attrs(vid)
+            vprov = attrs.get("provenance", {})
+            todo = [n for n in models if vprov.get("models", {}).get(n, {}).get("sha256") != models[n][1]["sha256"]]
+            if todo:
+                video = store.read_video(vid)
+                arrays = dict(video.arrays)
+                if "student" in todo:
+                    net = models["student"][0]
+                    z_i, = _batched(net.image_net, video["frames"])
+                    mel = video["mel"].astype(np.float32)
+                    z_a, = _batched(net.audio_net, mel) if attrs.get("has_audio") else (np.zeros_like(z_i),)
+                    with torch.inference_mode():
+                        fused = net.fusion(torch.from_numpy(z_i), torch.from_numpy(z_a)).numpy()
+                    for n, v in (("image", z_i), ("audio", z_a), ("fused", fused)):
+                        if n in arrays:
+                            arrays[n] = v.astype(np.float16)
+                if "teacher" in todo:
+                    z_v, logits = _batched(models["teacher"][0], video["clips"], batch=8)
+                    arrays["r2p1d"], arrays["r2p1d_logits"] = z_v.astype(np.float16), logits.astype(np.float16)
+                for n in todo:
+                    vprov.setdefault("models", {})[n] = models[n][1]
+                attrs.pop("complete", None)
+                store.replace_video(vid, arrays, {**attrs, "provenance": vprov})
+                changed += 1
+            if progress:
+                progress(i + 1, len(ids))
     return changed
 
