@@ -381,6 +381,37 @@ def refresh(store, student, teacher) -> None:
     _print_info(store)
 
 
+@main.command("train-avgn")
+@click.option("--store", default=_store_default, show_default="$FS_STORE or fs-store.zarr", help="Store path.")
+@click.option("--runs", default=None, help="Checkpoint folder (default $FS_RUNS or fs-runs).")
+@click.option("--layers", type=int, default=2, show_default=True, help="Transformer encoder layers.")
+@click.option("--heads", type=int, default=4, show_default=True)
+@click.option("--dim", type=int, default=128, show_default=True, help="Token size D (an AV token is 2D).")
+@click.option("--t", "t_steps", type=int, default=16, show_default=True, help="Image-audio pairs sampled per video.")
+@click.option("--k", type=int, default=4, show_default=True, help="Steps kept by the ordered-logits loss.")
+@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--milestones", default="20", show_default=True, callback=_milestones, help="Epochs where lr /= 10.")
+@click.option("--no-audio-tokens", is_flag=True, help="Ablation: AV-TeST sees no audio tokens.")
+@click.option("--no-mask-loss", is_flag=True, help="Ablation: train without L_mask.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def train_avgn_cmd(store, runs, layers, heads, dim, t_steps, k, epochs, batch_size, lr, milestones, no_audio_tokens,
+                   no_mask_loss, seed) -> None:
+    """Train AVGN's AV-TeST temporal glance on the store's image and audio descriptors."""
+    from featurestore.store import FeatureStore, StoreError
+    from pipelines.data import runs_dir
+    from pipelines.train_avgn import checkpoint_name, train_avgn
+
+    name = checkpoint_name(not no_audio_tokens, not no_mask_loss)
+    try:
+        train_avgn(FeatureStore(store), runs_dir(runs), layers, heads, dim, t_steps, k, epochs, batch_size, lr,
+                   milestones, not no_audio_tokens, not no_mask_loss, seed, _epoch_reporter(name))
+    except (StoreError, ValueError) as e:
+        _fail(e)
+    click.echo(f"saved {runs_dir(runs) / name}.pt")
+
+
 @main.command("train-sampler")
 @click.option("--store", default=_store_default, show_default="$FS_STORE or fs-store.zarr", help="Store path.")
 @click.option("--runs", default=None, help="Checkpoint folder (default $FS_RUNS or fs-runs).")

@@ -18,11 +18,13 @@ from pipelines.data import SplitData, load_split
 from pipelines.train_head import load_head, train_head
 from pipelines.train_sampler import clip_classifier, load_sampler
 from pipelines.train_skim import load_skim_model
+from models.avgn import AVGNSelector
 from models.scsampler import SamplerSelector
+from pipelines.train_avgn import load_avgn
 
 BLIND = ("RANDOM", "UNIFORM", "FRONT", "CENTER", "END")
 METHODS = BLIND + ("DENSE", "SCSAMPLER", "LSTM", "NON-RECURRENT", "SKIM", "SKIM-DENSE", "SKIM-ARGMAX",
-                   "SKIM-VISUAL", "SKIM-SINGLE", "ORACLE", "SAMPLERS", "ORACLE-F")
+                   "SKIM-VISUAL", "SKIM-SINGLE", "ORACLE", "SAMPLERS", "ORACLE-F", "AVGN")
 SWEEP_SUBSAMPLE = (1, 2, 5, 10)
 SWEEP_STEPS = tuple(range(1, 11))
 
@@ -118,8 +120,32 @@ def build_selectors(store: FeatureStore, runs: Path, methods: tuple[str, ...], s
             out.append(NonRecurrentSelector(name, net, pair))
         else:
             out.append(SkimSelector(name, net, pair, **options))
+    if "AVGN" in methods:
+        out += avgn_selectors(store, runs, say)
     if "SAMPLERS" in methods or "ORACLE-F" in methods:
         out += sampler_selectors(store, runs, "SAMPLERS" in methods, "ORACLE-F" in methods, class_index, say)
+    return out
+
+
+AVGN_GRID = [(k, t_g) for k in (1, 4, 10) for t_g in (2, 4, 8, None)]
+
+
+def avgn_selectors(store: FeatureStore, runs: Path, say: Callable[[str], None]) -> list[Selector]:
+    """AVGN rows: top-k by saliency with T_G glances over the k x T_G grid, and the ablations (no audio tokens,
+    no L_mask) at k = 4 for every T_G."""
+    u = unit_gflops()
+    out: list[Selector] = []
+    for ablation, label in (("avgn", ""), ("avgn-no-audio", " no audio tokens"), ("avgn-no-mask", " no L_mask")):
+        path = runs / f"{ablation}.pt"
+        if not path.is_file():
+            say(f"skipping {ablation}: no checkpoint at {path} (fs train-avgn" +
+                {"avgn": "", "avgn-no-audio": " --no-audio-tokens", "avgn-no-mask": " --no-mask-loss"}[ablation] + ")")
+            continue
+        model, cfg = load_avgn(store, path)
+        grid = AVGN_GRID if ablation == "avgn" else [(4, t_g) for t_g in (2, 4, 8, None)]
+        for k, t_g in grid:
+            name = f"AVGN{label} (k={k}, T_G={'all' if t_g is None else t_g})"
+            out.append(AVGNSelector(name, model, u, k=k, t_g=t_g, t=cfg["t"]))
     return out
 
 

@@ -15,10 +15,17 @@ def sgd_schedule(params: Iterable[torch.nn.Parameter], lr: float, milestones: tu
 
 def fit(model: torch.nn.Module, batches: Callable[[torch.Generator], Iterable[tuple]], loss_fn: Callable,
         epochs: int, lr: float, milestones: tuple[int, ...], seed: int,
-        report: Callable[[dict], None] | None = None) -> list[dict]:
-    """Train ``model`` for ``epochs``; ``batches(gen)`` yields loss_fn argument tuples. Returns per-epoch history."""
+        report: Callable[[dict], None] | None = None, optimizer: str = "sgd") -> list[dict]:
+    """Train ``model`` for ``epochs``; ``batches(gen)`` yields loss_fn argument tuples. Returns per-epoch history.
+
+    ``optimizer``: "sgd" (the papers' recipe) or "adamw" (for the transformer of AVGN)."""
     gen = torch.Generator().manual_seed(seed)
-    opt, sched = sgd_schedule([p for p in model.parameters() if p.requires_grad], lr, milestones)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=0.1)
+    else:
+        opt, sched = sgd_schedule(params, lr, milestones)
     history = []
     for epoch in range(1, epochs + 1):
         model.train()
