@@ -31,7 +31,8 @@ def _seconds_range(ctx, param, value: str) -> tuple[float, float]:
     return lo, hi
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120,
+                                "terminal_width": 120})
 @click.version_option(__version__, prog_name="fs")
 def main() -> None:
     """fs: an offline feature store for action recognition in long videos, with audio as a cheap preview.
@@ -453,7 +454,7 @@ def train_sampler_cmd(store, runs, modality, loss, margin, epochs, batch_size, l
                                                   "image+audio undistilled and distilled (needs --keep-inputs).")
 @click.option("--student", default=None, help="With --clip-level: the distilled student (default <runs>/student.pt).")
 def bench(store, runs, subsample, steps, methods, out, no_sweep, clip_level, student) -> None:
-    """Compare every selector on the test split: top-1, mAP, GFLOPs, time; trade-off plot and Fig. 6 sweep."""
+    """Compare every selector on the test split: top-1, mAP, GFLOPs, time, trade-off plot, sweep of s and T."""
     from featurestore.store import FeatureStore, StoreError
     from pipelines.bench import METHODS, run_bench
     from pipelines.data import runs_dir
