@@ -175,6 +175,41 @@ def extract(dataset, manifest, data_root, store, gpus, workers, scheduler, batch
     _print_info(fs.path)
 
 
+@main.command("bench-extract")
+@click.option("--dataset", default=None, help="Dataset name (default synthetic).")
+@click.option("--manifest", type=click.Path(dir_okay=False), default=None, help="A manifest CSV instead of --dataset.")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None, help="Data root (or $FS_DATA_ROOT).")
+@click.option("--limit", type=int, default=0, help="Use only the first N videos (0: all).")
+@click.option("--gpus", type=int, default=0, show_default=True)
+@click.option("--workers", type=int, default=1, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--descriptors", default="image,audio,fused,r2p1d", show_default=True)
+@click.option("--teacher-weights", default="kinetics400", show_default=True)
+@click.option("--weights", "student_weights", default="imagenet", show_default=True)
+def bench_extract_cmd(dataset, manifest, data_root, limit, gpus, workers, batch_size, descriptors, teacher_weights,
+                      student_weights) -> None:
+    """Measure decode-only ceiling vs full extraction vs each model alone, in video-seconds per wall-second."""
+    from featurestore.bench_extract import bench_extract
+    from featurestore.cluster import ClusterError, close_client, make_client
+    from featurestore.extract import ExtractConfig
+    from featurestore.manifest import ManifestError
+
+    try:
+        df, _, _ = _load_manifest(dataset, manifest, data_root)
+        df = df.head(limit) if limit else df
+        config = ExtractConfig(
+            descriptors=tuple(d.strip() for d in descriptors.split(",") if d.strip()), batch_size=batch_size,
+            device="cuda" if gpus else "cpu", teacher_weights=teacher_weights, student_weights=student_weights,
+            threads=0 if gpus else max(1, (os.cpu_count() or 1) // max(1, gpus or workers)))
+        client = make_client(gpus=gpus, workers=workers)
+        try:
+            bench_extract(df, config, client, say=click.echo)
+        finally:
+            close_client(client)
+    except (ManifestError, ClusterError, ValueError) as e:
+        _fail(e)
+
+
 def _print_info(path) -> None:
     from featurestore.store import FeatureStore
 

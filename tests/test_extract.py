@@ -139,3 +139,33 @@ def test_keep_inputs_round_trips_the_decoded_first_frames_bit_exactly(tmp_path, 
     assert v["mel"].astype(np.float32).max() > np.log(1e-6) + 10          # the tone is there
     assert not store.read_video("silent")["mel"].any()                    # no audio track: zeros
     assert store.attrs["inputs"] == ["frames", "mel", "clips"]
+
+
+def test_two_workers_write_the_same_store_as_one(tmp_path, video_dir):
+    df = manifest(video_dir, ["tone.mp4", "pal.mp4", "silent.mp4"])
+    config = ExtractConfig(descriptors=("image", "audio", "fused"), batch_size=4, student_weights="random", threads=1)
+    stores = {}
+    for n in (1, 2):
+        c = make_client(workers=n, processes=False)
+        try:
+            _, stores[n] = extract(tmp_path / f"w{n}.zarr", df, c, config)
+        finally:
+            close_client(c)
+    assert stores[1].video_ids() == stores[2].video_ids()
+    for vid in stores[1].video_ids():
+        a, b = stores[1].read_video(vid), stores[2].read_video(vid)
+        for k in a.arrays:
+            assert np.array_equal(a[k], b[k]), (vid, k)
+
+
+def test_bench_extract_reports_ceiling_extraction_and_models(tmp_path, video_dir):
+    from click.testing import CliRunner
+    from featurestore.cli import main
+    pd.DataFrame([{"video_id": "tone", "path": str(video_dir / "tone.mp4"), "label": "a", "split": "train"}]
+                 ).to_csv(tmp_path / "m.csv", index=False)
+    res = CliRunner().invoke(main, ["bench-extract", "--manifest", str(tmp_path / "m.csv"), "--descriptors",
+                                    "image,audio,fused", "--weights", "random"])
+    assert res.exit_code == 0, res.output
+    for line in ("decode-only ceiling", "full extraction", "ratio to ceiling", "image ResNet-18", "audio ResNet-18",
+                 "peak host memory"):
+        assert line in res.output

@@ -1,0 +1,126 @@
+"""``fs bench-extract``: how close extraction runs to the speed of decoding, on the same files, in one run.
+
+Measures, with the same Dask parallelism: the decode-only ceiling (the same single ffmpeg decode, scale and crop,
+frames and audio read, no models), the full extraction into a scratch store, and each model alone on synthetic
+batches; prints video-seconds per wall-second for each, the ratio extraction / ceiling, GPU utilisation (when a GPU
+and NVML are there) and peak host / GPU memory.
+"""
+from __future__ import annotations
+
+import resource
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from featurestore.decode import DecodedVideo, probe
+from featurestore.extract import STEP_FRAMES, ExtractConfig, get_extractor, run_extraction
+from featurestore.store import FeatureStore
+
+STEPS_PER_VIDEO_SECOND = 30 / STEP_FRAMES
+
+
+def decode_only_task(path: str) -> tuple[float, float]:
+    """Decode a video exactly as the extractor does and drop the result: (video seconds, wall seconds)."""
+    t0 = time.perf_counter()
+    info = probe(path)
+    n = 0
+    with DecodedVideo(path, with_audio=info.has_audio) as dec:
+        for chunk in dec.frames():
+            n += len(chunk)
+        dec.audio()
+    return n / 30, time.perf_counter() - t0
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class ModelRate:
+    name: str
+    items_per_second: float
+    video_seconds_per_second: float
+
+
+@torch.inference_mode()
+def model_rates(config: ExtractConfig, device: str, batch: int = 32, repeats: int = 3) -> list[ModelRate]:
+    """Each model alone on synthetic batches of its real input shape (median of ``repeats`` after a warm-up)."""
+    ex = get_extractor(config, device)
+    dev = torch.device(device)
+    cases = []
+    if ex.student is not None:
+        cases += [("image ResNet-18", ex.student.image_net, torch.randint(0, 255, (batch, 112, 112, 3), dtype=torch.uint8)),
+                  ("audio ResNet-18", ex.student.audio_net, torch.randn(batch, 40, 101))]
+    if ex.teacher is not None:
+        clips = max(1, batch // 4)
+        cases.append(("R(2+1)D-18 clip", ex.teacher, torch.randint(0, 255, (clips, 16, 112, 112, 3), dtype=torch.uint8)))
+    rates = []
+    for name, module, x in cases:
+        x = x.to(dev)
+        module(x)
+        times = []
+        for _ in range(repeats):
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            module(x)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        per_s = len(x) / float(np.median(times))
+        rates.append(ModelRate(name, per_s, per_s / STEPS_PER_VIDEO_SECOND))
+    return rates
+
+
+def bench_extract(manifest: pd.DataFrame, config: ExtractConfig, client, say=print) -> dict:
+    """Run the three measurements on ``manifest``'s files; returns the figures (also printed through ``say``)."""
+    from distributed import wait
+
+    paths = manifest["path"].tolist()
+    n_workers = max(1, len(client.scheduler_info()["workers"]))
+    say(f"{len(paths)} videos, {n_workers} worker(s), device {config.device}")
+    t0 = time.perf_counter()
+    futures = client.map(decode_only_task, paths, pure=False)
+    wait(futures)
+    decoded = [f.result() for f in futures]
+    decode_wall = time.perf_counter() - t0
+    video_seconds = sum(v for v, _ in decoded)
+    tmp = tempfile.mkdtemp(prefix="fs-bench-extract-")
+    try:
+        store = FeatureStore(f"{tmp}/store.zarr", mode="a")
+        summary = run_extraction(manifest, store, config, client, "bench", sorted(manifest["label"].unique()),
+                                 progress=False)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    worker_rss = client.run(_peak_rss_mb)
+    gpu = {}
+    if torch.cuda.is_available():
+        gpu["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        try:
+            gpu["gpu_utilisation_percent"] = torch.cuda.utilization()
+        except Exception:  # noqa: BLE001 - NVML missing: say so rather than guess
+            gpu["gpu_utilisation_percent"] = "n/a (no NVML)"
+    rates = model_rates(config, "cuda" if config.device.startswith("cuda") else "cpu")
+    result = {
+        "videos": len(paths), "video_seconds": video_seconds,
+        "decode_only_video_s_per_s": video_seconds / decode_wall,
+        "extraction_video_s_per_s": summary.video_seconds / summary.wall_seconds if summary.wall_seconds else 0.0,
+        "failed": summary.failed,
+        "peak_host_memory_mb_per_worker": max(worker_rss.values()) if worker_rss else _peak_rss_mb(),
+        **gpu, "models": rates,
+    }
+    result["ratio_extraction_to_ceiling"] = result["extraction_video_s_per_s"] / result["decode_only_video_s_per_s"]
+    say(f"decode-only ceiling   {result['decode_only_video_s_per_s']:8.2f} video-s per wall-s")
+    say(f"full extraction       {result['extraction_video_s_per_s']:8.2f} video-s per wall-s  "
+        f"(ratio to ceiling {100 * result['ratio_extraction_to_ceiling']:.1f} %)")
+    for r in rates:
+        say(f"{r.name:<21} {r.video_seconds_per_second:8.2f} video-s per wall-s  ({r.items_per_second:.1f} items/s alone)")
+    say(f"peak host memory      {result['peak_host_memory_mb_per_worker']:.0f} MB per worker")
+    for k, v in gpu.items():
+        say(f"{k:<21} {v}")
+    return result
