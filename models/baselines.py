@@ -160,11 +160,15 @@ class LSTMBaseline(nn.Module):
 
     def __init__(self, num_classes: int, in_dim: int = 512, hidden: int = 1024):
         super().__init__()
+        self.norm = nn.BatchNorm1d(in_dim)      # input BN over valid steps, for the reason given in models/skim.py
         self.cell = nn.LSTMCell(in_dim, hidden)
         self.classifier = nn.Linear(hidden, num_classes)
         self.hidden = hidden
 
     def forward(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        normed = torch.zeros_like(z)
+        normed[mask] = self.norm(z[mask])
+        z = normed
         h = z.new_zeros(z.shape[0], self.hidden)
         c = torch.zeros_like(h)
         for t in range(z.shape[1]):

@@ -117,7 +117,9 @@ class ImgAudSkimmer(nn.Module):
             self.key_i, self.key_a = IndexKey(image_dim, key_dim), IndexKey(audio_dim, key_dim)
             self.query_i, self.query_a = attention_query(hidden, key_dim), attention_query(hidden, key_dim)
             self.modality = nn.Linear(hidden, 2)
-        self.classifier = nn.Linear(fused_dim, num_classes)
+        # BN before the final FC: stored features vary little between videos around a large common offset (random or
+        # frozen backbones), and an unnormalised FC on m learns far too slowly; with trained features it is harmless.
+        self.classifier = nn.Sequential(nn.BatchNorm1d(fused_dim), nn.Linear(fused_dim, num_classes))
 
     def forward(self, z_image: torch.Tensor, z_audio: torch.Tensor, mask: torch.Tensor, steps: int = 10,
                 hard: bool = False, z_fused: torch.Tensor | None = None) -> SkimOutput:
