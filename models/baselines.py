@@ -146,7 +146,7 @@ class NonRecurrentSelector:
             combined = (s[:, :1] * w_i + s[:, 1:] * w_a)[0]
             steps = torch.argsort(combined, descending=True)[: self.k]
             m = sk.fusion(z_i[0, steps], z_a[0, steps]).mean(0)
-            return steps, F.softmax(sk.classifier(m), 0)
+            return steps, F.softmax(sk.classifier(m[None])[0], 0)
         (steps, probs), gflops = counted(run)
         return Selection(steps.numpy(), probs.numpy(), z_i.shape[1] * self.pair_gflops + gflops)
 
