@@ -78,7 +78,8 @@ def _load_manifest(dataset: str | None, manifest: str | None, data_root: str | N
 
     if manifest:
         df = read_manifest(manifest)
-        return df, dataset or Path(manifest).stem, class_list(df)
+        stem = Path(manifest).stem
+        return df, dataset or (Path(manifest).resolve().parent.name if stem == "manifest" else stem), class_list(df)
     name = dataset or "synthetic"
     csv, base = dataset_manifest(name, data_root)
     if name == "synthetic" and not csv.is_file():

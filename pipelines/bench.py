@@ -214,7 +214,7 @@ def plot_tradeoff(table: pd.DataFrame, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import ScalarFormatter
 
-    fig, ax = plt.subplots(figsize=(11, 5.5))
+    fig, ax = plt.subplots(figsize=(11, max(5.5, 0.2 * len(table) + 1)))   # room for one legend line per method
     for i, r in enumerate(table.itertuples(), start=1):
         oracle, ours = r.method.startswith("ORACLE"), r.method.startswith("IMGAUD-SKIM")
         ax.scatter(r.gflops_per_video, 100 * r.top1, s=90 if ours else 50,
