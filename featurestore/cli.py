@@ -19,6 +19,11 @@ def _store_default() -> str:
     return os.environ.get("FS_STORE", DEFAULT_STORE)
 
 
+store_option = click.option("--store", default=_store_default, show_default="$FS_STORE or fs-store.zarr",
+                            help="Store path.")
+runs_option = click.option("--runs", default=None, help="Checkpoint folder (default $FS_RUNS or fs-runs).")
+
+
 def _fail(e: Exception) -> None:
     raise click.ClickException(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
 
@@ -131,7 +136,7 @@ def manifest(dataset, annotations, video_root, seed, out, data_root) -> None:
                                               "manifests/NAME.csv.")
 @click.option("--manifest", type=click.Path(dir_okay=False), default=None, help="A manifest CSV instead of --dataset.")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None, help="Data root (or $FS_DATA_ROOT).")
-@click.option("--store", default=_store_default, show_default="$FS_STORE or fs-store.zarr", help="Store path.")
+@store_option
 @click.option("--gpus", type=int, default=0, show_default=True, help="GPUs to use, one Dask worker each.")
 @click.option("--workers", type=int, default=1, show_default=True, help="CPU workers (when --gpus is 0).")
 @click.option("--scheduler", default=None, help="Address of an existing Dask scheduler.")
@@ -287,8 +292,8 @@ def _epoch_reporter(label: str):
 
 
 @main.command("train-head")
-@click.option("--store", default=_store_default, show_default="$FS_STORE or fs-store.zarr", help="Store path.")
-@click.option("--runs", default=None, help="Checkpoint folder (default $FS_RUNS or fs-runs).")
+@store_option
+@runs_option
 @click.option("--features", type=click.Choice(["fused", "r2p1d", "image", "audio"]), default="fused",
               show_default=True, help="Stored descriptor the head classifies.")
 @click.option("--epochs", type=int, default=15, show_default=True)
@@ -312,8 +317,8 @@ def train_head_cmd(store, runs, features, epochs, batch_size, lr, milestones, se
 
 
 @main.command("train-skim")
-@click.option("--store", default=_store_default, show_default="$FS_STORE or fs-store.zarr", help="Store path.")
-@click.option("--runs", default=None, help="Checkpoint folder (default $FS_RUNS or fs-runs).")
+@store_option
+@runs_option
 @click.option("--model", default="skim", show_default=True,
               help="Comma list of: skim, skim-visual (G.1), skim-single (G.2), non-recurrent, lstm; or 'all'.")
 @click.option("--epochs", type=int, default=25, show_default=True)
@@ -344,8 +349,8 @@ def train_skim_cmd(store, runs, model, epochs, batch_size, lr, milestones, steps
 
 
 @main.command("train-teacher")
-@click.option("--store", default=_store_default, show_default="$FS_STORE or fs-store.zarr", help="Store path.")
-@click.option("--runs", default=None, help="Checkpoint folder (default $FS_RUNS or fs-runs).")
+@store_option
+@runs_option
 @click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
@@ -370,8 +375,8 @@ def train_teacher_cmd(store, runs, epochs, batch_size, lr, milestones, clips_per
 
 
 @main.command("train-distill")
-@click.option("--store", default=_store_default, show_default="$FS_STORE or fs-store.zarr", help="Store path.")
-@click.option("--runs", default=None, help="Checkpoint folder (default $FS_RUNS or fs-runs).")
+@store_option
+@runs_option
 @click.option("--epochs", type=int, default=60, show_default=True)
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
@@ -397,7 +402,7 @@ def train_distill_cmd(store, runs, epochs, batch_size, lr, milestones, lam, fine
 
 
 @main.command()
-@click.option("--store", default=_store_default, show_default="$FS_STORE or fs-store.zarr", help="Store path.")
+@store_option
 @click.option("--student", default=None, help="Student checkpoint: recompute image, audio, fused from stored inputs.")
 @click.option("--teacher", default=None, help="Teacher checkpoint: recompute r2p1d, r2p1d_logits from stored clips.")
 def refresh(store, student, teacher) -> None:
@@ -419,8 +424,8 @@ def refresh(store, student, teacher) -> None:
 
 
 @main.command("train-avgn")
-@click.option("--store", default=_store_default, show_default="$FS_STORE or fs-store.zarr", help="Store path.")
-@click.option("--runs", default=None, help="Checkpoint folder (default $FS_RUNS or fs-runs).")
+@store_option
+@runs_option
 @click.option("--layers", type=int, default=2, show_default=True, help="Transformer encoder layers.")
 @click.option("--heads", type=int, default=4, show_default=True)
 @click.option("--dim", type=int, default=128, show_default=True, help="Token size D (an AV token is 2D).")
@@ -450,8 +455,8 @@ def train_avgn_cmd(store, runs, layers, heads, dim, t_steps, k, epochs, batch_si
 
 
 @main.command("train-sampler")
-@click.option("--store", default=_store_default, show_default="$FS_STORE or fs-store.zarr", help="Store path.")
-@click.option("--runs", default=None, help="Checkpoint folder (default $FS_RUNS or fs-runs).")
+@store_option
+@runs_option
 @click.option("--modality", type=click.Choice(["audio", "visual", "av"]), default="audio", show_default=True,
               help="Descriptor the sampler reads; av = AV-joint-training (both, scores averaged).")
 @click.option("--loss", type=click.Choice(["ac", "sal-cl", "sal-rank", "all"]), default="sal-rank", show_default=True)
@@ -479,8 +484,8 @@ def train_sampler_cmd(store, runs, modality, loss, margin, epochs, batch_size, l
 
 
 @main.command()
-@click.option("--store", default=_store_default, show_default="$FS_STORE or fs-store.zarr", help="Store path.")
-@click.option("--runs", default=None, help="Checkpoint folder (default $FS_RUNS or fs-runs).")
+@store_option
+@runs_option
 @click.option("--subsample", type=int, default=5, show_default=True, help="Skimmer's indexing subsampling factor s.")
 @click.option("--steps", type=int, default=3, show_default=True, help="Skimmer's early-stop step t (1..10).")
 @click.option("--methods", default="all", show_default=True, help="Comma list of methods, or 'all'.")
