@@ -19,7 +19,7 @@ from featurestore.store import FeatureStore, StoreError
 from featurestore.weights import load_student
 from models.heads import StepClassifier
 from pipelines.data import load_split
-from pipelines.distill import _batched, _need
+from pipelines.distill import _need, student_features
 from pipelines.train import fit
 
 
@@ -30,15 +30,6 @@ def action_steps(video) -> np.ndarray:
     if not segs:
         return np.arange(len(t))
     return np.flatnonzero(np.any([(t >= s) & (t < e) for s, e in segs], axis=0))
-
-
-def _student_features(net, video, steps: np.ndarray) -> dict[str, np.ndarray]:
-    frames, mel = video.arrays["frames"][steps], video.arrays["mel"][steps].astype(np.float32)
-    z_i, = _batched(net.image_net, frames)
-    z_a, = _batched(net.audio_net, mel) if video.attrs.get("has_audio") else (np.zeros_like(z_i),)
-    with torch.inference_mode():
-        fused = net.fusion(torch.from_numpy(z_i), torch.from_numpy(z_a)).numpy()
-    return {"image": z_i, "audio": z_a, "fused": fused}
 
 
 def _fit_head(x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: int = 30, seed: int = 0) -> StepClassifier:
@@ -83,7 +74,8 @@ def clip_level_bench(store: FeatureStore, student_ckpt: Path | None, out: Path,
             if has_teacher:
                 feats[split].setdefault("teacher", []).append(video.arrays["r2p1d"][steps].astype(np.float32))
             for kind, net in students.items():
-                for name, z in _student_features(net, video, steps).items():
+                for name, z in student_features(net, video.arrays["frames"][steps], video.arrays["mel"][steps],
+                                                      bool(video.attrs.get("has_audio"))).items():
                     feats[split].setdefault(f"{name}/{kind}", []).append(z)
     u = unit_gflops()
     cost = {"teacher": u["clip"], "image": u["image"], "audio": u["audio"], "fused": u["pair"]}

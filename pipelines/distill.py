@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -21,7 +20,7 @@ from torch.nn import functional as F
 from featurestore.store import FeatureStore, StoreError
 from featurestore.weights import load_student, load_teacher
 from models.imgaud import distillation_loss
-from pipelines.data import fingerprint, load_split, store_model
+from pipelines.data import load_split, save_checkpoint, store_model
 from pipelines.train import fit
 
 
@@ -37,14 +36,6 @@ def _steps(data, names: tuple[str, ...]) -> tuple[list[torch.Tensor], torch.Tens
     cols = [torch.cat([torch.from_numpy(np.ascontiguousarray(v.arrays[n])) for v in data.videos]) for n in names]
     labels = torch.cat([torch.full((v.n_steps,), int(y)) for v, y in zip(data.videos, data.labels)])
     return cols, labels
-
-
-def _save(path: Path, model: nn.Module, store: FeatureStore, kind: str, config: dict, history: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".partial")
-    torch.save({"kind": kind, "state_dict": model.state_dict(), "fingerprint": fingerprint(store), "config": config,
-                "history": history}, tmp)
-    os.replace(tmp, path)
 
 
 def _batches(n: int, batch_size: int):
@@ -93,7 +84,7 @@ def train_teacher(store: FeatureStore, out: Path, epochs: int = 10, batch_size: 
 
     history = fit(teacher, sampled, loss_fn, epochs, lr, milestones, seed, report)
     teacher.eval().cpu()
-    _save(out, teacher, store, "teacher", {"num_classes": len(data.classes), "epochs": epochs}, history)
+    save_checkpoint(out, "teacher", teacher, store, {"num_classes": len(data.classes), "epochs": epochs}, history)
     return teacher, history
 
 
@@ -129,7 +120,7 @@ def train_distill(store: FeatureStore, out: Path, epochs: int = 60, batch_size: 
         history += [dict(r, stage="finetune") for r in fit(student, _batches(len(labels), batch_size), finetune,
                                                            finetune_epochs, lr, (), seed, report)]
     student.eval().cpu()
-    _save(out, student, store, "student", {"lambda": lam, "epochs": epochs, "finetune_epochs": finetune_epochs,
+    save_checkpoint(out, "student", student, store, {"lambda": lam, "epochs": epochs, "finetune_epochs": finetune_epochs,
                                            "num_classes": student.classifier.out_features}, history)
     return student, history
 
@@ -139,6 +130,15 @@ def _batched(fn, x: np.ndarray, batch: int = 64) -> list[np.ndarray]:
     outs = [fn(torch.from_numpy(np.ascontiguousarray(x[i:i + batch]))) for i in range(0, len(x), batch)]
     outs = [o if isinstance(o, tuple) else (o,) for o in outs]
     return [torch.cat([o[k] for o in outs]).float().numpy() for k in range(len(outs[0]))]
+
+
+def student_features(net: nn.Module, frames: np.ndarray, mel: np.ndarray, has_audio: bool) -> dict[str, np.ndarray]:
+    """z^I, z^A and Psi(z^I, z^A) of stored first frames and log-mels (zero audio features for a silent video)."""
+    z_i, = _batched(net.image_net, frames)
+    z_a, = _batched(net.audio_net, mel.astype(np.float32)) if has_audio else (np.zeros_like(z_i),)
+    with torch.inference_mode():
+        fused = net.fusion(torch.from_numpy(z_i), torch.from_numpy(z_a)).numpy()
+    return {"image": z_i, "audio": z_a, "fused": fused}
 
 
 def refresh(store_path: str | Path, student: str | None = None, teacher: str | None = None,
@@ -175,13 +175,9 @@ def refresh(store_path: str | Path, student: str | None = None, teacher: str | N
                 video = store.read_video(vid)
                 arrays = dict(video.arrays)
                 if "student" in todo:
-                    net = models["student"][0]
-                    z_i, = _batched(net.image_net, video["frames"])
-                    mel = video["mel"].astype(np.float32)
-                    z_a, = _batched(net.audio_net, mel) if attrs.get("has_audio") else (np.zeros_like(z_i),)
-                    with torch.inference_mode():
-                        fused = net.fusion(torch.from_numpy(z_i), torch.from_numpy(z_a)).numpy()
-                    for n, v in (("image", z_i), ("audio", z_a), ("fused", fused)):
+                    feats = student_features(models["student"][0], video["frames"], video["mel"],
+                                             bool(attrs.get("has_audio")))
+                    for n, v in feats.items():
                         if n in arrays:
                             arrays[n] = v.astype(np.float16)
                 if "teacher" in todo:
