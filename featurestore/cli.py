@@ -284,6 +284,20 @@ def _milestones(ctx, param, value: str) -> tuple[int, ...]:
         raise click.BadParameter(f"expected comma-separated epochs, got {value!r}") from None
 
 
+def training_options(epochs: int, batch_size: int, lr: float, milestones: str):
+    """--epochs, --batch-size, --lr and --milestones with one verb's defaults (SGD with step decay)."""
+    def decorate(f):
+        for opt in reversed([
+                click.option("--epochs", type=int, default=epochs, show_default=True),
+                click.option("--batch-size", type=int, default=batch_size, show_default=True),
+                click.option("--lr", type=float, default=lr, show_default=True),
+                click.option("--milestones", default=milestones, show_default=True, callback=_milestones,
+                             help="Epochs where lr /= 10.")]):
+            f = opt(f)
+        return f
+    return decorate
+
+
 def _epoch_reporter(label: str):
     def report(row: dict) -> None:
         click.echo(f"{label} epoch {row['epoch']:>3}  loss {row['loss']:.4f}  train acc {100 * row['train_acc']:5.1f}%"
@@ -296,10 +310,7 @@ def _epoch_reporter(label: str):
 @runs_option
 @click.option("--features", type=click.Choice(["fused", "r2p1d", "image", "audio"]), default="fused",
               show_default=True, help="Stored descriptor the head classifies.")
-@click.option("--epochs", type=int, default=15, show_default=True)
-@click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--lr", type=float, default=0.01, show_default=True)
-@click.option("--milestones", default="10", show_default=True, callback=_milestones, help="Epochs where lr /= 10.")
+@training_options(epochs=15, batch_size=256, lr=0.01, milestones="10")
 @click.option("--seed", type=int, default=0, show_default=True)
 def train_head_cmd(store, runs, features, epochs, batch_size, lr, milestones, seed) -> None:
     """Train the per-step classifier the baselines average (every training step labelled with its video's label)."""
@@ -321,10 +332,7 @@ def train_head_cmd(store, runs, features, epochs, batch_size, lr, milestones, se
 @runs_option
 @click.option("--model", default="skim", show_default=True,
               help="Comma list of: skim, skim-visual (G.1), skim-single (G.2), non-recurrent, lstm; or 'all'.")
-@click.option("--epochs", type=int, default=25, show_default=True)
-@click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--lr", type=float, default=1e-2, show_default=True)
-@click.option("--milestones", default="15,20", show_default=True, callback=_milestones, help="Epochs where lr /= 10.")
+@training_options(epochs=25, batch_size=256, lr=1e-2, milestones="15,20")
 @click.option("--steps", type=int, default=10, show_default=True, help="Skimming steps T during training.")
 @click.option("--freeze-fusion", is_flag=True, help="Keep the student's fusion Psi fixed (as the authors' release).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
@@ -351,10 +359,7 @@ def train_skim_cmd(store, runs, model, epochs, batch_size, lr, milestones, steps
 @main.command("train-teacher")
 @store_option
 @runs_option
-@click.option("--epochs", type=int, default=10, show_default=True)
-@click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--milestones", default="6", show_default=True, callback=_milestones, help="Epochs where lr /= 10.")
+@training_options(epochs=10, batch_size=8, lr=1e-3, milestones="6")
 @click.option("--clips-per-video", type=int, default=0, show_default=True,
               help="Clips drawn per video each epoch (0: all).")
 @click.option("--device", default="cpu", show_default=True)
@@ -377,10 +382,7 @@ def train_teacher_cmd(store, runs, epochs, batch_size, lr, milestones, clips_per
 @main.command("train-distill")
 @store_option
 @runs_option
-@click.option("--epochs", type=int, default=60, show_default=True)
-@click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--milestones", default="30,50", show_default=True, callback=_milestones, help="Epochs where lr /= 10.")
+@training_options(epochs=60, batch_size=16, lr=1e-3, milestones="30,50")
 @click.option("--lambda", "lam", type=float, default=100.0, show_default=True, help="Weight of the KL term.")
 @click.option("--finetune", "finetune_epochs", type=int, default=0, show_default=True,
               help="Epochs of fine-tuning on the target labels after distillation.")
@@ -431,10 +433,7 @@ def refresh(store, student, teacher) -> None:
 @click.option("--dim", type=int, default=128, show_default=True, help="Token size D (an AV token is 2D).")
 @click.option("--t", "t_steps", type=int, default=16, show_default=True, help="Image-audio pairs sampled per video.")
 @click.option("--k", type=int, default=4, show_default=True, help="Steps kept by the ordered-logits loss.")
-@click.option("--epochs", type=int, default=30, show_default=True)
-@click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--milestones", default="20", show_default=True, callback=_milestones, help="Epochs where lr /= 10.")
+@training_options(epochs=30, batch_size=16, lr=1e-3, milestones="20")
 @click.option("--no-audio-tokens", is_flag=True, help="Ablation: AV-TeST sees no audio tokens.")
 @click.option("--no-mask-loss", is_flag=True, help="Ablation: train without L_mask.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -461,10 +460,7 @@ def train_avgn_cmd(store, runs, layers, heads, dim, t_steps, k, epochs, batch_si
               help="Descriptor the sampler reads; av = AV-joint-training (both, scores averaged).")
 @click.option("--loss", type=click.Choice(["ac", "sal-cl", "sal-rank", "all"]), default="sal-rank", show_default=True)
 @click.option("--margin", type=float, default=1.0, show_default=True, help="SAL-RANK margin eta.")
-@click.option("--epochs", type=int, default=15, show_default=True)
-@click.option("--batch-size", type=int, default=16, show_default=True, help="Videos per batch.")
-@click.option("--lr", type=float, default=0.01, show_default=True)
-@click.option("--milestones", default="10", show_default=True, callback=_milestones, help="Epochs where lr /= 10.")
+@training_options(epochs=15, batch_size=16, lr=0.01, milestones="10")
 @click.option("--seed", type=int, default=0, show_default=True)
 def train_sampler_cmd(store, runs, modality, loss, margin, epochs, batch_size, lr, milestones, seed) -> None:
     """Train an SCSampler ranker (AC, SAL-CL or SAL-RANK) on one modality's stored descriptors."""
