@@ -10,6 +10,8 @@ from __future__ import annotations
 import resource
 import shutil
 import tempfile
+import threading
+import warnings
 import time
 from dataclasses import dataclass
 
@@ -18,18 +20,19 @@ import pandas as pd
 import torch
 
 from featurestore.decode import DecodedVideo, probe
-from featurestore.extract import STEP_FRAMES, ExtractConfig, get_extractor, run_extraction
+from featurestore.extract import (STEP_FRAMES, ExtractConfig, batch_counts, get_extractor, run_extraction,
+                                 worker_device)
 from featurestore.store import FeatureStore
 
 STEPS_PER_VIDEO_SECOND = 30 / STEP_FRAMES
 
 
-def decode_only_task(path: str) -> tuple[float, float]:
+def decode_only_task(path: str, hwaccel: str = "", threads: int = 0) -> tuple[float, float]:
     """Decode a video exactly as the extractor does and drop the result: (video seconds, wall seconds)."""
     t0 = time.perf_counter()
     info = probe(path)
     n = 0
-    with DecodedVideo(path, with_audio=info.has_audio) as dec:
+    with DecodedVideo(path, with_audio=info.has_audio, hwaccel=hwaccel, threads=threads) as dec:
         for chunk in dec.frames():
             n += len(chunk)
         dec.audio()
@@ -38,6 +41,54 @@ def decode_only_task(path: str) -> tuple[float, float]:
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _warm_worker(config: ExtractConfig, dask_worker=None) -> str:
+    """Load this worker's models and run one batch of each, so the timed run measures the steady state."""
+    device = worker_device(config, dask_worker.name if dask_worker is not None else None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")      # the client already warned about any weight fallback
+        get_extractor(config, device).warm_up()
+    return device
+
+
+def _peak_gpu_mb() -> float:
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_initialized() else 0.0
+
+
+class UtilisationSampler:
+    """Mean and peak GPU utilisation (NVML, all visible GPUs) sampled every ``period`` s while in a ``with``."""
+
+    def __init__(self, period: float = 0.5):
+        self.period, self.samples = period, []
+        self.error = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            try:
+                self.samples.append(float(np.mean([torch.cuda.utilization(i)
+                                                   for i in range(torch.cuda.device_count())])))
+            except Exception as e:  # noqa: BLE001 - no NVML: say so rather than guess
+                self.error = f"n/a ({type(e).__name__}: {e})"
+                return
+
+    def __enter__(self) -> "UtilisationSampler":
+        if torch.cuda.is_available():
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def figures(self) -> dict:
+        if self.error or not self.samples:
+            return {"gpu_utilisation_percent": self.error or "n/a (no samples)"}
+        return {"gpu_utilisation_percent": round(float(np.mean(self.samples)), 1),
+                "gpu_utilisation_peak_percent": round(float(np.max(self.samples)), 1)}
 
 
 @dataclass
@@ -82,10 +133,17 @@ def bench_extract(manifest: pd.DataFrame, config: ExtractConfig, client, say=pri
     from distributed import wait
 
     paths = manifest["path"].tolist()
-    n_workers = max(1, len(client.scheduler_info()["workers"]))
-    say(f"{len(paths)} videos, {n_workers} worker(s), device {config.device}")
+    workers = client.scheduler_info()["workers"]
+    in_flight = max((w.get("nthreads", 1) for w in workers.values()), default=1)
+    say(f"{len(paths)} videos, {len(workers)} worker(s) x {in_flight} video(s) in flight, device {config.device}"
+        f"{', hwaccel ' + config.hwaccel if config.hwaccel else ''}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        resolved = config.resolved(get_extractor(config, "cpu").models)
+    devices = client.run(_warm_worker, resolved)
+    say(f"models loaded and warmed up on {', '.join(sorted(set(devices.values())))}")
     t0 = time.perf_counter()
-    futures = client.map(decode_only_task, paths, pure=False)
+    futures = client.map(decode_only_task, paths, hwaccel=config.hwaccel, threads=config.decode_threads, pure=False)
     wait(futures)
     decoded = [f.result() for f in futures]
     decode_wall = time.perf_counter() - t0
@@ -93,18 +151,27 @@ def bench_extract(manifest: pd.DataFrame, config: ExtractConfig, client, say=pri
     tmp = tempfile.mkdtemp(prefix="fs-bench-extract-")
     try:
         store = FeatureStore(f"{tmp}/store.zarr", mode="a")
-        summary = run_extraction(manifest, store, config, client, "bench", sorted(manifest["label"].unique()),
-                                 progress=False)
+        before = client.run(batch_counts)
+        with UtilisationSampler() as sampler:
+            summary = run_extraction(manifest, store, config, client, "bench", sorted(manifest["label"].unique()),
+                                     progress=False)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    after = client.run(batch_counts)
+    fill = {}
+    for worker, counts in after.items():
+        for kind, (rows, batches) in counts.items():
+            r0, b0 = before.get(worker, {}).get(kind, (0, 0))
+            f = fill.setdefault(kind, [0, 0])
+            f[0] += rows - r0
+            f[1] += batches - b0
+    sizes = get_extractor(resolved, "cpu").batcher.batch_sizes
+    batch_fill = {k: {"mean_rows": round(r / b, 1), "batch_size": sizes[k], "batches": b}
+                  for k, (r, b) in sorted(fill.items()) if b}
     worker_rss = client.run(_peak_rss_mb)
     gpu = {}
-    if torch.cuda.is_available():
-        gpu["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        try:
-            gpu["gpu_utilisation_percent"] = torch.cuda.utilization()
-        except Exception:  # noqa: BLE001 - NVML missing: say so rather than guess
-            gpu["gpu_utilisation_percent"] = "n/a (no NVML)"
+    if config.device.startswith("cuda"):
+        gpu = {**sampler.figures(), "peak_gpu_memory_mb_per_worker": max(client.run(_peak_gpu_mb).values())}
     rates = model_rates(config, "cuda" if config.device.startswith("cuda") else "cpu")
     result = {
         "videos": len(paths), "video_seconds": video_seconds,
@@ -112,7 +179,7 @@ def bench_extract(manifest: pd.DataFrame, config: ExtractConfig, client, say=pri
         "extraction_video_s_per_s": summary.video_seconds / summary.wall_seconds if summary.wall_seconds else 0.0,
         "failed": summary.failed,
         "peak_host_memory_mb_per_worker": max(worker_rss.values()) if worker_rss else _peak_rss_mb(),
-        **gpu, "models": rates,
+        **gpu, "models": rates, "batch_fill": batch_fill,
     }
     result["ratio_extraction_to_ceiling"] = result["extraction_video_s_per_s"] / result["decode_only_video_s_per_s"]
     say(f"decode-only ceiling   {result['decode_only_video_s_per_s']:8.2f} video-s per wall-s")
@@ -120,6 +187,8 @@ def bench_extract(manifest: pd.DataFrame, config: ExtractConfig, client, say=pri
         f"(ratio to ceiling {100 * result['ratio_extraction_to_ceiling']:.1f} %)")
     for r in rates:
         say(f"{r.name:<21} {r.video_seconds_per_second:8.2f} video-s per wall-s  ({r.items_per_second:.1f} items/s alone)")
+    say("mean batch            " + ", ".join(f"{k} {v['mean_rows']:g} of {v['batch_size']} ({v['batches']} batches)"
+                                          for k, v in batch_fill.items()))
     say(f"peak host memory      {result['peak_host_memory_mb_per_worker']:.0f} MB per worker")
     for k, v in gpu.items():
         say(f"{k:<21} {v}")

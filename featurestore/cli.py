@@ -131,46 +131,83 @@ def manifest(dataset, annotations, video_root, seed, out, data_root) -> None:
                f"({len(report.missing)} missing videos listed)")
 
 
+def extraction_options(f):
+    """The options ``fs extract`` and ``fs bench-extract`` share: data, cluster, models and decoding."""
+    options = [
+        click.option("--dataset", default=None, help="Dataset name: 'synthetic' (default, generated on first use) "
+                                                     "or manifests/NAME.csv."),
+        click.option("--manifest", type=click.Path(dir_okay=False), default=None,
+                     help="A manifest CSV instead of --dataset."),
+        click.option("--data-root", type=click.Path(file_okay=False), default=None,
+                     help="Data root (or $FS_DATA_ROOT)."),
+        click.option("--gpus", type=int, default=0, show_default=True, help="GPUs to use, one Dask worker each."),
+        click.option("--workers", type=int, default=1, show_default=True, help="CPU workers (when --gpus is 0)."),
+        click.option("--scheduler", default=None, help="Address of an existing Dask scheduler."),
+        click.option("--in-flight", type=int, default=0, show_default="4 per GPU worker, 1 per CPU worker",
+                     help="Videos decoded at once per worker; their steps share the worker's model batches."),
+        click.option("--batch-size", type=int, default=16, show_default=True,
+                     help="Clips per teacher batch (4x as many image / audio steps)."),
+        click.option("--descriptors", default="image,audio,fused,r2p1d", show_default=True,
+                     help="What to compute (comma list); CPU users may skip r2p1d, the costly teacher."),
+        click.option("--teacher-weights", default="kinetics400", show_default=True,
+                     help="kinetics400 (torchvision weights API), random, or a checkpoint path."),
+        click.option("--weights", "student_weights", default="imagenet", show_default=True,
+                     help="Student weights: a checkpoint path (e.g. from distillation), imagenet or random."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of any random initialisation."),
+        click.option("--hwaccel", default="", help="ffmpeg hardware decoding, e.g. cuda; software decoding (with a "
+                                                   "warning) when this ffmpeg or machine cannot."),
+        click.option("--decode-threads", type=int, default=0, show_default="ffmpeg's choice",
+                     help="ffmpeg decoder threads per video."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _extract_setup(o: dict, keep_inputs: bool = False, keep_clips: bool = False):
+    """(manifest, dataset name, classes, ExtractConfig, Dask client) from the shared extraction options."""
+    from featurestore.cluster import make_client
+    from featurestore.decode import hwaccels
+    from featurestore.extract import ExtractConfig
+
+    df, name, classes = _load_manifest(o["dataset"], o["manifest"], o["data_root"])
+    gpus, workers = o["gpus"], o["workers"]
+    hwaccel = o["hwaccel"].strip()
+    if hwaccel and hwaccel not in hwaccels():
+        warnings.warn(f"--hwaccel {hwaccel}: this ffmpeg offers {', '.join(hwaccels()) or 'none'}; decoding in "
+                      f"software")
+        hwaccel = ""
+    if o["in_flight"] < 0:
+        raise ValueError(f"--in-flight must be at least 1, got {o['in_flight']}")
+    config = ExtractConfig(
+        descriptors=tuple(d.strip() for d in o["descriptors"].split(",") if d.strip()), batch_size=o["batch_size"],
+        device="cuda" if gpus else "cpu", teacher_weights=o["teacher_weights"],
+        student_weights=o["student_weights"], seed=o["seed"],
+        threads=0 if gpus else max(1, (os.cpu_count() or 1) // max(1, workers)),
+        keep_inputs=keep_inputs, keep_clips=keep_clips, hwaccel=hwaccel, decode_threads=o["decode_threads"])
+    in_flight = o["in_flight"] or (4 if gpus else 1)
+    client = make_client(gpus=gpus, workers=workers, scheduler=o["scheduler"], threads_per_worker=in_flight)
+    return df, name, classes, config, client
+
+
 @main.command()
-@click.option("--dataset", default=None, help="Dataset name: 'synthetic' (default, generated on first use) or "
-                                              "manifests/NAME.csv.")
-@click.option("--manifest", type=click.Path(dir_okay=False), default=None, help="A manifest CSV instead of --dataset.")
-@click.option("--data-root", type=click.Path(file_okay=False), default=None, help="Data root (or $FS_DATA_ROOT).")
+@extraction_options
 @store_option
-@click.option("--gpus", type=int, default=0, show_default=True, help="GPUs to use, one Dask worker each.")
-@click.option("--workers", type=int, default=1, show_default=True, help="CPU workers (when --gpus is 0).")
-@click.option("--scheduler", default=None, help="Address of an existing Dask scheduler.")
-@click.option("--batch-size", type=int, default=16, show_default=True, help="Clips per teacher batch.")
-@click.option("--descriptors", default="image,audio,fused,r2p1d", show_default=True,
-              help="What to compute (comma list); CPU users may skip r2p1d, the costly teacher.")
-@click.option("--teacher-weights", default="kinetics400", show_default=True,
-              help="kinetics400 (torchvision weights API), random, or a checkpoint path.")
-@click.option("--weights", "student_weights", default="imagenet", show_default=True,
-              help="Student weights: a checkpoint path (e.g. from distillation), imagenet or random.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of any random initialisation.")
 @click.option("--retry-failed", is_flag=True, help="Retry videos listed in the failures table.")
 @click.option("--keep-inputs", is_flag=True, help="Also store each step's first frame and log-mel (for distillation "
                                                    "and refresh without decoding again).")
 @click.option("--keep-clips", is_flag=True, help="Also store each step's 16-frame teacher clip (large; small data).")
-def extract(dataset, manifest, data_root, store, gpus, workers, scheduler, batch_size, descriptors, teacher_weights,
-            student_weights, seed, retry_failed, keep_inputs, keep_clips) -> None:
+def extract(store, retry_failed, keep_inputs, keep_clips, **options) -> None:
     """Decode each video once and write its descriptors to the zarr store (one Dask task per video)."""
-    from featurestore.cluster import ClusterError, close_client, make_client
-    from featurestore.extract import ExtractConfig, run_extraction
+    from featurestore.cluster import ClusterError, close_client
+    from featurestore.extract import run_extraction
     from featurestore.manifest import ManifestError
     from featurestore.store import FeatureStore, StoreError
     from featurestore.weights import WeightsError
 
     try:
-        df, name, classes = _load_manifest(dataset, manifest, data_root)
-        n_procs = gpus or workers
-        config = ExtractConfig(
-            descriptors=tuple(d.strip() for d in descriptors.split(",") if d.strip()), batch_size=batch_size,
-            device="cuda" if gpus else "cpu", teacher_weights=teacher_weights, student_weights=student_weights,
-            seed=seed, threads=0 if gpus else max(1, (os.cpu_count() or 1) // max(1, n_procs)),
-            keep_inputs=keep_inputs, keep_clips=keep_clips)
         fs = FeatureStore(store, mode="a")
-        client = make_client(gpus=gpus, workers=workers, scheduler=scheduler)
+        df, name, classes, config, client = _extract_setup(options, keep_inputs, keep_clips)
         try:
             summary = run_extraction(df, fs, config, client, name, classes, retry_failed=retry_failed)
         finally:
@@ -182,38 +219,28 @@ def extract(dataset, manifest, data_root, store, gpus, workers, scheduler, batch
 
 
 @main.command("bench-extract")
-@click.option("--dataset", default=None, help="Dataset name (default synthetic).")
-@click.option("--manifest", type=click.Path(dir_okay=False), default=None, help="A manifest CSV instead of --dataset.")
-@click.option("--data-root", type=click.Path(file_okay=False), default=None, help="Data root (or $FS_DATA_ROOT).")
+@extraction_options
 @click.option("--limit", type=int, default=0, help="Use only the first N videos (0: all).")
-@click.option("--gpus", type=int, default=0, show_default=True)
-@click.option("--workers", type=int, default=1, show_default=True)
-@click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--descriptors", default="image,audio,fused,r2p1d", show_default=True)
-@click.option("--teacher-weights", default="kinetics400", show_default=True)
-@click.option("--weights", "student_weights", default="imagenet", show_default=True)
-def bench_extract_cmd(dataset, manifest, data_root, limit, gpus, workers, batch_size, descriptors, teacher_weights,
-                      student_weights) -> None:
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the figures as JSON here.")
+def bench_extract_cmd(limit, out, **options) -> None:
     """Measure decode-only ceiling vs full extraction vs each model alone, in video-seconds per wall-second."""
     from featurestore.bench_extract import bench_extract
-    from featurestore.cluster import ClusterError, close_client, make_client
-    from featurestore.extract import ExtractConfig
+    from featurestore.cluster import ClusterError, close_client
     from featurestore.manifest import ManifestError
+    from featurestore.weights import WeightsError
 
     try:
-        df, _, _ = _load_manifest(dataset, manifest, data_root)
+        df, _, _, config, client = _extract_setup(options)
         df = df.head(limit) if limit else df
-        config = ExtractConfig(
-            descriptors=tuple(d.strip() for d in descriptors.split(",") if d.strip()), batch_size=batch_size,
-            device="cuda" if gpus else "cpu", teacher_weights=teacher_weights, student_weights=student_weights,
-            threads=0 if gpus else max(1, (os.cpu_count() or 1) // max(1, gpus or workers)))
-        client = make_client(gpus=gpus, workers=workers)
         try:
-            bench_extract(df, config, client, say=click.echo)
+            result = bench_extract(df, config, client, say=click.echo)
         finally:
             close_client(client)
-    except (ManifestError, ClusterError, ValueError) as e:
+    except (ManifestError, WeightsError, ClusterError, ValueError) as e:
         _fail(e)
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2, default=lambda o: o.__dict__))
+        click.echo(f"wrote {out}")
 
 
 def _print_info(path) -> None:

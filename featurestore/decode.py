@@ -5,6 +5,7 @@ file is decoded exactly once. Frames are streamed; only the (small) audio is hel
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -101,9 +102,15 @@ def probe(path: str) -> ProbeInfo:
 
 
 def decode_command(path: str, audio_fd: int | None, fps: int = FPS, crop: int = CROP,
-                   short_side: int = SHORT_SIDE, sample_rate: int = SAMPLE_RATE) -> list[str]:
-    """The one ffmpeg command that decodes ``path``: rgb24 frames on stdout, f32le mono audio on ``audio_fd``."""
-    inp = ffmpeg.input(path)
+                   short_side: int = SHORT_SIDE, sample_rate: int = SAMPLE_RATE, hwaccel: str = "",
+                   threads: int = 0) -> list[str]:
+    """The one ffmpeg command that decodes ``path``: rgb24 frames on stdout, f32le mono audio on ``audio_fd``.
+
+    ``hwaccel`` (e.g. "cuda") decodes on the GPU's video engine; frames come back to host memory for the same scale
+    and crop filters, so the pixels match software decoding. ``threads`` sets the decoder threads (0: ffmpeg's).
+    """
+    opts = {**({"hwaccel": hwaccel} if hwaccel else {}), **({"threads": threads} if threads else {})}
+    inp = ffmpeg.input(path, **opts)
     video = (
         inp.video
         .filter("fps", fps=fps)
@@ -132,7 +139,7 @@ class DecodedVideo:
     """
 
     def __init__(self, path: str, with_audio: bool, fps: int = FPS, crop: int = CROP,
-                 short_side: int = SHORT_SIDE, sample_rate: int = SAMPLE_RATE):
+                 short_side: int = SHORT_SIDE, sample_rate: int = SAMPLE_RATE, hwaccel: str = "", threads: int = 0):
         self.path, self.with_audio, self.fps, self.crop, self.sample_rate = path, with_audio, fps, crop, sample_rate
         self.n_frames = 0
         self._audio = bytearray()
@@ -140,7 +147,7 @@ class DecodedVideo:
         read_fd = write_fd = None
         if with_audio:
             read_fd, write_fd = os.pipe()
-        cmd = decode_command(path, write_fd, fps, crop, short_side, sample_rate)
+        cmd = decode_command(path, write_fd, fps, crop, short_side, sample_rate, hwaccel, threads)
         try:
             self._proc = _popen(cmd, pass_fds=(write_fd,) if with_audio else ())
         finally:
@@ -204,6 +211,13 @@ class DecodedVideo:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@functools.lru_cache(maxsize=None)
+def hwaccels() -> tuple[str, ...]:
+    """The hardware decoding methods this ffmpeg build offers (``ffmpeg -hwaccels``); the device may still lack them."""
+    out = subprocess.run([ffmpeg_exe(), "-hide_banner", "-hwaccels"], capture_output=True, text=True).stdout
+    return tuple(line.strip() for line in out.splitlines()[1:] if line.strip())
 
 
 def ffmpeg_version() -> str:

@@ -9,10 +9,12 @@ Frames and audio past the end are padded (last frame repeated, audio with zeros)
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import traceback
 import warnings
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Iterator
 
@@ -21,6 +23,7 @@ import torch
 
 from featurestore import SCHEMA_VERSION, __version__
 from featurestore.audio import HOP, N_FFT, N_MELS, LogMel, step_windows
+from featurestore.batching import CrossVideoBatcher
 from featurestore.decode import CROP, FPS, SAMPLE_RATE, SHORT_SIDE, DecodedVideo, DecodeError, probe
 from featurestore.store import DESCRIPTORS, FeatureStore
 from featurestore.weights import STUDENT_DEFAULT, TEACHER_DEFAULT, load_student, load_teacher
@@ -44,6 +47,8 @@ class ExtractConfig:
     threads: int = 0      # torch intra-op threads per worker; 0 leaves torch's default
     keep_inputs: bool = False   # also store each step's first frame (uint8) and log-mel (float16)
     keep_clips: bool = False    # also store each step's 16-frame teacher clip (uint8; large)
+    hwaccel: str = ""           # ffmpeg hardware decoding ("cuda"); software decoding when empty or unusable
+    decode_threads: int = 0     # ffmpeg decoder threads per video; 0 lets ffmpeg choose
 
     def __post_init__(self) -> None:
         unknown = set(self.descriptors) - set(DESCRIPTORS)
@@ -130,6 +135,8 @@ class Extractor:
             self.student.eval().to(self.device, memory_format=torch.channels_last if gpu else torch.preserve_format)
             self.models["student"] = rec
         self.log_mel = LogMel().to(self.device)
+        self.batcher = self._make_batcher()
+        self.hwaccel_error = ""   # set when --hwaccel failed on a file that software decodes
 
     def provenance(self) -> dict:
         """What produced the arrays: fs and schema versions, model weights and hashes, extraction parameters."""
@@ -149,84 +156,133 @@ class Extractor:
                        "n_fft": N_FFT, "hop": HOP, "n_mels": N_MELS, "window": "hann", "log_eps": 1e-6},
         }
 
-    @torch.inference_mode()
-    def _batched(self, fn, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        """Run ``fn`` on a stacked batch: on a GPU from pinned memory with a non-blocking copy, under bf16 autocast."""
-        x = torch.from_numpy(np.stack(inputs))
+    def _autocast(self):
+        """bf16 autocast on a GPU; plain float32 on the CPU."""
         if self.device.type == "cuda":
-            x = x.pin_memory().to(self.device, non_blocking=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                outs = fn(x)
-        else:
-            outs = fn(x)
-        return [o.float().cpu().numpy() for o in outs]
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _make_batcher(self) -> CrossVideoBatcher:
+        """The process's inference thread: image, audio (log-mel + audio net), fusion and clip batches."""
+        student, teacher = self.student, self.teacher
+        fns, bs = {}, self.config.batch_size
+
+        def audio(windows):
+            mel = self.log_mel(windows)
+            if student is None:
+                return (mel,)
+            with self._autocast():
+                return mel, student.audio_net(mel)
+        fns["audio"] = audio
+        if student is not None:
+            def image(frames):
+                with self._autocast():
+                    return (student.image_net(frames),)
+
+            def fused(z_i, z_a):
+                return (student.fusion(z_i, z_a),)     # tiny; float32 on every device
+            fns.update(image=image, fused=fused)
+        if teacher is not None:
+            def clip(clips):
+                with self._autocast():
+                    return tuple(teacher(clips))
+            fns["clip"] = clip
+        sizes = {"audio": 4 * bs, "image": 4 * bs, "fused": 4 * bs, "clip": bs}
+        return CrossVideoBatcher(fns, {k: sizes[k] for k in fns}, self.device)
+
+    def warm_up(self) -> None:
+        """One full batch of zeros per model, so start-up costs (CUDA context, kernel choice) are paid here."""
+        shapes = {"audio": [(SAMPLE_RATE,)], "image": [(CROP, CROP, 3)], "clip": [(CLIP_FRAMES, CROP, CROP, 3)]}
+        if self.student is not None:
+            width = self.student.audio_net.proj.out_features
+            shapes["fused"] = [(self.student.image_net.proj.out_features,), (width,)]
+        futs = [self.batcher.submit(kind, *[np.zeros((size, *shape), np.uint8 if kind in ("image", "clip")
+                                                      else np.float32) for shape in shapes[kind]])
+                for kind, size in self.batcher.batch_sizes.items()]
+        for f in futs:
+            f.result()
 
     def extract(self, path: str, stage: list[str]) -> tuple[dict[str, np.ndarray], dict]:
-        """Decode ``path`` once and return (arrays, attrs). ``stage[0]`` tracks progress for failure reports."""
+        """Decode ``path`` once and return (arrays, attrs). ``stage[0]`` tracks progress for failure reports.
+
+        Step inputs go to the process's :class:`CrossVideoBatcher` every ``REQUEST_STEPS`` steps as they are decoded,
+        so the batches fill from all the videos in flight; a video queues at most ``MAX_QUEUED_BATCHES`` batches'
+        worth of rows per model, which bounds host memory when the models are slower than decoding.
+        """
         stage[0] = "probe"
         info = probe(path)
         if not info.has_video:
             raise DecodeError("no video stream")
-        cfg, bs = self.config, self.config.batch_size
-        image_feats, teacher_feats, teacher_logits = [], [], []
+        cfg, batcher = self.config, self.batcher
+        image_futs: list[Future] = []
+        clip_futs: list[Future] = []
         first_frames, clips = [], []
         kept_frames, kept_clips = [], []
 
-        def flush_images() -> None:
-            (z,) = self._batched(lambda x: (self.student.image_net(x),), first_frames)
-            image_feats.append(z)
-            first_frames.clear()
+        def send(kind: str, rows: list[np.ndarray], futs: list[Future]) -> None:
+            futs.append(batcher.submit(kind, np.stack(rows)))
+            rows.clear()
+            # requests of one kind are served in order: waiting for an older one bounds this video's queued rows
+            limit = max(1, MAX_QUEUED_BATCHES * batcher.batch_sizes[kind] // REQUEST_STEPS)
+            if len(futs) > limit:
+                _result(futs[-limit - 1], stage)
 
-        def flush_clips() -> None:
-            z, logits = self._batched(self.teacher, clips)
-            teacher_feats.append(z)
-            teacher_logits.append(logits)
-            clips.clear()
+        def decode(hwaccel: str) -> tuple[int, np.ndarray, int]:
+            n = 0
+            with DecodedVideo(path, with_audio=info.has_audio, hwaccel=hwaccel, threads=cfg.decode_threads) as dec:
+                for k, first, clip in iter_steps(dec.frames()):
+                    n = k + 1
+                    if cfg.keep_inputs:
+                        kept_frames.append(first)
+                    if cfg.keep_clips:
+                        kept_clips.append(clip)
+                    if self.student is not None:
+                        first_frames.append(first)
+                        if len(first_frames) == REQUEST_STEPS:
+                            send("image", first_frames, image_futs)
+                    if self.teacher is not None:
+                        clips.append(clip)
+                        if len(clips) == REQUEST_STEPS:
+                            send("clip", clips, clip_futs)
+                return n, dec.audio(), dec.n_frames
 
         stage[0] = "decode"
-        with DecodedVideo(path, with_audio=info.has_audio) as dec:
-            n = 0
-            for k, first, clip in iter_steps(dec.frames()):
-                n = k + 1
-                if cfg.keep_inputs:
-                    kept_frames.append(first)
-                if cfg.keep_clips:
-                    kept_clips.append(clip)
-                if self.student is not None:
-                    first_frames.append(first)
-                    if len(first_frames) == bs * 4:
-                        flush_images()
-                if self.teacher is not None:
-                    clips.append(clip)
-                    if len(clips) == bs:
-                        flush_clips()
-            audio = dec.audio()
-            n_frames = dec.n_frames
+        hwaccel = "" if self.hwaccel_error else cfg.hwaccel
+        try:
+            n, audio, n_frames = decode(hwaccel)
+        except DecodeError as e:
+            if not hwaccel or first_frames or clips or image_futs or clip_futs or kept_frames:
+                raise
+            n, audio, n_frames = decode("")          # the file decodes in software: the hwaccel is what failed
+            self.hwaccel_error = f"--hwaccel {hwaccel} failed ({e}); decoding in software from now on"
+            warnings.warn(self.hwaccel_error)
+            hwaccel = ""
+        decoded_with = hwaccel or "software"
         stage[0] = "model"
         if first_frames:
-            flush_images()
+            send("image", first_frames, image_futs)
         if clips:
-            flush_clips()
+            send("clip", clips, clip_futs)
         t = (np.arange(n, dtype=np.float32) * STEP_FRAMES / FPS).astype(np.float32)
         has_audio = bool(info.has_audio and len(audio) > 0)
         arrays: dict[str, np.ndarray] = {"t": t}
-        mel = self._log_mels(audio, t) if has_audio and (self.student is not None or cfg.keep_inputs) else None
+        mel = z_a = None
+        if has_audio and (self.student is not None or cfg.keep_inputs):
+            mel, *rest = _result(batcher.submit("audio", step_windows(audio, t, SAMPLE_RATE)), stage)
+            z_a = rest[0] if rest else None
         if self.student is not None:
-            z_i = np.concatenate(image_feats)
-            if has_audio:
-                z_a = np.concatenate([self._batched(lambda x: (self.student.audio_net(x),), list(mel[i:i + bs * 4]))[0]
-                                      for i in range(0, n, bs * 4)])
-            else:
+            z_i = np.concatenate([_result(f, stage)[0] for f in image_futs])
+            if z_a is None:
                 z_a = np.zeros((n, self.student.audio_net.proj.out_features), np.float32)
-            with torch.inference_mode():
-                fused = self.student.fusion(torch.from_numpy(z_i).to(self.device),
-                                            torch.from_numpy(z_a).to(self.device)).float().cpu().numpy()
-            for name, value in (("image", z_i), ("audio", z_a), ("fused", fused)):
+            for name, value in (("image", z_i), ("audio", z_a)):
                 if name in cfg.descriptors:
                     arrays[name] = value.astype(np.float16)
+            if "fused" in cfg.descriptors:
+                arrays["fused"] = _result(batcher.submit("fused", z_i, z_a), stage)[0].astype(np.float16)
         if self.teacher is not None:
-            arrays["r2p1d"] = np.concatenate(teacher_feats).astype(np.float16)
-            arrays["r2p1d_logits"] = np.concatenate(teacher_logits).astype(np.float16)
+            outs = [_result(f, stage) for f in clip_futs]
+            arrays["r2p1d"] = np.concatenate([z for z, _ in outs]).astype(np.float16)
+            arrays["r2p1d_logits"] = np.concatenate([logits for _, logits in outs]).astype(np.float16)
         if cfg.keep_inputs:
             arrays["frames"] = np.stack(kept_frames)
             arrays["mel"] = (mel if mel is not None else np.zeros((n, N_MELS, 101), np.float32)).astype(np.float16)
@@ -236,14 +292,22 @@ class Extractor:
             "fps": FPS, "n_frames": int(n_frames), "n_steps": int(n), "duration": round(n_frames / FPS, 4),
             "container_duration": info.duration, "has_audio": has_audio,
             "audio_rms": float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))) if has_audio else 0.0,
-            "short": bool(n_frames < CLIP_SPAN), "source_size": [info.width, info.height],
+            "short": bool(n_frames < CLIP_SPAN), "source_size": [info.width, info.height], "decoder": decoded_with,
         }
         return arrays, attrs
 
-    def _log_mels(self, audio: np.ndarray, t: np.ndarray) -> np.ndarray:
-        windows = step_windows(audio, t, SAMPLE_RATE)
-        with torch.inference_mode():
-            return self.log_mel(torch.from_numpy(windows).to(self.device)).float().cpu().numpy()
+
+REQUEST_STEPS = 4       # steps per request to the batcher (one decoded chunk of 64 frames)
+MAX_QUEUED_BATCHES = 2  # full batches' worth of rows per model a video may queue before its decode waits
+
+
+def _result(fut: Future, stage: list[str]) -> tuple[np.ndarray, ...]:
+    """A batcher result; a model error is reported at the "model" stage."""
+    try:
+        return fut.result()
+    except Exception:
+        stage[0] = "model"
+        raise
 
 
 _EXTRACTORS: dict[tuple[ExtractConfig, str], Extractor] = {}
@@ -257,15 +321,28 @@ def get_extractor(config: ExtractConfig, device: str | None = None) -> Extractor
     return _EXTRACTORS[key]
 
 
-def worker_device(config: ExtractConfig) -> str:
-    """The device this Dask worker should use: its own GPU when extracting on GPUs, else the CPU."""
+def batch_counts() -> dict[str, list[int]]:
+    """{model kind: [rows, batches]} run so far by this process's extractors (mean batch fill = rows / batches)."""
+    counts: dict[str, list[int]] = {}
+    for ex in _EXTRACTORS.values():
+        for kind, batches in ex.batcher.batches_run.items():
+            c = counts.setdefault(kind, [0, 0])
+            c[0] += ex.batcher.rows_run[kind]
+            c[1] += batches
+    return counts
+
+
+def worker_device(config: ExtractConfig, name=None) -> str:
+    """The device this Dask worker (named ``name``, default: the running task's) should use: its own GPU when
+    extracting on GPUs, else the CPU."""
     if not config.device.startswith("cuda") or ":" in config.device:
         return config.device
-    try:
-        from distributed import get_worker
-        name = get_worker().name
-    except (ImportError, ValueError):
-        return "cuda:0"
+    if name is None:
+        try:
+            from distributed import get_worker
+            name = get_worker().name
+        except (ImportError, ValueError):
+            return "cuda:0"
     n = torch.cuda.device_count()
     if os.environ.get("CUDA_VISIBLE_DEVICES", "").count(",") == 0 and os.environ.get("CUDA_VISIBLE_DEVICES"):
         return "cuda:0"   # dask-cuda pins one device per worker
@@ -303,7 +380,8 @@ def extract_video_task(row: dict, store_path: str, config: ExtractConfig) -> Vid
                       "segments": row.get("segments", "") or "", "provenance": extractor.provenance()})
         written = FeatureStore(store_path, mode="a").write_video(vid, arrays, attrs)
         return VideoResult(vid, path, True, n_steps=attrs["n_steps"], duration=attrs["duration"],
-                           seconds=time.perf_counter() - t0, written=written)
+                           seconds=time.perf_counter() - t0, written=written,
+                           details={"hwaccel_error": extractor.hwaccel_error} if extractor.hwaccel_error else {})
     except Exception as e:  # noqa: BLE001 - every failure becomes a failures-table row, never a crashed run
         msg = f"{type(e).__name__}: {e}" if not isinstance(e, DecodeError) else str(e)
         return VideoResult(vid, path, False, stage=stage[0], error=msg.strip().splitlines()[0] if msg.strip() else
@@ -323,6 +401,7 @@ class ExtractionSummary:
     steps: int = 0
     video_seconds: float = 0.0
     wall_seconds: float = 0.0
+    hwaccel_error: str = ""
 
     def line(self) -> str:
         rate = (f"; {self.wall_seconds / (self.video_seconds / 60):.1f} s of wall time per video-minute"
@@ -372,6 +451,9 @@ def run_extraction(manifest, store: FeatureStore, config: ExtractConfig, client,
             except Exception as e:  # noqa: BLE001 - a dead worker (OOM, segfault) fails its video, not the run
                 res = VideoResult(row["video_id"], row["path"], False, stage="worker",
                                   error=f"{type(e).__name__}: {e}")
+            if res.details.get("hwaccel_error") and not summary.hwaccel_error:
+                summary.hwaccel_error = res.details["hwaccel_error"]
+                bar.write(f"warning: {summary.hwaccel_error}")
             if res.ok:
                 summary.stored += 1
                 summary.steps += res.n_steps

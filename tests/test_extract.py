@@ -1,4 +1,5 @@
 """End-to-end extraction on generated videos, through a threaded Dask cluster so decodes can be counted."""
+import json
 from collections import Counter
 
 import numpy as np
@@ -158,14 +159,71 @@ def test_two_workers_write_the_same_store_as_one(tmp_path, video_dir):
             assert np.array_equal(a[k], b[k]), (vid, k)
 
 
+def test_videos_in_flight_share_model_batches_and_store_the_per_video_arrays(tmp_path, video_dir, decodes):
+    from featurestore.extract import batch_counts
+
+    df = manifest(video_dir, ["tone.mp4", "pal.mp4", "silent.mp4", "tone.mp4"])
+    df.loc[3, "video_id"] = "tone_again"
+    config = ExtractConfig(batch_size=2, student_weights="random", teacher_weights="random", threads=1)
+    stores, batches = {}, {}
+    for in_flight in (1, 4):
+        before = batch_counts()
+        c = make_client(workers=1, processes=False, threads_per_worker=in_flight)
+        try:
+            summary, stores[in_flight] = extract(tmp_path / f"f{in_flight}.zarr", df, c, config)
+        finally:
+            close_client(c)
+        assert summary.stored == 4
+        batches[in_flight] = {k: [v[0] - before.get(k, [0, 0])[0], v[1] - before.get(k, [0, 0])[1]]
+                              for k, v in batch_counts().items()}
+    assert sorted(decodes.values()) == [2, 2, 4]              # once per row and run, whatever the number in flight
+    for vid in stores[1].video_ids():
+        a, b = stores[1].read_video(vid), stores[4].read_video(vid)
+        assert set(a.arrays) == set(b.arrays)
+        for k in a.arrays:
+            np.testing.assert_allclose(a[k].astype(np.float32), b[k].astype(np.float32), rtol=1e-2, atol=1e-2,
+                                       err_msg=f"{vid}/{k}")
+    # 15 steps, each through each model once; one at a time, a video's rows fill its own batches only:
+    # image/fused batches of 8 (one per video), clip batches of 2 (4-step videos: 2, the 3-step one: 2)
+    for in_flight in (1, 4):
+        assert batches[in_flight]["clip"][0] == batches[in_flight]["image"][0] == 15
+    assert batches[1] == {"image": [15, 4], "clip": [15, 8], "fused": [15, 4], "audio": [12, 3]}
+
+
+def test_hwaccel_that_cannot_run_here_falls_back_to_software_with_a_warning(tmp_path, video_dir, client):
+    import torch
+    from featurestore.decode import hwaccels
+
+    if "cuda" not in hwaccels():
+        pytest.skip("this ffmpeg build offers no cuda hwaccel (the CLI drops --hwaccel with a warning)")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is here: hardware decoding may work, so there is no fallback to see")
+    df = manifest(video_dir, ["tone.mp4", "silent.mp4"])
+    soft = ExtractConfig(descriptors=("image", "audio", "fused"), student_weights="random", keep_inputs=True)
+    hard = ExtractConfig(descriptors=soft.descriptors, student_weights="random", keep_inputs=True, hwaccel="cuda")
+    _, a = extract(tmp_path / "soft.zarr", df, client, soft)
+    with pytest.warns(UserWarning, match="--hwaccel cuda failed"):
+        summary, b = extract(tmp_path / "hard.zarr", df, client, hard)
+    assert summary.stored == 2 and summary.failed == 0 and "decoding in software" in summary.hwaccel_error
+    for vid in ("tone", "silent"):
+        assert b.read_video(vid).attrs["decoder"] == "software"
+        for k in ("frames", "mel", "image"):
+            assert np.array_equal(a.read_video(vid)[k], b.read_video(vid)[k]), (vid, k)
+
+
 def test_bench_extract_reports_ceiling_extraction_and_models(tmp_path, video_dir):
     from click.testing import CliRunner
     from featurestore.cli import main
     pd.DataFrame([{"video_id": "tone", "path": str(video_dir / "tone.mp4"), "label": "a", "split": "train"}]
                  ).to_csv(tmp_path / "m.csv", index=False)
     res = CliRunner().invoke(main, ["bench-extract", "--manifest", str(tmp_path / "m.csv"), "--descriptors",
-                                    "image,audio,fused", "--weights", "random"])
+                                    "image,audio,fused", "--weights", "random", "--in-flight", "2",
+                                    "--out", str(tmp_path / "b.json")])
     assert res.exit_code == 0, res.output
-    for line in ("decode-only ceiling", "full extraction", "ratio to ceiling", "image ResNet-18", "audio ResNet-18",
-                 "peak host memory"):
+    for line in ("x 2 video(s) in flight", "warmed up", "decode-only ceiling", "full extraction", "ratio to ceiling",
+                 "image ResNet-18", "audio ResNet-18", "mean batch", "peak host memory"):
         assert line in res.output
+    figures = json.loads((tmp_path / "b.json").read_text())
+    assert figures["failed"] == 0 and figures["video_seconds"] == pytest.approx(2.0)
+    assert figures["decode_only_video_s_per_s"] > 0 and figures["extraction_video_s_per_s"] > 0
+    assert figures["batch_fill"]["image"]["batches"] >= 1
