@@ -178,7 +178,7 @@ def _extract_setup(o: dict, keep_inputs: bool = False, keep_clips: bool = False)
                       f"software")
         hwaccel = ""
     if o["in_flight"] < 0:
-        raise ValueError(f"--in-flight must be at least 1, got {o['in_flight']}")
+        raise ValueError(f"--in-flight must be at least 1 (or 0 for the default), got {o['in_flight']}")
     config = ExtractConfig(
         descriptors=tuple(d.strip() for d in o["descriptors"].split(",") if d.strip()), batch_size=o["batch_size"],
         device="cuda" if gpus else "cpu", teacher_weights=o["teacher_weights"],

@@ -50,3 +50,22 @@ def test_extract_then_info_on_a_process_cluster(tmp_path, video_dir, manifest_of
     assert info["descriptors"] == ["image", "audio", "fused"]
     out = CliRunner().invoke(main, ["info", store, "--failures"]).output
     assert "empty file" in out
+
+
+def test_hwaccel_this_ffmpeg_lacks_warns_and_decodes_in_software(tmp_path, video_dir, manifest_of):
+    import pytest
+    m = manifest_of({"tone": (video_dir / "tone.mp4", "a", "train")})
+    store = str(tmp_path / "s.zarr")
+    with pytest.warns(UserWarning, match="--hwaccel nosuch: this ffmpeg offers .*; decoding in software"):
+        res = CliRunner().invoke(main, ["extract", "--manifest", str(m), "--store", store, "--descriptors", "image",
+                                        "--weights", "random", "--hwaccel", "nosuch", "--in-flight", "2",
+                                        "--decode-threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert "stored 1, failed 0" in res.output
+
+
+def test_negative_in_flight_is_one_line(tmp_path, video_dir, manifest_of):
+    m = manifest_of({"tone": (video_dir / "tone.mp4", "a", "train")})
+    res = CliRunner().invoke(main, ["extract", "--manifest", str(m), "--store", str(tmp_path / "s.zarr"),
+                                    "--in-flight", "-1"])
+    assert res.exit_code != 0 and "--in-flight must be at least 1 (or 0 for the default), got -1" in res.output
