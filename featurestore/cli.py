@@ -58,7 +58,9 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Generator seed (output is deterministic in it).")
 @click.option("--test-fraction", type=float, default=0.25, show_default=True, help="Share of each class in test.")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None, help="Data root (or $FS_DATA_ROOT).")
-def synth(out, videos, classes, seconds, seed, test_fraction, data_root) -> None:
+@click.option("--jobs", type=int, default=0, show_default="all cores", help="Videos encoded at once (same files "
+                                                                             "for any number).")
+def synth(out, videos, classes, seconds, seed, test_fraction, data_root, jobs) -> None:
     """Generate the synthetic untrimmed audio-visual dataset (H.264/AAC mp4 + manifest.csv)."""
     from featurestore.manifest import data_root as resolve_root
     from pipelines.synth import generate_synthetic
@@ -71,7 +73,8 @@ def synth(out, videos, classes, seconds, seed, test_fraction, data_root) -> None
             bar.update(i - last[0])
             last[0] = i
         try:
-            manifest = generate_synthetic(out, videos, classes, seconds, seed, test_fraction, progress)
+            manifest = generate_synthetic(out, videos, classes, seconds, seed, test_fraction, progress,
+                                          jobs=jobs or os.cpu_count() or 1)
         except (ValueError, RuntimeError) as e:
             _fail(e)
     click.echo(f"wrote {videos} videos and {manifest}")
@@ -90,7 +93,7 @@ def _load_manifest(dataset: str | None, manifest: str | None, data_root: str | N
     if name == "synthetic" and not csv.is_file():
         from pipelines.synth import generate_synthetic
         click.echo(f"generating the default synthetic dataset into {base} (first use)", err=True)
-        generate_synthetic(base)
+        generate_synthetic(base, jobs=os.cpu_count() or 1)
     df = read_manifest(csv, base=base)
     classes_txt = csv.parent / "classes.txt"
     classes = classes_txt.read_text().split() if name == "synthetic" and classes_txt.is_file() else class_list(df)

@@ -320,27 +320,45 @@ def _distractors_str(segs: list[Segment], sigs: list[ClassSignature]) -> str:
 
 def generate_synthetic(out: str | Path, n_videos: int = DEFAULT_VIDEOS, n_classes: int = DEFAULT_CLASSES,
                        seconds: tuple[float, float] = DEFAULT_SECONDS, seed: int = 0, test_fraction: float = 0.25,
-                       progress: Callable[[int, int], None] | None = None) -> Path:
+                       progress: Callable[[int, int], None] | None = None, jobs: int = 1) -> Path:
     """Generate the synthetic dataset into ``out`` and return the path of its ``manifest.csv``.
 
     Videos already present (from an interrupted run with the same settings) are kept, so re-running resumes.
+    ``jobs`` videos are encoded at once in separate processes; each video depends only on its plan, so the files are
+    the same for any ``jobs``.
     """
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     sigs = class_signatures(n_classes)
     plans = plan_videos(n_videos, n_classes, seconds, seed, test_fraction)
+    todo = [p for p in plans if not (out / f"videos/{p.video_id}.mp4").exists()]
+    done = len(plans) - len(todo)
+    if progress and done:
+        progress(done, len(plans))
+    if jobs > 1 and len(todo) > 1:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(max_workers=min(jobs, len(todo))) as pool:
+            futures = [pool.submit(encode_video, p, sigs, out / f"videos/{p.video_id}.mp4") for p in todo]
+            for fut in as_completed(futures):
+                fut.result()
+                done += 1
+                if progress:
+                    progress(done, len(plans))
+    else:
+        for p in todo:
+            encode_video(p, sigs, out / f"videos/{p.video_id}.mp4")
+            done += 1
+            if progress:
+                progress(done, len(plans))
     rows = []
-    for i, plan in enumerate(plans):
+    for plan in plans:
         rel = f"videos/{plan.video_id}.mp4"
-        if not (out / rel).exists():
-            encode_video(plan, sigs, out / rel)
         rows.append({
             "video_id": plan.video_id, "path": rel, "label": sigs[plan.label].name, "split": plan.split,
             "duration": plan.duration, "segments": _segments_str(plan.actions),
             "distractors": _distractors_str(plan.distractors, sigs),
         })
-        if progress:
-            progress(i + 1, len(plans))
     manifest = out / "manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
     (out / "classes.txt").write_text("".join(s.name + "\n" for s in sigs))
