@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from featurestore.decode import DecodedVideo, probe
+from featurestore.decode import DecodedVideo, DecodeError, probe
 from featurestore.extract import (STEP_FRAMES, ExtractConfig, batch_counts, get_extractor, run_extraction,
                                  worker_device)
 from featurestore.store import FeatureStore
@@ -27,16 +27,33 @@ from featurestore.store import FeatureStore
 STEPS_PER_VIDEO_SECOND = 30 / STEP_FRAMES
 
 
-def decode_only_task(path: str, hwaccel: str = "", threads: int = 0) -> tuple[float, float]:
-    """Decode a video exactly as the extractor does and drop the result: (video seconds, wall seconds)."""
-    t0 = time.perf_counter()
-    info = probe(path)
+def _decode_frames(path: str, has_audio: bool, hwaccel: str, threads: int) -> int:
     n = 0
-    with DecodedVideo(path, with_audio=info.has_audio, hwaccel=hwaccel, threads=threads) as dec:
+    with DecodedVideo(path, with_audio=has_audio, hwaccel=hwaccel, threads=threads) as dec:
         for chunk in dec.frames():
             n += len(chunk)
         dec.audio()
-    return n / 30, time.perf_counter() - t0
+    return n
+
+
+def decode_only_task(path: str, hwaccel: str = "", threads: int = 0) -> tuple[float, float, str]:
+    """Decode a video exactly as the extractor does and drop the result: (video seconds, wall seconds, decoder).
+
+    Like the extractor, a hardware decode that fails is redone in software; a file that cannot be decoded at all
+    counts 0 video seconds and reports "failed: <reason>".
+    """
+    t0 = time.perf_counter()
+    try:
+        info = probe(path)
+        try:
+            n, used = _decode_frames(path, info.has_audio, hwaccel, threads), hwaccel or "software"
+        except DecodeError:
+            if not hwaccel:
+                raise
+            n, used = _decode_frames(path, info.has_audio, "", threads), "software"
+    except DecodeError as e:
+        return 0.0, time.perf_counter() - t0, f"failed: {e}"
+    return n / 30, time.perf_counter() - t0, used
 
 
 def _peak_rss_mb() -> float:
@@ -147,7 +164,8 @@ def bench_extract(manifest: pd.DataFrame, config: ExtractConfig, client, say=pri
     wait(futures)
     decoded = [f.result() for f in futures]
     decode_wall = time.perf_counter() - t0
-    video_seconds = sum(v for v, _ in decoded)
+    video_seconds = sum(v for v, _, _ in decoded)
+    decoders = pd.Series([d for _, _, d in decoded]).value_counts().to_dict()
     tmp = tempfile.mkdtemp(prefix="fs-bench-extract-")
     try:
         store = FeatureStore(f"{tmp}/store.zarr", mode="a")
@@ -177,14 +195,15 @@ def bench_extract(manifest: pd.DataFrame, config: ExtractConfig, client, say=pri
         "videos": len(paths), "video_seconds": video_seconds,
         "decode_only_video_s_per_s": video_seconds / decode_wall,
         "extraction_video_s_per_s": summary.video_seconds / summary.wall_seconds if summary.wall_seconds else 0.0,
-        "failed": summary.failed,
+        "failed": summary.failed, "decode_only_decoders": decoders,
         "peak_host_memory_mb_per_worker": max(worker_rss.values()) if worker_rss else _peak_rss_mb(),
         **gpu, "models": rates, "batch_fill": batch_fill,
     }
     result["ratio_extraction_to_ceiling"] = result["extraction_video_s_per_s"] / result["decode_only_video_s_per_s"]
-    say(f"decode-only ceiling   {result['decode_only_video_s_per_s']:8.2f} video-s per wall-s")
+    say(f"decode-only ceiling   {result['decode_only_video_s_per_s']:8.2f} video-s per wall-s  (decoded: "
+        + ", ".join(f"{n} {d}" for d, n in decoders.items()) + ")")
     say(f"full extraction       {result['extraction_video_s_per_s']:8.2f} video-s per wall-s  "
-        f"(ratio to ceiling {100 * result['ratio_extraction_to_ceiling']:.1f} %)")
+        f"(ratio to ceiling {100 * result['ratio_extraction_to_ceiling']:.1f} %; {summary.failed} failed)")
     for r in rates:
         say(f"{r.name:<21} {r.video_seconds_per_second:8.2f} video-s per wall-s  ({r.items_per_second:.1f} items/s alone)")
     say("mean batch            " + ", ".join(f"{k} {v['mean_rows']:g} of {v['batch_size']} ({v['batches']} batches)"

@@ -255,7 +255,6 @@ class Extractor:
                 raise
             n, audio, n_frames = decode("")          # the file decodes in software: the hwaccel is what failed
             self.hwaccel_error = f"--hwaccel {hwaccel} failed ({e}); decoding in software from now on"
-            warnings.warn(self.hwaccel_error)
             hwaccel = ""
         decoded_with = hwaccel or "software"
         stage[0] = "model"
