@@ -4,7 +4,7 @@
 #
 #   bash benchmarks/extract_gpu.sh [OUT_DIR]          # default OUT_DIR: bench-extract
 #
-# Environment: VIDEOS (50), CLASSES (10), SECONDS_PER_VIDEO (120), GPUS (1; 0 runs one CPU worker), IN_FLIGHT ("4 8"),
+# Environment: VIDEOS (50), CLASSES (10), SECONDS_PER_VIDEO (120), GPUS (1; 0 runs one CPU worker), IN_FLIGHT ("4 8 16"),
 # HWACCELS ("none cuda"), DESCRIPTORS (all four), FS (the fs command), PYTHON (python3), WEIGHTS (random: the GPU
 # machines cannot download weights, and the timing does not depend on them).
 set -euo pipefail
@@ -13,7 +13,7 @@ VIDEOS=${VIDEOS:-50}
 CLASSES=${CLASSES:-10}
 LEN=${SECONDS_PER_VIDEO:-120}
 GPUS=${GPUS:-1}
-IN_FLIGHT=${IN_FLIGHT:-"4 8"}
+IN_FLIGHT=${IN_FLIGHT:-"4 8 16"}
 HWACCELS=${HWACCELS:-"none cuda"}
 DESCRIPTORS=${DESCRIPTORS:-image,audio,fused,r2p1d}
 WEIGHTS=${WEIGHTS:-random}
