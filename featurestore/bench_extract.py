@@ -7,8 +7,10 @@ and NVML are there) and peak host / GPU memory.
 """
 from __future__ import annotations
 
+import os
 import resource
 import shutil
+import subprocess
 import tempfile
 import threading
 import warnings
@@ -73,8 +75,26 @@ def _peak_gpu_mb() -> float:
     return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_initialized() else 0.0
 
 
+def gpu_utilisation() -> float:
+    """Mean utilisation (%) of the visible GPUs now: NVML through torch (needs pynvml), else ``nvidia-smi``."""
+    if torch.cuda.device_count() == 0:
+        raise RuntimeError("no CUDA device")
+    try:
+        return float(np.mean([torch.cuda.utilization(i) for i in range(torch.cuda.device_count())]))
+    except Exception:  # noqa: BLE001 - pynvml missing: ask nvidia-smi, which every driver installs
+        exe = shutil.which("nvidia-smi")
+        if exe is None:
+            raise RuntimeError("neither pynvml nor nvidia-smi is here") from None
+        out = subprocess.run([exe, "--query-gpu=index,utilization.gpu", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, check=True).stdout
+        util = dict(tuple(int(v) for v in line.split(",")) for line in out.strip().splitlines())
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        ids = [int(v) for v in visible.split(",") if v.strip().isdigit()] or list(util)
+        return float(np.mean([util[i] for i in ids if i in util]))
+
+
 class UtilisationSampler:
-    """Mean and peak GPU utilisation (NVML, all visible GPUs) sampled every ``period`` s while in a ``with``."""
+    """Mean and peak GPU utilisation sampled every ``period`` s while in a ``with`` block."""
 
     def __init__(self, period: float = 0.5):
         self.period, self.samples = period, []
@@ -85,9 +105,8 @@ class UtilisationSampler:
     def _run(self) -> None:
         while not self._stop.wait(self.period):
             try:
-                self.samples.append(float(np.mean([torch.cuda.utilization(i)
-                                                   for i in range(torch.cuda.device_count())])))
-            except Exception as e:  # noqa: BLE001 - no NVML: say so rather than guess
+                self.samples.append(gpu_utilisation())
+            except Exception as e:  # noqa: BLE001 - no way to read it: say so rather than guess
                 self.error = f"n/a ({type(e).__name__}: {e})"
                 return
 

@@ -228,3 +228,25 @@ def test_bench_extract_reports_ceiling_extraction_and_models(tmp_path, video_dir
     assert figures["failed"] == 0 and figures["video_seconds"] == pytest.approx(2.0)
     assert figures["decode_only_video_s_per_s"] > 0 and figures["extraction_video_s_per_s"] > 0
     assert figures["batch_fill"]["image"]["batches"] >= 1
+
+
+def test_gpu_utilisation_falls_back_to_nvidia_smi_for_the_visible_gpus(tmp_path, monkeypatch):
+    import torch
+    from featurestore.bench_extract import gpu_utilisation
+
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\nprintf '0, 37\\n1, 80\\n2, 10\\n'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+
+    def no_pynvml(device=None):
+        raise ModuleNotFoundError("pynvml does not seem to be installed")
+    monkeypatch.setattr(torch.cuda, "utilization", no_pynvml)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,2")
+    assert gpu_utilisation() == pytest.approx(45.0)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert gpu_utilisation() == pytest.approx((37 + 80 + 10) / 3)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        gpu_utilisation()
