@@ -75,23 +75,32 @@ class CrossVideoBatcher:
     def _serve(self) -> None:
         with torch.inference_mode():
             while True:
-                waiting = any(self._pending.values())
                 try:
-                    req = self._queue.get(timeout=self.max_wait) if waiting else self._queue.get()
-                except queue.Empty:
-                    # nothing new while rows wait: run the fullest kind rather than let the device idle
-                    kind = max(self._pending, key=lambda k: sum(r.rows - r.done for r in self._pending[k]))
-                    self._run_batch(kind)
-                    continue
-                self._add(req)
-                while True:      # take everything already queued before choosing what to run
-                    try:
-                        self._add(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                for kind, reqs in self._pending.items():
-                    while sum(r.rows - r.done for r in reqs) >= self.batch_sizes[kind]:
-                        self._run_batch(kind)
+                    self._step()
+                except Exception as e:  # noqa: BLE001 - a bug here must fail the waiting videos, not hang them
+                    for reqs in self._pending.values():
+                        while reqs:
+                            reqs.popleft().future.set_exception(e)
+
+    def _step(self) -> None:
+        """Take what has arrived; run every full batch, or the fullest partial one after ``max_wait`` idle."""
+        waiting = any(self._pending.values())
+        try:
+            req = self._queue.get(timeout=self.max_wait) if waiting else self._queue.get()
+        except queue.Empty:
+            # nothing new while rows wait: run the fullest kind rather than let the device idle
+            kind = max(self._pending, key=lambda k: sum(r.rows - r.done for r in self._pending[k]))
+            self._run_batch(kind)
+            return
+        self._add(req)
+        while True:      # take everything already queued before choosing what to run
+            try:
+                self._add(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        for kind, reqs in self._pending.items():
+            while sum(r.rows - r.done for r in reqs) >= self.batch_sizes[kind]:
+                self._run_batch(kind)
 
     def _add(self, req: _Request) -> None:
         self._pending[req.kind].append(req)
@@ -110,6 +119,8 @@ class CrossVideoBatcher:
         try:
             inputs = [np.concatenate([r.arrays[i][a:b] for r, a, b in taken]) for i in range(len(taken[0][0].arrays))]
             outputs = [o.float().cpu().numpy() for o in self.fns[kind](*[self._to_device(x) for x in inputs])]
+            if any(len(o) != n for o in outputs):
+                raise ValueError(f"the {kind} model returned {[len(o) for o in outputs]} rows for a batch of {n}")
         except Exception as e:  # noqa: BLE001 - the requests in this batch fail; the others go on
             for req, _, _ in taken:
                 if req in reqs:

@@ -84,3 +84,14 @@ def test_an_empty_request_resolves_at_once_and_an_unknown_kind_is_refused():
     assert batcher.submit("image", np.zeros((0, 2), np.float32)).result(timeout=1) == ()
     with pytest.raises(KeyError, match="no model for 'teacher'"):
         batcher.submit("teacher", np.zeros((1, 2), np.float32))
+
+
+def test_a_model_that_returns_the_wrong_number_of_rows_fails_its_requests_rather_than_misalign_them():
+    def wrong_length(x):
+        return (x[:1],)        # one row back for a batch of three
+
+    batcher = CrossVideoBatcher({"image": wrong_length}, {"image": 3}, "cpu", max_wait=0.01)
+    fut = batcher.submit("image", np.ones((3, 2), np.float32))
+    with pytest.raises(ValueError, match=r"the image model returned \[1\] rows for a batch of 3"):
+        fut.result(timeout=10)
+    assert batcher.submit("image", np.zeros((0, 2), np.float32)).result(timeout=1) == ()
