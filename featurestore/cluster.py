@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 
 import torch
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
 
 
 class ClusterError(RuntimeError):
@@ -17,8 +18,8 @@ def make_client(gpus: int = 0, workers: int = 1, scheduler: str | None = None, p
     """A dask.distributed client.
 
     * ``scheduler``: connect to an existing cluster (many machines) at that address;
-    * ``gpus > 0``: one worker per GPU — dask-cuda's ``LocalCUDACluster`` when installed, else a ``LocalCluster``
-      whose tasks pick ``cuda:<worker index>``;
+    * ``gpus > 0``: one worker per GPU — dask-cuda's ``LocalCUDACluster`` when installed, else
+      :func:`per_gpu_cluster` (each worker process sees only its own GPU through ``CUDA_VISIBLE_DEVICES``);
     * otherwise ``workers`` CPU workers (``processes=False`` keeps them as threads of this process).
     """
     logging.getLogger("distributed").setLevel(logging.ERROR)
@@ -32,8 +33,7 @@ def make_client(gpus: int = 0, workers: int = 1, scheduler: str | None = None, p
         try:
             from dask_cuda import LocalCUDACluster
         except ImportError:
-            cluster = LocalCluster(n_workers=gpus, threads_per_worker=threads_per_worker, processes=True,
-                                   dashboard_address=None)
+            cluster = per_gpu_cluster(gpus, threads_per_worker)
         else:
             cluster = LocalCUDACluster(n_workers=gpus, threads_per_worker=threads_per_worker,
                                        dashboard_address=None)
@@ -45,6 +45,23 @@ def make_client(gpus: int = 0, workers: int = 1, scheduler: str | None = None, p
         cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=processes,
                                dashboard_address=None)
     return Client(cluster)
+
+
+def gpu_worker_env(gpus: int, visible: str | None = None) -> list[dict[str, str]]:
+    """Each GPU worker's environment: ``CUDA_VISIBLE_DEVICES`` naming one of the GPUs this process may use."""
+    allowed = [v.strip() for v in (visible or "").split(",") if v.strip()] or [str(i) for i in range(gpus)]
+    if len(allowed) < gpus:
+        raise ClusterError(f"--gpus {gpus} asked but CUDA_VISIBLE_DEVICES={visible} names {len(allowed)}")
+    return [{"CUDA_VISIBLE_DEVICES": allowed[i]} for i in range(gpus)]
+
+
+def per_gpu_cluster(gpus: int, threads_per_worker: int = 1) -> SpecCluster:
+    """One worker process per GPU, named 0..gpus-1, each seeing only its own GPU (dask-cuda's layout, without it)."""
+    envs = gpu_worker_env(gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    workers = {i: {"cls": Nanny, "options": {"nthreads": threads_per_worker, "env": env, "name": i}}
+               for i, env in enumerate(envs)}
+    return SpecCluster(scheduler={"cls": Scheduler, "options": {"dashboard_address": None}}, workers=workers,
+                       silence_logs=logging.ERROR)
 
 
 def close_client(client: Client) -> None:

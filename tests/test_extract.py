@@ -250,3 +250,28 @@ def test_gpu_utilisation_falls_back_to_nvidia_smi_for_the_visible_gpus(tmp_path,
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     with pytest.raises(RuntimeError, match="no CUDA device"):
         gpu_utilisation()
+
+
+def test_without_dask_cuda_each_gpu_worker_process_sees_only_its_own_gpu(monkeypatch):
+    import os
+    from distributed import Client
+
+    from featurestore.cluster import ClusterError, gpu_worker_env, per_gpu_cluster
+    from featurestore.extract import worker_device
+
+    assert gpu_worker_env(2) == [{"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}]
+    assert gpu_worker_env(2, "3, 5,7") == [{"CUDA_VISIBLE_DEVICES": "3"}, {"CUDA_VISIBLE_DEVICES": "5"}]
+    with pytest.raises(ClusterError, match="names 1"):
+        gpu_worker_env(2, "4")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "6,2")
+    cluster = per_gpu_cluster(2, threads_per_worker=3)     # real worker processes; no GPU needed to start them
+    client = Client(cluster)
+    try:
+        seen = client.run(lambda dask_worker: (dask_worker.name, os.environ["CUDA_VISIBLE_DEVICES"],
+                                               dask_worker.state.nthreads))
+        assert sorted(seen.values()) == [(0, "6", 3), (1, "2", 3)]
+        devices = client.run(lambda dask_worker: worker_device(ExtractConfig(device="cuda"), dask_worker.name))
+        assert set(devices.values()) == {"cuda:0"}          # one visible GPU each: its own is cuda:0
+    finally:
+        client.close()
+        cluster.close()
