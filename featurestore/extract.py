@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 import traceback
 import warnings
@@ -26,7 +27,7 @@ from featurestore.audio import HOP, N_FFT, N_MELS, LogMel, step_windows
 from featurestore.batching import CrossVideoBatcher
 from featurestore.decode import CROP, FPS, SAMPLE_RATE, SHORT_SIDE, DecodedVideo, DecodeError, probe
 from featurestore.store import DESCRIPTORS, FeatureStore
-from featurestore.weights import STUDENT_DEFAULT, TEACHER_DEFAULT, load_student, load_teacher
+from featurestore.weights import STUDENT_DEFAULT, TEACHER_DEFAULT, WeightsError, load_student, load_teacher
 
 STEP_FRAMES = 16       # a new image-audio pair every 16 frames
 CLIP_FRAMES = 16       # frames in the teacher's clip
@@ -47,6 +48,7 @@ class ExtractConfig:
     threads: int = 0      # torch intra-op threads per worker; 0 leaves torch's default
     keep_inputs: bool = False   # also store each step's first frame (uint8) and log-mel (float16)
     keep_clips: bool = False    # also store each step's 16-frame teacher clip (uint8; large)
+    weights_sha256: tuple[tuple[str, str], ...] = ()   # (model, sha256) the client loaded; workers must match
     hwaccel: str = ""           # ffmpeg hardware decoding ("cuda"); software decoding when empty or unusable
     decode_threads: int = 0     # ffmpeg decoder threads per video; 0 lets ffmpeg choose
 
@@ -72,7 +74,9 @@ class ExtractConfig:
         fell_back = {name: rec["source"].startswith("random(") for name, rec in models.items()}
         return replace(self,
                        teacher_weights="random" if fell_back.get("teacher") else self.teacher_weights,
-                       student_weights="random" if fell_back.get("student") else self.student_weights)
+                       student_weights="random" if fell_back.get("student") else self.student_weights,
+                       weights_sha256=tuple(sorted((name, rec["sha256"]) for name, rec in models.items()
+                                                   if rec.get("sha256"))))
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -134,6 +138,11 @@ class Extractor:
             self.student, rec = load_student(config.student_weights, config.seed)
             self.student.eval().to(self.device, memory_format=torch.channels_last if gpu else torch.preserve_format)
             self.models["student"] = rec
+        for name, sha in config.weights_sha256:
+            got = self.models.get(name, {}).get("sha256")
+            if got != sha:
+                raise WeightsError(f"this worker loaded {name} weights sha256 {got}, the client {sha} (a checkpoint "
+                                   f"changed, or another torchvision here?): nothing written with them")
         self.log_mel = LogMel().to(self.device)
         self.batcher = self._make_batcher()
         self.hwaccel_error = ""   # set when --hwaccel failed on a file that software decodes
@@ -310,14 +319,16 @@ def _result(fut: Future, stage: list[str]) -> tuple[np.ndarray, ...]:
 
 
 _EXTRACTORS: dict[tuple[ExtractConfig, str], Extractor] = {}
+_EXTRACTORS_LOCK = threading.Lock()
 
 
 def get_extractor(config: ExtractConfig, device: str | None = None) -> Extractor:
-    """This process's extractor for ``config`` (models are loaded on first use only)."""
+    """This process's one extractor for ``config`` (models are loaded on first use only, by one thread)."""
     key = (config, device or config.device)
-    if key not in _EXTRACTORS:
-        _EXTRACTORS[key] = Extractor(config, device)
-    return _EXTRACTORS[key]
+    with _EXTRACTORS_LOCK:
+        if key not in _EXTRACTORS:
+            _EXTRACTORS[key] = Extractor(config, device)
+        return _EXTRACTORS[key]
 
 
 def batch_counts() -> dict[str, list[int]]:

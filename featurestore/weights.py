@@ -5,9 +5,12 @@ parameters actually loaded, so two stores are comparable exactly when their hash
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import threading
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -54,6 +57,21 @@ def _warn_random(what: str, why: str, seed: int) -> None:
                   f"semantically meaningful until trained; provenance records this.", stacklevel=3)
 
 
+_SEEDED_INIT = threading.Lock()
+
+
+@contextlib.contextmanager
+def seeded_init(seed: int) -> Iterator[None]:
+    """Random initialisation from ``seed`` alone: one model at a time per process, the global RNG left as it was.
+
+    Two threads building models at once (a Dask worker's first tasks) would otherwise interleave their draws from
+    the global RNG and each get other weights than ``seed`` gives.
+    """
+    with _SEEDED_INIT, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def load_teacher(spec: str = TEACHER_DEFAULT, seed: int = 0) -> tuple[R2Plus1DTeacher, dict]:
     """The R(2+1)D-18 teacher from ``spec``: "kinetics400" (torchvision weights API), "random", or a file path.
 
@@ -72,8 +90,8 @@ def load_teacher(spec: str = TEACHER_DEFAULT, seed: int = 0) -> tuple[R2Plus1DTe
                            "num_classes": 400}
         spec = "random"
     if spec == "random":
-        torch.manual_seed(seed)
-        model = r2plus1d_teacher(400)
+        with seeded_init(seed):
+            model = r2plus1d_teacher(400)
         return model, {"source": f"random(seed={seed})", "sha256": state_hash(model), "num_classes": 400}
     state = _read_checkpoint(spec)
     fc = state.get("fc.weight")
@@ -94,9 +112,9 @@ def load_student(spec: str = STUDENT_DEFAULT, seed: int = 0, num_classes: int = 
     "imagenet" is the paper's undistilled starting point: the image stream from torchvision's ImageNet ResNet-18,
     the audio stream and Psi random (seeded). A distilled checkpoint (``fs train-distill``) is passed as a path.
     """
-    torch.manual_seed(seed)
     if spec in ("imagenet", "random"):
-        model = imgaud2vid_student(num_classes)
+        with seeded_init(seed):
+            model = imgaud2vid_student(num_classes)
         source = f"random(seed={seed})"
         if spec == "imagenet":
             try:

@@ -275,3 +275,56 @@ def test_without_dask_cuda_each_gpu_worker_process_sees_only_its_own_gpu(monkeyp
     finally:
         client.close()
         cluster.close()
+
+
+def test_threads_starting_at_once_share_one_extractor_with_the_seeded_weights():
+    import threading
+    from featurestore.extract import _EXTRACTORS, get_extractor
+    from featurestore.weights import load_student
+
+    config = ExtractConfig(descriptors=("image", "audio", "fused"), student_weights="random", seed=11)
+    _EXTRACTORS.pop((config, "cpu"), None)
+    got, barrier = [], threading.Barrier(4)
+
+    def first_task() -> None:
+        barrier.wait()                       # a Dask worker's first tasks all ask for the models at once
+        got.append(get_extractor(config, "cpu"))
+    threads = [threading.Thread(target=first_task) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(e) for e in got}) == 1
+    assert got[0].models["student"]["sha256"] == load_student("random", 11)[1]["sha256"]
+
+
+def test_seeded_random_weights_do_not_depend_on_other_threads_building_models():
+    import threading
+    from featurestore.weights import load_student, load_teacher
+
+    want = load_student("random", 3)[1]["sha256"]
+    hashes, barrier = [], threading.Barrier(3)
+
+    def build(kind: str) -> None:
+        barrier.wait()
+        hashes.append((kind, (load_student("random", 3) if kind == "student" else load_teacher("random", 3))[1]["sha256"]))
+    threads = [threading.Thread(target=build, args=(k,)) for k in ("student", "teacher", "student")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [h for k, h in hashes if k == "student"] == [want, want]
+
+
+def test_a_worker_whose_weights_differ_from_the_clients_writes_nothing(tmp_path, video_dir, client):
+    df = manifest(video_dir, ["tone.mp4"])
+    config = ExtractConfig(descriptors=("image",), student_weights="random", seed=4)
+    store = FeatureStore(tmp_path / "s.zarr", mode="a")
+    store.initialise("testset", ["c0", "c1"], config.descriptors, {"models": {}}, ())
+    from featurestore.extract import extract_video_task
+    lied = ExtractConfig(descriptors=("image",), student_weights="random", seed=4,
+                         weights_sha256=(("student", "0" * 16),))
+    res = extract_video_task(df.iloc[0].to_dict(), str(store.path), lied)
+    assert not res.ok and res.stage == "load"
+    assert "this worker loaded student weights sha256" in res.error and "nothing written" in res.error
+    assert store.video_ids() == [] and store.partial_ids() == []
