@@ -121,6 +121,7 @@ class UtilisationSampler:
             self._thread.join()
 
     def figures(self) -> dict:
+        """Mean and peak utilisation in %, or why there is none."""
         if self.error or not self.samples:
             return {"gpu_utilisation_percent": self.error or "n/a (no samples)"}
         return {"gpu_utilisation_percent": round(float(np.mean(self.samples)), 1),
