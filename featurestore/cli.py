@@ -147,7 +147,7 @@ def extraction_options(f):
         click.option("--workers", type=int, default=1, show_default=True, help="CPU workers (when --gpus is 0)."),
         click.option("--scheduler", default=None, help="Address of an existing Dask scheduler."),
         click.option("--in-flight", type=int, default=0,
-                     show_default="the machine's cores shared among the GPU workers (at least 2); 2 per CPU worker",
+                     show_default="cores per GPU (at least 2) with --gpus, else 2",
                      help="Videos decoded at once per worker; their steps share the worker's model batches."),
         click.option("--batch-size", type=int, default=16, show_default=True,
                      help="Clips per teacher batch (4x as many image / audio steps)."),
