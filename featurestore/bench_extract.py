@@ -165,9 +165,10 @@ def model_rates(config: ExtractConfig, device: str, batch: int = 32, repeats: in
     return rates
 
 
-def bench_extract(manifest: pd.DataFrame, config: ExtractConfig, client, say=print) -> dict:
+def bench_extract(manifest: pd.DataFrame, config: ExtractConfig, client, say=print, progress: bool = True) -> dict:
     """Run the three measurements on ``manifest``'s files; returns the figures (also printed through ``say``)."""
-    from distributed import wait
+    from distributed import as_completed
+    from tqdm import tqdm
 
     paths = manifest["path"].tolist()
     workers = client.scheduler_info()["workers"]
@@ -181,7 +182,9 @@ def bench_extract(manifest: pd.DataFrame, config: ExtractConfig, client, say=pri
     say(f"models loaded and warmed up on {', '.join(sorted(set(devices.values())))}")
     t0 = time.perf_counter()
     futures = client.map(decode_only_task, paths, hwaccel=config.hwaccel, threads=config.decode_threads, pure=False)
-    wait(futures)
+    with tqdm(total=len(futures), unit="video", desc="decode only", disable=not progress, dynamic_ncols=True) as bar:
+        for _ in as_completed(futures):
+            bar.update(1)
     decoded = [f.result() for f in futures]
     decode_wall = time.perf_counter() - t0
     video_seconds = sum(v for v, _, _ in decoded)
@@ -192,7 +195,7 @@ def bench_extract(manifest: pd.DataFrame, config: ExtractConfig, client, say=pri
         before = client.run(batch_counts)
         with UtilisationSampler() as sampler:
             summary = run_extraction(manifest, store, config, client, "bench", sorted(manifest["label"].unique()),
-                                     progress=False)
+                                     progress=progress)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     after = client.run(batch_counts)
