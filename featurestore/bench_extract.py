@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from featurestore.decode import DecodedVideo, DecodeError, probe
+from featurestore.decode import DecodedVideo, DecodeError, decode_with_fallback, probe
 from featurestore.extract import (STEP_FRAMES, ExtractConfig, batch_counts, get_extractor, run_extraction,
                                  worker_device)
 from featurestore.store import FeatureStore
@@ -41,18 +41,13 @@ def _decode_frames(path: str, has_audio: bool, hwaccel: str, threads: int) -> in
 def decode_only_task(path: str, hwaccel: str = "", threads: int = 0) -> tuple[float, float, str]:
     """Decode a video exactly as the extractor does and drop the result: (video seconds, wall seconds, decoder).
 
-    Like the extractor, a hardware decode that fails is redone in software; a file that cannot be decoded at all
-    counts 0 video seconds and reports "failed: <reason>".
+    Hardware decoding falls back as in the extractor (the same :func:`decode_with_fallback`); a file that cannot be
+    decoded at all counts 0 video seconds and reports "failed: <reason>".
     """
     t0 = time.perf_counter()
     try:
         info = probe(path)
-        try:
-            n, used = _decode_frames(path, info.has_audio, hwaccel, threads), hwaccel or "software"
-        except DecodeError:
-            if not hwaccel:
-                raise
-            n, used = _decode_frames(path, info.has_audio, "", threads), "software"
+        n, used = decode_with_fallback(lambda hw: _decode_frames(path, info.has_audio, hw, threads), hwaccel)
     except DecodeError as e:
         return 0.0, time.perf_counter() - t0, f"failed: {e}"
     return n / 30, time.perf_counter() - t0, used
@@ -137,7 +132,8 @@ class ModelRate:
 
 @torch.inference_mode()
 def model_rates(config: ExtractConfig, device: str, batch: int = 32, repeats: int = 3) -> list[ModelRate]:
-    """Each model alone on synthetic batches of its real input shape (median of ``repeats`` after a warm-up)."""
+    """Each model alone on synthetic batches of its real input shape, in the extraction's precision (median of
+    ``repeats`` after a warm-up)."""
     ex = get_extractor(config, device)
     dev = torch.device(device)
     cases = []
@@ -150,13 +146,15 @@ def model_rates(config: ExtractConfig, device: str, batch: int = 32, repeats: in
     rates = []
     for name, module, x in cases:
         x = x.to(dev)
-        module(x)
+        with ex.autocast():                   # as in the extraction: bf16 on a GPU
+            module(x)
         times = []
         for _ in range(repeats):
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            module(x)
+            with ex.autocast():
+                module(x)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)

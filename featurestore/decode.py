@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import threading
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import ffmpeg
 import numpy as np
@@ -21,6 +21,7 @@ FPS = 30
 CROP = 112
 SHORT_SIDE = 128
 SAMPLE_RATE = 16000
+T = TypeVar("T")
 
 
 class DecodeError(RuntimeError):
@@ -218,6 +219,34 @@ def hwaccels() -> tuple[str, ...]:
     """The hardware decoding methods this ffmpeg build offers (``ffmpeg -hwaccels``); the device may still lack them."""
     out = subprocess.run([ffmpeg_exe(), "-hide_banner", "-hwaccels"], capture_output=True, text=True).stdout
     return tuple(line.strip() for line in out.splitlines()[1:] if line.strip())
+
+
+_HWACCEL_FAILED: dict[str, str] = {}      # hwaccel -> why it failed in this process
+
+
+def hwaccel_failure(hwaccel: str) -> str:
+    """Why ``hwaccel`` was given up in this process ("" while it has not failed)."""
+    return _HWACCEL_FAILED.get(hwaccel, "")
+
+
+def decode_with_fallback(decode: Callable[[str], T], hwaccel: str,
+                         can_retry: Callable[[], bool] = lambda: True) -> tuple[T, str]:
+    """``decode(hwaccel)``, falling back to ``decode("")`` when hardware decoding fails; returns (result, decoder).
+
+    When the software decode of the same file succeeds, the hwaccel is what failed: it is given up for the rest of
+    this process (:func:`hwaccel_failure` says why), so later files do not pay a failing ffmpeg start each.
+    ``can_retry`` says whether the failed attempt left nothing behind that a second decode would duplicate.
+    """
+    if not hwaccel or hwaccel in _HWACCEL_FAILED:
+        return decode(""), "software"
+    try:
+        return decode(hwaccel), hwaccel
+    except DecodeError as e:
+        if not can_retry():
+            raise
+        result = decode("")
+        _HWACCEL_FAILED[hwaccel] = f"--hwaccel {hwaccel} failed ({e}); decoding in software from now on"
+        return result, "software"
 
 
 def ffmpeg_version() -> str:

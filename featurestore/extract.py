@@ -25,7 +25,8 @@ import torch
 from featurestore import SCHEMA_VERSION, __version__
 from featurestore.audio import HOP, N_FFT, N_MELS, LogMel, step_windows
 from featurestore.batching import CrossVideoBatcher
-from featurestore.decode import CROP, FPS, SAMPLE_RATE, SHORT_SIDE, DecodedVideo, DecodeError, probe
+from featurestore.decode import (CROP, FPS, SAMPLE_RATE, SHORT_SIDE, DecodedVideo, DecodeError, decode_with_fallback,
+                                 hwaccel_failure, probe)
 from featurestore.store import DESCRIPTORS, FeatureStore
 from featurestore.weights import STUDENT_DEFAULT, TEACHER_DEFAULT, WeightsError, load_student, load_teacher
 
@@ -145,7 +146,6 @@ class Extractor:
                                    f"changed, or another torchvision here?): nothing written with them")
         self.log_mel = LogMel().to(self.device)
         self.batcher = self._make_batcher()
-        self.hwaccel_error = ""   # set when --hwaccel failed on a file that software decodes
 
     def provenance(self) -> dict:
         """What produced the arrays: fs and schema versions, model weights and hashes, extraction parameters."""
@@ -165,7 +165,7 @@ class Extractor:
                        "n_fft": N_FFT, "hop": HOP, "n_mels": N_MELS, "window": "hann", "log_eps": 1e-6},
         }
 
-    def _autocast(self):
+    def autocast(self):
         """bf16 autocast on a GPU; plain float32 on the CPU."""
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -180,12 +180,12 @@ class Extractor:
             mel = self.log_mel(windows)
             if student is None:
                 return (mel,)
-            with self._autocast():
+            with self.autocast():
                 return mel, student.audio_net(mel)
         fns["audio"] = audio
         if student is not None:
             def image(frames):
-                with self._autocast():
+                with self.autocast():
                     return (student.image_net(frames),)
 
             def fused(z_i, z_a):
@@ -193,7 +193,7 @@ class Extractor:
             fns.update(image=image, fused=fused)
         if teacher is not None:
             def clip(clips):
-                with self._autocast():
+                with self.autocast():
                     return tuple(teacher(clips))
             fns["clip"] = clip
         sizes = {"audio": 4 * bs, "image": 4 * bs, "fused": 4 * bs, "clip": bs}
@@ -256,16 +256,8 @@ class Extractor:
                 return n, dec.audio(), dec.n_frames
 
         stage[0] = "decode"
-        hwaccel = "" if self.hwaccel_error else cfg.hwaccel
-        try:
-            n, audio, n_frames = decode(hwaccel)
-        except DecodeError as e:
-            if not hwaccel or first_frames or clips or image_futs or clip_futs or kept_frames:
-                raise
-            n, audio, n_frames = decode("")          # the file decodes in software: the hwaccel is what failed
-            self.hwaccel_error = f"--hwaccel {hwaccel} failed ({e}); decoding in software from now on"
-            hwaccel = ""
-        decoded_with = hwaccel or "software"
+        (n, audio, n_frames), decoded_with = decode_with_fallback(
+            decode, cfg.hwaccel, can_retry=lambda: not (first_frames or clips or image_futs or clip_futs or kept_frames))
         stage[0] = "model"
         if first_frames:
             send("image", first_frames, image_futs)
@@ -391,7 +383,7 @@ def extract_video_task(row: dict, store_path: str, config: ExtractConfig) -> Vid
         written = FeatureStore(store_path, mode="a").write_video(vid, arrays, attrs)
         return VideoResult(vid, path, True, n_steps=attrs["n_steps"], duration=attrs["duration"],
                            seconds=time.perf_counter() - t0, written=written,
-                           details={"hwaccel_error": extractor.hwaccel_error} if extractor.hwaccel_error else {})
+                           details={"hwaccel_error": hwaccel_failure(config.hwaccel)} if config.hwaccel else {})
     except Exception as e:  # noqa: BLE001 - every failure becomes a failures-table row, never a crashed run
         msg = f"{type(e).__name__}: {e}" if not isinstance(e, DecodeError) else str(e)
         return VideoResult(vid, path, False, stage=stage[0], error=msg.strip().splitlines()[0] if msg.strip() else

@@ -46,3 +46,29 @@ def test_broken_files_raise_a_one_line_decode_error(video_dir, name):
         info = probe(str(video_dir / name))
         decode_all(video_dir / name, with_audio=info.has_audio)
     assert "\n" not in str(e.value)
+
+
+def test_a_failing_hwaccel_falls_back_once_and_is_then_skipped(monkeypatch):
+    import featurestore.decode as decode
+    from featurestore.decode import DecodeError, decode_with_fallback, hwaccel_failure
+
+    monkeypatch.setattr(decode, "_HWACCEL_FAILED", {})
+    calls = []
+
+    def fake(hw):
+        calls.append(hw)
+        if hw == "nvdec-test":
+            raise DecodeError("ffmpeg exited 1: no device")
+        return "frames"
+    assert decode_with_fallback(fake, "") == ("frames", "software")
+    with pytest.raises(DecodeError):                       # output already consumed: no silent second decode
+        decode_with_fallback(fake, "nvdec-test", can_retry=lambda: False)
+    assert hwaccel_failure("nvdec-test") == ""
+    calls.clear()
+    assert decode_with_fallback(fake, "nvdec-test") == ("frames", "software")
+    assert calls == ["nvdec-test", ""]
+    assert hwaccel_failure("nvdec-test") == "--hwaccel nvdec-test failed (ffmpeg exited 1: no device); decoding in " \
+                                            "software from now on"
+    calls.clear()
+    assert decode_with_fallback(fake, "nvdec-test") == ("frames", "software")
+    assert calls == [""]                                   # given up for this process: no failing start per file
