@@ -152,16 +152,7 @@ class FeatureStore:
         """
         if self.mode != "a":
             raise StoreError("store opened read-only")
-        tag = f"{video_id}-{uuid.uuid4().hex[:8]}"
-        group = self.root["partial"].create_group(tag, attributes={**attrs, "video_id": video_id, "complete": False})
-        n = None
-        for name, data in arrays.items():
-            n = n if n is not None else len(data)
-            if len(data) != n:
-                raise ValueError(f"{video_id}: array {name} has {len(data)} rows, expected {n}")
-            group.create_array(name, data=np.ascontiguousarray(data), chunks=chunk_shape(data),
-                               compressors=COMPRESSOR)
-        group.attrs["complete"] = True   # the completion marker, written after every array
+        tag = self._write_partial(video_id, arrays, attrs)
         src, dst = self.path / "partial" / tag, self.path / "videos" / video_id
         if dst.exists() and not self.has_video(video_id):
             shutil.rmtree(dst)           # an incomplete leftover under the final name (older layouts)
@@ -172,18 +163,27 @@ class FeatureStore:
             return False
         return True
 
+    def _write_partial(self, video_id: str, arrays: dict[str, np.ndarray], attrs: dict) -> str:
+        """Write a complete copy of a video under ``partial/`` (completion marker last); returns its tag."""
+        tag = f"{video_id}-{uuid.uuid4().hex[:8]}"
+        group = self.root["partial"].create_group(tag, attributes={**attrs, "video_id": video_id, "complete": False})
+        n = None
+        for name, data in arrays.items():
+            n = n if n is not None else len(data)
+            if len(data) != n:
+                raise ValueError(f"{video_id}: array {name} has {len(data)} rows, expected {n}")
+            group.create_array(name, data=np.ascontiguousarray(data), chunks=chunk_shape(data),
+                               compressors=COMPRESSOR)
+        group.attrs["complete"] = True   # the completion marker, written after every array
+        return tag
+
     def replace_video(self, video_id: str, arrays: dict[str, np.ndarray], attrs: dict) -> None:
         """Swap a complete video for a new version (``fs refresh``): the new copy is written in full under
         ``partial/``, the old one moved aside there and removed only after the new one is in place. A crash between
         the two renames leaves a complete copy under ``partial/`` that :meth:`clear_partials` puts back."""
         if not self.has_video(video_id):
             raise StoreError(f"video {video_id!r} is not a complete video of store {self.path}")
-        tag = f"{video_id}-{uuid.uuid4().hex[:8]}"
-        group = self.root["partial"].create_group(tag, attributes={**attrs, "video_id": video_id, "complete": False})
-        for name, data in arrays.items():
-            group.create_array(name, data=np.ascontiguousarray(data), chunks=chunk_shape(data),
-                               compressors=COMPRESSOR)
-        group.attrs["complete"] = True
+        tag = self._write_partial(video_id, arrays, attrs)
         old = self.path / "partial" / f"{tag}-old"
         os.rename(self.path / "videos" / video_id, old)
         os.rename(self.path / "partial" / tag, self.path / "videos" / video_id)
