@@ -529,9 +529,9 @@ def bench(store, runs, subsample, steps, methods, out, no_sweep, clip_level, stu
     from pipelines.bench import METHODS, run_bench
     from pipelines.data import runs_dir
 
+    out_dir = Path(out) if out else runs_dir(runs) / "bench"
     if clip_level:
         from pipelines.clip_bench import clip_level_bench
-        out_dir = Path(out) if out else runs_dir(runs) / "bench"
         ckpt = Path(student) if student else runs_dir(runs) / "student.pt"
         try:
             table = clip_level_bench(FeatureStore(store), ckpt if (student or ckpt.is_file()) else None, out_dir,
@@ -544,7 +544,6 @@ def bench(store, runs, subsample, steps, methods, out, no_sweep, clip_level, stu
         return
 
     chosen = METHODS if methods == "all" else tuple(m.strip().upper() for m in methods.split(",") if m.strip())
-    out_dir = Path(out) if out else runs_dir(runs) / "bench"
     try:
         table = run_bench(FeatureStore(store), runs_dir(runs), out_dir, chosen, subsample, steps, not no_sweep,
                           say=lambda m: click.echo(m, err=True))

@@ -7,17 +7,16 @@ from __future__ import annotations
 from functools import lru_cache
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from models.baselines import counted
 from models.imgaud import imgaud2vid_student
 from models.teacher import r2plus1d_teacher
 
 
 def count_gflops(module: torch.nn.Module, *inputs: torch.Tensor) -> float:
-    """GFLOPs of one forward pass of ``module`` on ``inputs``."""
-    with torch.inference_mode(), FlopCounterMode(display=False) as fc:
-        module(*inputs)
-    return fc.get_total_flops() / 1e9
+    """GFLOPs of one forward pass of ``module`` on ``inputs`` (the selectors' own counter)."""
+    with torch.inference_mode():
+        return counted(module, *inputs)[1]
 
 
 @lru_cache(maxsize=None)

@@ -15,7 +15,7 @@ from featurestore.store import FeatureStore, StoreError
 from models.baselines import HeadSelector, LSTMSelector, NonRecurrentSelector, SkimSelector
 from models.selection import Selector
 from pipelines.data import SplitData, load_split
-from pipelines.train_head import load_head, train_head
+from pipelines.train_head import step_head
 from pipelines.train_sampler import clip_classifier, load_sampler
 from pipelines.train_skim import load_skim_model
 from models.avgn import AVGNSelector
@@ -95,11 +95,7 @@ def build_selectors(store: FeatureStore, runs: Path, methods: tuple[str, ...], s
     for m in (m for m in METHODS if m in methods):
         if m in head_rules:
             if head is None:
-                head_path = runs / "head-fused.pt"
-                if not head_path.is_file():
-                    say(f"no per-step head at {head_path}: training it now (fs train-head --features fused)")
-                    train_head(store, head_path)
-                head = load_head(store, head_path)[0]
+                head = step_head(store, runs, "fused", say)
             name = "ORACLE (upper bound)" if m == "ORACLE" else m
             out.append(HeadSelector(name, head, pair, rule=head_rules[m], class_index=class_index))
             continue
@@ -165,10 +161,7 @@ def sampler_selectors(store: FeatureStore, runs: Path, samplers: bool, oracle: b
             f"--loss ac|sal-cl|sal-rank)")
     recognisers = []
     if found or oracle:
-        student = runs / "head-fused.pt"
-        if not student.is_file():
-            train_head(store, student)
-        recognisers.append(("student", load_head(store, student)[0], "fused"))
+        recognisers.append(("student", step_head(store, runs, "fused", say), "fused"))
         if has_r2p1d:
             recognisers.append(("R(2+1)D", clip_classifier(store, runs, say), "r2p1d"))
     out: list[Selector] = []

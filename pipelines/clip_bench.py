@@ -11,16 +11,14 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
-from torch.nn import functional as F
 
 from featurestore.cost import unit_gflops
 from featurestore.manifest import parse_segments
 from featurestore.store import FeatureStore, StoreError
 from featurestore.weights import load_student
-from models.heads import StepClassifier
-from pipelines.data import load_split
-from pipelines.distill import _need, student_features
-from pipelines.train import fit
+from pipelines.data import load_split, require_arrays
+from pipelines.distill import student_features
+from pipelines.train_head import fit_step_classifier
 
 
 def action_steps(video) -> np.ndarray:
@@ -32,27 +30,10 @@ def action_steps(video) -> np.ndarray:
     return np.flatnonzero(np.any([(t >= s) & (t < e) for s, e in segs], axis=0))
 
 
-def _fit_head(x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: int = 30, seed: int = 0) -> StepClassifier:
-    torch.manual_seed(seed)
-    head = StepClassifier(x.shape[1], num_classes)
-
-    def batches(g):
-        order = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), 64):
-            if len(order[i:i + 64]) > 1:
-                yield (order[i:i + 64],)
-
-    def loss_fn(idx):
-        logits = head(x[idx])
-        return F.cross_entropy(logits, y[idx]), logits, y[idx]
-    fit(head, batches, loss_fn, epochs, 0.01, (20,), seed)
-    return head.eval()
-
-
 def clip_level_bench(store: FeatureStore, student_ckpt: Path | None, out: Path,
                      say: Callable[[str], None] = print) -> pd.DataFrame:
     """Accuracy and counted GFLOPs per clip for each representation; writes ``clip_bench.csv`` into ``out``."""
-    _need(store, ("frames", "mel"), "--keep-inputs")
+    require_arrays(store, ("frames", "mel"), "extract it with --keep-inputs")
     has_teacher = "r2p1d" in store.attrs.get("descriptors", [])
     names = ("t", "frames", "mel") + (("r2p1d",) if has_teacher else ())
     splits = {s: load_split(store, s, names) for s in ("train", "test")}
@@ -87,7 +68,8 @@ def clip_level_bench(store: FeatureStore, student_ckpt: Path | None, out: Path,
     for key in feats["train"]:
         x_train = torch.from_numpy(np.concatenate(feats["train"][key]))
         x_test = torch.from_numpy(np.concatenate(feats["test"][key]))
-        head = _fit_head(x_train, y_train, n_classes)
+        head, _ = fit_step_classifier(x_train, y_train, n_classes, epochs=30, batch_size=64, lr=0.01,
+                                      milestones=(20,), seed=0)
         with torch.inference_mode():
             acc = float((head(x_test).argmax(1) == y_test).float().mean())
         name, _, kind = key.partition("/")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from featurestore.store import FeatureStore, StoreError, VideoFeatures, check_video
+from featurestore.store import DESCRIPTORS, FeatureStore, StoreError, VideoFeatures, check_video
 from featurestore.weights import load_student
 from models.imgaud import Fusion
 
@@ -32,13 +32,19 @@ class SplitData:
         return [torch.from_numpy(v.arrays[name].astype(np.float32)) for v in self.videos]
 
 
-def load_split(store: FeatureStore, split: str, names: tuple[str, ...]) -> SplitData:
-    """Every complete video of ``split`` with the arrays ``names``; refuses a store lacking them."""
+def require_arrays(store: FeatureStore, names: tuple[str, ...],
+                   how: str = "re-extract with --descriptors including them") -> None:
+    """Refuse a store whose videos lack any of ``names`` (descriptors or kept inputs), saying ``how`` to get them."""
     have = store.attrs.get("descriptors", []) + store.attrs.get("inputs", [])
     missing = [n for n in names if n not in have and n not in ("t", "r2p1d_logits")]
     if missing:
-        raise StoreError(f"store {store.path} has no {', '.join(missing)} descriptors (it holds "
-                         f"{', '.join(have)}): re-extract with --descriptors including them")
+        kind = "descriptors" if set(missing) <= set(DESCRIPTORS) else "arrays"
+        raise StoreError(f"store {store.path} has no {', '.join(missing)} {kind} (it holds {', '.join(have)}): {how}")
+
+
+def load_split(store: FeatureStore, split: str, names: tuple[str, ...]) -> SplitData:
+    """Every complete video of ``split`` with the arrays ``names``; refuses a store lacking them."""
+    require_arrays(store, names)
     classes = list(store.attrs["classes"])
     index = {c: i for i, c in enumerate(classes)}
     videos = []

@@ -20,15 +20,8 @@ from torch.nn import functional as F
 from featurestore.store import FeatureStore, StoreError
 from featurestore.weights import load_student, load_teacher
 from models.imgaud import distillation_loss
-from pipelines.data import load_split, save_checkpoint, store_model
-from pipelines.train import fit
-
-
-def _need(store: FeatureStore, names: tuple[str, ...], flag: str) -> None:
-    have = set(store.attrs.get("inputs", [])) | set(store.attrs.get("descriptors", []))
-    missing = [n for n in names if n not in have and n != "r2p1d_logits"]
-    if missing:
-        raise StoreError(f"store {store.path} has no {', '.join(missing)}: extract it with {flag}")
+from pipelines.data import load_split, require_arrays, save_checkpoint, store_model
+from pipelines.train import fit, index_batches
 
 
 def _steps(data, names: tuple[str, ...]) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -38,16 +31,6 @@ def _steps(data, names: tuple[str, ...]) -> tuple[list[torch.Tensor], torch.Tens
     return cols, labels
 
 
-def _batches(n: int, batch_size: int):
-    def gen(g):
-        order = torch.randperm(n, generator=g)
-        for i in range(0, n, batch_size):
-            idx = order[i:i + batch_size]
-            if len(idx) > 1:
-                yield (idx,)
-    return gen
-
-
 def train_teacher(store: FeatureStore, out: Path, epochs: int = 10, batch_size: int = 8, lr: float = 1e-3,
                   milestones: tuple[int, ...] = (6,), seed: int = 0, device: str = "cpu",
                   report: Callable[[dict], None] | None = None, clips_per_video: int = 0
@@ -55,7 +38,7 @@ def train_teacher(store: FeatureStore, out: Path, epochs: int = 10, batch_size: 
     """Fine-tune the store's R(2+1)D-18 on the dataset's classes from stored clips (the SCSampler setting: f trained on
     the training split); every clip is labelled with its video's label. ``clips_per_video`` > 0 draws that many
     clips of each video afresh every epoch (a CPU-sized epoch); 0 uses every clip."""
-    _need(store, ("clips",), "--keep-clips")
+    require_arrays(store, ("clips",), "extract it with --keep-clips")
     data = load_split(store, "train", ("clips",))
     (clips,), labels = _steps(data, ("clips",))
     torch.manual_seed(seed)
@@ -73,7 +56,7 @@ def train_teacher(store: FeatureStore, out: Path, epochs: int = 10, batch_size: 
 
     def sampled(g):
         if not clips_per_video:
-            yield from _batches(len(labels), batch_size)(g)
+            yield from index_batches(len(labels), batch_size)(g)
             return
         idx = torch.cat([a + torch.randperm(int(b - a), generator=g)[:clips_per_video]
                          for a, b in zip(bounds[:-1], bounds[1:])])
@@ -94,7 +77,7 @@ def train_distill(store: FeatureStore, out: Path, epochs: int = 60, batch_size: 
                   ) -> tuple[nn.Module, list[dict]]:
     """Distil the stored teacher (descriptor z^V and logits) into the student from stored frames and log-mels, then
     (``finetune_epochs`` > 0) fine-tune it on the target labels with a fresh C-way classifier."""
-    _need(store, ("frames", "mel", "r2p1d"), "--keep-inputs and r2p1d in --descriptors")
+    require_arrays(store, ("frames", "mel", "r2p1d"), "extract it with --keep-inputs and r2p1d in --descriptors")
     data = load_split(store, "train", ("frames", "mel", "r2p1d", "r2p1d_logits"))
     (frames, mel, z_v, logits_v), labels = _steps(data, ("frames", "mel", "r2p1d", "r2p1d_logits"))
     mel, z_v, logits_v = mel.float(), z_v.float(), logits_v.float()
@@ -109,7 +92,7 @@ def train_distill(store: FeatureStore, out: Path, epochs: int = 60, batch_size: 
         total, l1, kl = distillation_loss(z_v[idx].to(device), logits_v[idx].to(device), fused, logits, lam)
         return total, logits, logits_v[idx].argmax(1).to(device)   # "accuracy": agreement with the teacher
 
-    history = fit(student, _batches(len(labels), batch_size), distil, epochs, lr, milestones, seed, report)
+    history = fit(student, index_batches(len(labels), batch_size), distil, epochs, lr, milestones, seed, report)
     if finetune_epochs:
         student.classifier = nn.Linear(student.classifier.in_features, len(data.classes)).to(device)
 
@@ -117,7 +100,7 @@ def train_distill(store: FeatureStore, out: Path, epochs: int = 60, batch_size: 
             _, _, _, logits = student(frames[idx].to(device), mel[idx].to(device))
             y = labels[idx].to(device)
             return F.cross_entropy(logits, y), logits, y
-        history += [dict(r, stage="finetune") for r in fit(student, _batches(len(labels), batch_size), finetune,
+        history += [dict(r, stage="finetune") for r in fit(student, index_batches(len(labels), batch_size), finetune,
                                                            finetune_epochs, lr, (), seed, report)]
     student.eval().cpu()
     save_checkpoint(out, "student", student, store, {"lambda": lam, "epochs": epochs, "finetune_epochs": finetune_epochs,
@@ -156,10 +139,10 @@ def refresh(store_path: str | Path, student: str | None = None, teacher: str | N
         prov = store.attrs.get("provenance", {})
         models: dict[str, tuple[nn.Module, dict]] = {}
         if student:
-            _need(store, ("frames", "mel"), "--keep-inputs")
+            require_arrays(store, ("frames", "mel"), "extract it with --keep-inputs")
             models["student"] = load_student(student)
         if teacher:
-            _need(store, ("clips",), "--keep-clips")
+            require_arrays(store, ("clips",), "extract it with --keep-clips")
             models["teacher"] = load_teacher(teacher)
         for name, (model, rec) in models.items():
             model.eval()

@@ -13,6 +13,18 @@ def sgd_schedule(params: Iterable[torch.nn.Parameter], lr: float, milestones: tu
     return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=0.1)
 
 
+def index_batches(n: int, batch_size: int) -> Callable[[torch.Generator], Iterable[tuple[torch.Tensor]]]:
+    """``batches`` for :func:`fit`: a fresh permutation of ``range(n)`` each epoch, in index batches of more than one
+    (batch norm needs two rows)."""
+    def batches(gen: torch.Generator):
+        order = torch.randperm(n, generator=gen)
+        for i in range(0, n, batch_size):
+            idx = order[i:i + batch_size]
+            if len(idx) > 1:
+                yield (idx,)
+    return batches
+
+
 def fit(model: torch.nn.Module, batches: Callable[[torch.Generator], Iterable[tuple]], loss_fn: Callable,
         epochs: int, lr: float, milestones: tuple[int, ...], seed: int,
         report: Callable[[dict], None] | None = None, optimizer: str = "sgd") -> list[dict]:

@@ -16,10 +16,9 @@ from featurestore.store import FeatureStore, StoreError
 from models.scsampler import JointSampler, SaliencySampler, sal_cl_loss, sal_rank_loss
 from pipelines.data import load_checkpoint, load_split, save_checkpoint
 from pipelines.train import fit
-from pipelines.train_head import load_head, train_head
+from pipelines.train_head import FEATURE_DIMS, step_head
 
 MODALITY_FEATURE = {"visual": "image", "audio": "audio"}
-FEATURE_DIM = {"image": 256, "audio": 256}
 
 
 def clip_classifier(store: FeatureStore, runs: Path, say: Callable[[str], None] = print):
@@ -27,11 +26,21 @@ def clip_classifier(store: FeatureStore, runs: Path, say: Callable[[str], None] 
     if "r2p1d" not in store.attrs.get("descriptors", []):
         raise StoreError(f"store {store.path} has no r2p1d descriptors: SCSampler's clip classifier f needs them "
                          f"(fs extract --descriptors image,audio,fused,r2p1d)")
-    path = runs / "head-r2p1d.pt"
-    if not path.is_file():
-        say(f"no clip classifier at {path}: training it now (fs train-head --features r2p1d)")
-        train_head(store, path, "r2p1d")
-    return load_head(store, path)[0]
+    return step_head(store, runs, "r2p1d", say)
+
+
+def modalities(modality: str) -> list[str]:
+    """The modalities a sampler reads: av (AV-joint-training) reads both."""
+    mods = ["visual", "audio"] if modality == "av" else [modality]
+    if any(m not in MODALITY_FEATURE for m in mods):
+        raise ValueError("--modality must be audio, visual or av")
+    return mods
+
+
+def build_sampler(modality: str, loss: str, num_classes: int) -> torch.nn.Module:
+    """One :class:`SaliencySampler` per modality read, joined for av."""
+    samplers = [SaliencySampler(FEATURE_DIMS[MODALITY_FEATURE[m]], loss, num_classes) for m in modalities(modality)]
+    return JointSampler(*samplers) if modality == "av" else samplers[0]
 
 
 def checkpoint_name(modality: str, loss: str) -> str:
@@ -44,18 +53,14 @@ def train_sampler(store: FeatureStore, runs: Path, modality: str, loss: str, mar
                   say: Callable[[str], None] = print) -> tuple[torch.nn.Module, list[dict]]:
     """Train one sampler (``modality`` visual, audio, or av = AV-joint-training) with ``loss``; batches are videos,
     since SAL-CL labels and SAL-RANK pairs are defined within a video."""
-    mods = ["visual", "audio"] if modality == "av" else [modality]
-    if any(m not in MODALITY_FEATURE for m in mods):
-        raise ValueError("--modality must be audio, visual or av")
-    feats = tuple(MODALITY_FEATURE[m] for m in mods)
+    feats = tuple(MODALITY_FEATURE[m] for m in modalities(modality))
     data = load_split(store, "train", feats + ("r2p1d",))
     f = clip_classifier(store, runs, say)
     with torch.no_grad():
         f_true = [F.softmax(f(z), 1)[:, int(y)] for z, y in zip(data.tensors("r2p1d"), data.labels)]
     seqs = {n: data.tensors(n) for n in feats}
     torch.manual_seed(seed)
-    samplers = [SaliencySampler(FEATURE_DIM[n], loss, len(data.classes)) for n in feats]
-    model = JointSampler(*samplers) if modality == "av" else samplers[0]
+    model = build_sampler(modality, loss, len(data.classes))
 
     def batches(gen):
         order = torch.randperm(len(data.labels), generator=gen).tolist()
@@ -88,8 +93,6 @@ def train_sampler(store: FeatureStore, runs: Path, modality: str, loss: str, mar
 def load_sampler(store: FeatureStore, path: Path) -> tuple[torch.nn.Module, dict]:
     ckpt = load_checkpoint(path, "sampler", store)
     cfg = ckpt["config"]
-    mods = ["visual", "audio"] if cfg["modality"] == "av" else [cfg["modality"]]
-    samplers = [SaliencySampler(FEATURE_DIM[MODALITY_FEATURE[m]], cfg["loss"], cfg["num_classes"]) for m in mods]
-    model = JointSampler(*samplers) if cfg["modality"] == "av" else samplers[0]
+    model = build_sampler(cfg["modality"], cfg["loss"], cfg["num_classes"])
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), cfg
