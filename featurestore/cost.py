@@ -8,8 +8,8 @@ from functools import lru_cache
 
 import torch
 
-from models.baselines import counted
 from models.imgaud import imgaud2vid_student
+from models.selection import counted
 from models.teacher import r2plus1d_teacher
 
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from models.selection import Selection, counted, stored
 
 
 def glance_order(t: int) -> list[int]:
@@ -164,12 +167,7 @@ class AVGNSelector:
 
     @torch.inference_mode()
     def select(self, video):
-        import numpy as np
-        from models.baselines import counted
-        from models.selection import Selection
-
-        image = torch.from_numpy(np.asarray(video.arrays["image"], np.float32))
-        audio = torch.from_numpy(np.asarray(video.arrays["audio"], np.float32))
+        image, audio = stored(video, "image"), stored(video, "audio")
         steps = sample_steps(len(image), self.t)
         t_g = self.t if self.t_g is None else min(self.t_g, self.t)
         visible = torch.zeros(1, self.t, dtype=torch.bool)

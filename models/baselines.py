@@ -6,15 +6,13 @@ counted by the caller with FlopCounterMode); each selector adds the FLOPs of its
 from __future__ import annotations
 
 import zlib
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
-from models.selection import Selection, VideoArrays
+from models.selection import Selection, VideoArrays, counted, stored
 from models.skim import ImgAudSkimmer, attend, interpolate_features, kept_steps, masked_mean
 
 BUDGET = 10
@@ -45,17 +43,6 @@ def index_end(n: int, k: int) -> np.ndarray:
     return np.arange(max(0, n - k), n)
 
 
-def counted(fn: Callable, *args, **kwargs):
-    """Run ``fn`` and return (result, GFLOPs it executed), counted by torch's FlopCounterMode (2 FLOPs per MAC)."""
-    with FlopCounterMode(display=False) as fc:
-        out = fn(*args, **kwargs)
-    return out, fc.get_total_flops() / 1e9
-
-
-def _tensor(video: VideoArrays, name: str) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(video.arrays[name], np.float32))
-
-
 def _video_seed(video: VideoArrays) -> int:
     return zlib.crc32(str(video.attrs.get("path", video.attrs.get("label", ""))).encode())
 
@@ -76,7 +63,7 @@ class HeadSelector:
 
     @torch.inference_mode()
     def select(self, video: VideoArrays) -> Selection:
-        z = _tensor(video, self.feature)
+        z = stored(video, self.feature)
         n = len(z)
         blind = {"random": lambda: index_random(n, self.k, _video_seed(video)), "uniform": lambda: index_uniform(n, self.k),
                  "front": lambda: index_front(n, self.k), "center": lambda: index_center(n, self.k),
@@ -110,7 +97,7 @@ class SkimSelector:
     def select(self, video: VideoArrays) -> Selection:
         single = self.skimmer.indexing == "single"
         names = ("fused",) if single else ("image", "audio")
-        feats = [interpolate_features(_tensor(video, k), self.subsample) for k in names]
+        feats = [interpolate_features(stored(video, k), self.subsample) for k in names]
         n = len(feats[0])
         mask = torch.ones(1, n, dtype=torch.bool)
         if single:
@@ -133,7 +120,7 @@ class NonRecurrentSelector:
 
     @torch.inference_mode()
     def select(self, video: VideoArrays) -> Selection:
-        z_i, z_a = _tensor(video, "image")[None], _tensor(video, "audio")[None]
+        z_i, z_a = stored(video, "image")[None], stored(video, "audio")[None]
         mask = torch.ones(1, z_i.shape[1], dtype=torch.bool)
 
         def run():
@@ -184,6 +171,6 @@ class LSTMSelector:
 
     @torch.inference_mode()
     def select(self, video: VideoArrays) -> Selection:
-        z = _tensor(video, "fused")[None]
+        z = stored(video, "fused")[None]
         logits, gflops = counted(self.model, z, torch.ones(1, z.shape[1], dtype=torch.bool))
         return Selection(np.arange(z.shape[1]), F.softmax(logits[0], 0).numpy(), z.shape[1] * self.pair_gflops + gflops)

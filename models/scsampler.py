@@ -7,6 +7,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from models.selection import Selection, counted, stored
+
 LOSSES = ("ac", "sal-cl", "sal-rank")
 
 
@@ -150,12 +152,8 @@ class SamplerSelector:
         self.combine, self.alpha, self.k_visual = combine, alpha, k_visual
 
     @torch.inference_mode()
-    def select(self, video) -> "Selection":
-        from models.baselines import counted
-        from models.selection import Selection
-
-        arr = {n: torch.from_numpy(np.asarray(video.arrays[n], np.float32)) for n in ("image", "audio")
-               if n in video.arrays}
+    def select(self, video) -> Selection:
+        arr = {n: stored(video, n) for n in ("image", "audio") if n in video.arrays}
         n_steps = len(next(iter(arr.values())))
         gflops = 0.0
         computed: set[str] = set()
@@ -179,7 +177,7 @@ class SamplerSelector:
                      "convex-list": lambda: convex_list(v, a, k, self.alpha if self.alpha is not None else 0.8),
                      "union-list": lambda: union_list(v, a, k, self.k_visual),
                      "intersect-list": lambda: intersect_list(v, a, k)}[self.combine]()
-        z = torch.from_numpy(np.asarray(video.arrays[self.feature], np.float32))[torch.as_tensor(steps)]
+        z = stored(video, self.feature)[torch.as_tensor(steps)]
         probs, g = counted(lambda: F.softmax(self.head(z), 1).mean(0))
         if self.feature == "fused":      # the student's descriptors not yet computed, plus Psi, for K steps
             gflops += k * (sum(self.unit[f] for f in ("image", "audio") if f not in computed) + self.unit["fusion"])

@@ -6,9 +6,11 @@ benchmark compares them all in one loop and never special-cases one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Protocol
+from typing import Callable, Mapping, Protocol
 
 import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 
 class VideoArrays(Protocol):
@@ -32,3 +34,15 @@ class Selector(Protocol):
 
     def select(self, video: VideoArrays) -> Selection:
         ...
+
+
+def stored(video: VideoArrays, name: str) -> torch.Tensor:
+    """One stored array of ``video`` as a float32 tensor (descriptors are kept as float16)."""
+    return torch.from_numpy(np.asarray(video.arrays[name], np.float32))
+
+
+def counted(fn: Callable, *args, **kwargs):
+    """Run ``fn`` and return (result, GFLOPs it executed), counted by torch's FlopCounterMode (2 FLOPs per MAC)."""
+    with FlopCounterMode(display=False) as fc:
+        out = fn(*args, **kwargs)
+    return out, fc.get_total_flops() / 1e9

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from featurestore.store import FeatureStore, StoreError
+from featurestore.store import FeatureStore
 from featurestore.weights import load_student, load_teacher
 from models.imgaud import distillation_loss
 from pipelines.data import load_split, require_arrays, save_checkpoint, store_model

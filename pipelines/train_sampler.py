@@ -70,7 +70,6 @@ def train_sampler(store: FeatureStore, runs: Path, modality: str, loss: str, mar
 
     def loss_fn(idx):
         outs = [model(*[seqs[n][j] for n in feats]) for j in idx]
-        y = data.labels[idx]
         if loss == "ac":
             logits = torch.cat(outs)
             steps_y = torch.cat([torch.full((len(o),), int(data.labels[j])) for o, j in zip(outs, idx)])
