@@ -28,6 +28,7 @@ def test_rows_of_two_requests_share_one_full_batch_and_come_back_in_order():
     (a2, a_sum), (b2, b_sum) = fa.result(timeout=10), fb.result(timeout=10)
     np.testing.assert_array_equal(a2, a * 2)
     np.testing.assert_array_equal(b2, b * 2)
+    np.testing.assert_array_equal(a_sum, a.sum(1))
     np.testing.assert_array_equal(b_sum, b.sum(1))
     assert [len(x) for x in rec.batches] == [8, 2]                # one full batch, then the idle remainder
     np.testing.assert_array_equal(rec.batches[0], np.concatenate([a, b[:3]]))

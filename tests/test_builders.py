@@ -10,7 +10,7 @@ from featurestore.cli import main
 from featurestore.decode import ffmpeg_exe
 from featurestore.manifest import read_manifest
 from manifests.builders import (AnnotationError, DurationCache, VideoIndex, build_activitynet, build_kinetics_sounds,
-                                build_minisports1m, build_ucf101)
+                                build_minisports1m)
 
 
 def tiny_video(path, seconds: float):

@@ -1,6 +1,5 @@
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from featurestore.manifest import ManifestError, dataset_manifest, parse_segments, read_manifest
