@@ -1,0 +1,30 @@
+"""Behaviour pinned: every bench method's chosen steps, scores and GFLOPs on a fixed fabricated store equal the
+committed fixture (within float tolerance), so moving code around cannot change what ``fs bench`` reports."""
+import json
+
+import numpy as np
+import pytest
+
+from tests.bench_rows import FIXTURE, compute_rows
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    return compute_rows(tmp_path_factory.mktemp("rows"))
+
+
+def test_every_recorded_method_row_is_recomputed(rows):
+    expected = json.loads(FIXTURE.read_text())
+    assert len(expected) > 40             # the blind baselines, skimmer variants, SCSampler rows and AVGN grid
+    assert sorted(rows) == sorted(expected)
+
+
+@pytest.mark.parametrize("method", sorted(json.loads(FIXTURE.read_text())))
+def test_method_rows_match_the_fixture(rows, method):
+    expected = json.loads(FIXTURE.read_text())[method]
+    got = rows[method]
+    assert sorted(got) == sorted(expected)
+    for vid, want in expected.items():
+        assert got[vid]["steps"] == want["steps"], vid
+        np.testing.assert_allclose(got[vid]["scores"], want["scores"], rtol=1e-4, atol=1e-5, err_msg=vid)
+        assert got[vid]["gflops"] == pytest.approx(want["gflops"], rel=1e-6), vid
