@@ -5,12 +5,7 @@ import numpy as np
 import torch
 import torchaudio
 
-SAMPLE_RATE = 16000
-WINDOW_SECONDS = 1.0
-N_FFT = 400
-HOP = 160
-N_MELS = 40
-LOG_EPS = 1e-6
+from featurestore.constants import HOP, LOG_EPS, N_FFT, N_MELS, SAMPLE_RATE, WINDOW_SECONDS
 
 
 def step_windows(audio: np.ndarray, starts_s: np.ndarray, sample_rate: int = SAMPLE_RATE,

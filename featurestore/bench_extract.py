@@ -22,11 +22,14 @@ import pandas as pd
 import torch
 
 from featurestore.decode import DecodedVideo, DecodeError, decode_with_fallback, probe
-from featurestore.extract import (STEP_FRAMES, ExtractConfig, batch_counts, get_extractor, run_extraction,
-                                 worker_device)
+from featurestore.config import ExtractConfig
+from featurestore.constants import CLIP_FRAMES, CROP, FPS, MEL_FRAMES, N_MELS, STEP_FRAMES
+from featurestore.extract import run_extraction
+from featurestore.extractor import batch_counts, get_extractor
+from featurestore.launch import worker_device
 from featurestore.store import FeatureStore
 
-STEPS_PER_VIDEO_SECOND = 30 / STEP_FRAMES
+STEPS_PER_VIDEO_SECOND = FPS / STEP_FRAMES
 
 
 def _decode_frames(path: str, has_audio: bool, hwaccel: str, threads: int) -> int:
@@ -50,7 +53,7 @@ def decode_only_task(path: str, hwaccel: str = "", threads: int = 0) -> tuple[fl
         n, used = decode_with_fallback(lambda hw: _decode_frames(path, info.has_audio, hw, threads), hwaccel)
     except DecodeError as e:
         return 0.0, time.perf_counter() - t0, f"failed: {e}"
-    return n / 30, time.perf_counter() - t0, used
+    return n / FPS, time.perf_counter() - t0, used
 
 
 def _peak_rss_mb() -> float:
@@ -138,11 +141,13 @@ def model_rates(config: ExtractConfig, device: str, batch: int = 32, repeats: in
     dev = torch.device(device)
     cases = []
     if ex.student is not None:
-        cases += [("image ResNet-18", ex.student.image_net, torch.randint(0, 255, (batch, 112, 112, 3), dtype=torch.uint8)),
-                  ("audio ResNet-18", ex.student.audio_net, torch.randn(batch, 40, 101))]
+        cases += [("image ResNet-18", ex.student.image_net, torch.randint(0, 255, (batch, CROP, CROP, 3),
+                                                                         dtype=torch.uint8)),
+                  ("audio ResNet-18", ex.student.audio_net, torch.randn(batch, N_MELS, MEL_FRAMES))]
     if ex.teacher is not None:
         clips = max(1, batch // 4)
-        cases.append(("R(2+1)D-18 clip", ex.teacher, torch.randint(0, 255, (clips, 16, 112, 112, 3), dtype=torch.uint8)))
+        cases.append(("R(2+1)D-18 clip", ex.teacher, torch.randint(0, 255, (clips, CLIP_FRAMES, CROP, CROP, 3),
+                                                                     dtype=torch.uint8)))
     rates = []
     for name, module, x in cases:
         x = x.to(dev)

@@ -8,8 +8,9 @@ from functools import lru_cache
 
 import torch
 
+from featurestore.constants import CLIP_FRAMES, CROP, FEATURE_DIMS, MEL_FRAMES, N_MELS
 from models.imgaud import imgaud2vid_student
-from models.selection import counted
+from models.selection import UnitCosts, counted
 from models.teacher import r2plus1d_teacher
 
 
@@ -20,11 +21,11 @@ def count_gflops(module: torch.nn.Module, *inputs: torch.Tensor) -> float:
 
 
 @lru_cache(maxsize=None)
-def unit_gflops() -> dict[str, float]:
-    """GFLOPs per unit of stored work: one image, one 1 s spectrogram, one Psi, one image-audio pair, one clip."""
+def unit_gflops() -> UnitCosts:
+    """GFLOPs per unit of stored work: one image, one 1 s spectrogram, one Psi, one clip (and one pair)."""
     student = imgaud2vid_student(400).eval()
-    image = count_gflops(student.image_net, torch.zeros(1, 3, 112, 112))
-    audio = count_gflops(student.audio_net, torch.zeros(1, 40, 101))
-    fusion = count_gflops(student.fusion, torch.zeros(1, 256), torch.zeros(1, 256))
-    clip = count_gflops(r2plus1d_teacher(400).eval(), torch.zeros(1, 3, 16, 112, 112))
-    return {"image": image, "audio": audio, "fusion": fusion, "pair": image + audio + fusion, "clip": clip}
+    return UnitCosts(
+        image=count_gflops(student.image_net, torch.zeros(1, 3, CROP, CROP)),
+        audio=count_gflops(student.audio_net, torch.zeros(1, N_MELS, MEL_FRAMES)),
+        fusion=count_gflops(student.fusion, torch.zeros(1, FEATURE_DIMS["image"]), torch.zeros(1, FEATURE_DIMS["audio"])),
+        clip=count_gflops(r2plus1d_teacher(400).eval(), torch.zeros(1, 3, CLIP_FRAMES, CROP, CROP)))

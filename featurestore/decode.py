@@ -17,10 +17,8 @@ from typing import Callable, Iterator, TypeVar
 import ffmpeg
 import numpy as np
 
-FPS = 30
-CROP = 112
-SHORT_SIDE = 128
-SAMPLE_RATE = 16000
+from featurestore.constants import CROP, FPS, SAMPLE_RATE, SHORT_SIDE
+
 T = TypeVar("T")
 
 

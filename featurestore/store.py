@@ -30,9 +30,8 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from featurestore import SCHEMA_VERSION, __version__
+from featurestore.constants import DESCRIPTORS, stored_arrays
 
-FEATURE_DIMS = {"image": 256, "audio": 256, "fused": 512, "r2p1d": 512}
-DESCRIPTORS = tuple(FEATURE_DIMS)        # what `--descriptors` may name; r2p1d brings r2p1d_logits along
 FAILURE_COLUMNS = ["video_id", "path", "stage", "error"]
 COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
 
@@ -290,8 +289,17 @@ class FeatureStore:
 
 def expected_arrays(root_attrs: dict) -> list[str]:
     """The arrays every complete video of a store with these root attributes must hold."""
-    desc = list(root_attrs.get("descriptors", []))
-    return ["t"] + desc + (["r2p1d_logits"] if "r2p1d" in desc else []) + list(root_attrs.get("inputs", []))
+    return stored_arrays(root_attrs.get("descriptors", []), root_attrs.get("inputs", []))
+
+
+def require_arrays(store: FeatureStore, names: tuple[str, ...],
+                   how: str = "re-extract with --descriptors including them") -> None:
+    """Refuse a store whose videos lack any of ``names`` (descriptors or kept inputs), saying ``how`` to get them."""
+    have = store.attrs.get("descriptors", []) + store.attrs.get("inputs", [])
+    missing = [n for n in names if n not in have and n not in ("t", "r2p1d_logits")]
+    if missing:
+        kind = "descriptors" if set(missing) <= set(DESCRIPTORS) else "arrays"
+        raise StoreError(f"store {store.path} has no {', '.join(missing)} {kind} (it holds {', '.join(have)}): {how}")
 
 
 def check_video(video: VideoFeatures, root_attrs: dict, names: Iterable[str] | None = None) -> list[str]:

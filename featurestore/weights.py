@@ -22,6 +22,30 @@ from models.teacher import R2Plus1DTeacher, r2plus1d_teacher
 
 TEACHER_DEFAULT = "kinetics400"
 STUDENT_DEFAULT = "imagenet"
+# provenance "source" strings: written by the loaders below, read back by :func:`weights_spec`
+KINETICS_SOURCE = "torchvision:R2Plus1D_18_Weights.KINETICS400_V1"
+IMAGENET_SOURCE = "torchvision:ResNet18_Weights.IMAGENET1K_V1"
+
+
+def _random_source(seed: int) -> str:
+    return f"random(seed={seed})"
+
+
+def _file_source(path: str) -> str:
+    return f"file:{Path(path).resolve()}"
+
+
+def weights_spec(record: dict) -> tuple[str, int]:
+    """(spec for the loaders, seed) that reproduce the weights a provenance record names."""
+    source = record["source"]
+    seed = int(source.rsplit("seed=", 1)[1].rstrip(")")) if "seed=" in source else 0
+    if source.startswith("file:"):
+        return source[len("file:"):], seed
+    if source.startswith(KINETICS_SOURCE):
+        return "kinetics400", seed
+    if source.startswith(IMAGENET_SOURCE):
+        return "imagenet", seed
+    return "random", seed
 
 
 class WeightsError(RuntimeError):
@@ -86,13 +110,13 @@ def load_teacher(spec: str = TEACHER_DEFAULT, seed: int = 0) -> tuple[R2Plus1DTe
         else:
             model = r2plus1d_teacher(400)
             model.load_torchvision_state(state)
-            return model, {"source": "torchvision:R2Plus1D_18_Weights.KINETICS400_V1", "sha256": state_hash(model),
+            return model, {"source": KINETICS_SOURCE, "sha256": state_hash(model),
                            "num_classes": 400}
         spec = "random"
     if spec == "random":
         with seeded_init(seed):
             model = r2plus1d_teacher(400)
-        return model, {"source": f"random(seed={seed})", "sha256": state_hash(model), "num_classes": 400}
+        return model, {"source": _random_source(seed), "sha256": state_hash(model), "num_classes": 400}
     state = _read_checkpoint(spec)
     fc = state.get("fc.weight")
     if fc is None:
@@ -102,7 +126,7 @@ def load_teacher(spec: str = TEACHER_DEFAULT, seed: int = 0) -> tuple[R2Plus1DTe
         model.load_torchvision_state(state) if "stem.0.weight" in state else model.load_state_dict(state)
     except RuntimeError as e:
         raise WeightsError(f"{spec} does not fit R(2+1)D-18: {str(e).splitlines()[0]}") from None
-    return model, {"source": f"file:{Path(spec).resolve()}", "sha256": state_hash(model),
+    return model, {"source": _file_source(spec), "sha256": state_hash(model),
                    "num_classes": int(fc.shape[0])}
 
 
@@ -115,7 +139,7 @@ def load_student(spec: str = STUDENT_DEFAULT, seed: int = 0, num_classes: int = 
     if spec in ("imagenet", "random"):
         with seeded_init(seed):
             model = imgaud2vid_student(num_classes)
-        source = f"random(seed={seed})"
+        source = _random_source(seed)
         if spec == "imagenet":
             try:
                 state = ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=False, check_hash=True)
@@ -125,7 +149,7 @@ def load_student(spec: str = STUDENT_DEFAULT, seed: int = 0, num_classes: int = 
             else:
                 model.image_net.trunk.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")},
                                                       strict=False)
-                source = f"torchvision:ResNet18_Weights.IMAGENET1K_V1+random(seed={seed})"
+                source = f"{IMAGENET_SOURCE}+{_random_source(seed)}"
         return model, {"source": source, "sha256": state_hash(model), "num_classes": num_classes}
     state = _read_checkpoint(spec)
     cls = state.get("classifier.weight")
@@ -136,5 +160,15 @@ def load_student(spec: str = STUDENT_DEFAULT, seed: int = 0, num_classes: int = 
         model.load_state_dict(state)
     except RuntimeError as e:
         raise WeightsError(f"{spec} does not fit the ImgAud2Vid student: {str(e).splitlines()[0]}") from None
-    return model, {"source": f"file:{Path(spec).resolve()}", "sha256": state_hash(model),
+    return model, {"source": _file_source(spec), "sha256": state_hash(model),
                    "num_classes": int(cls.shape[0])}
+
+
+def load_recorded(name: str, record: dict) -> nn.Module:
+    """The student or teacher a provenance record names, rebuilt and checked against the recorded hash."""
+    spec, seed = weights_spec(record)
+    model, got = (load_student(spec, seed, record.get("num_classes", 400)) if name == "student"
+                  else load_teacher(spec, seed))
+    if got["sha256"] != record["sha256"]:
+        raise WeightsError(f"{record['source']} now hashes to {got['sha256']}, the store recorded {record['sha256']}")
+    return model

@@ -1,1 +1,2 @@
-"""Dataset class lists, split manifests (CSV) and the builders that make them from official annotation files."""
+"""Dataset sources: the manifest CSV schema, named datasets, the builders that make manifests from official
+annotation files, the synthetic generator, and their class lists and CSVs."""

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.selection import Selection, counted, stored
+from models.imgaud import AUDIO_DIM, IMAGE_DIM
+from models.selection import Selection, UnitCosts, counted, stored
 
 
 def glance_order(t: int) -> list[int]:
@@ -66,7 +67,7 @@ class AVGNOutput:
 class AVTeST(nn.Module):
     """AV-TeST plus AVGN's prediction head and auxiliary heads, over stored per-step descriptors."""
 
-    def __init__(self, num_classes: int, image_dim: int = 256, audio_dim: int = 256, dim: int = 128,
+    def __init__(self, num_classes: int, image_dim: int = IMAGE_DIM, audio_dim: int = AUDIO_DIM, dim: int = 128,
                  layers: int = 2, heads: int = 4, max_len: int = 64, use_audio_tokens: bool = True):
         super().__init__()
         self.dim, self.use_audio_tokens, self.num_classes = dim, use_audio_tokens, num_classes
@@ -162,8 +163,8 @@ class AVGNSelector:
     GFLOPs: the audio features of all T sampled steps, the visual features actually computed (the T_G glances and
     any chosen step beyond them), and the transformer and heads, counted on the call."""
 
-    def __init__(self, name: str, model: AVTeST, unit: dict[str, float], k: int, t_g: int | None, t: int = 16):
-        self.name, self.model, self.unit, self.k, self.t_g, self.t = name, model.eval(), unit, k, t_g, t
+    def __init__(self, name: str, model: AVTeST, costs: UnitCosts, k: int, t_g: int | None, t: int = 16):
+        self.name, self.model, self.costs, self.k, self.t_g, self.t = name, model.eval(), costs, k, t_g, t
 
     @torch.inference_mode()
     def select(self, video):
@@ -182,5 +183,5 @@ class AVGNSelector:
         chosen = steps[top]
         logits, flops_head = counted(self.model.classify, image[chosen][None], e_a)
         n_visual = t_g + int((top >= t_g).sum())
-        gflops = self.t * self.unit["audio"] + n_visual * self.unit["image"] + flops_glance + flops_head
+        gflops = self.t * self.costs.audio + n_visual * self.costs.image + flops_glance + flops_head
         return Selection(chosen.numpy(), F.softmax(logits[0], 0).numpy(), gflops)

@@ -1,7 +1,9 @@
-"""Selection baselines of Listen to Look §4.2 and the skimmer, all as :class:`~models.selection.Selector`s.
+"""Selection baselines of Listen to Look §4.2 as :class:`~models.selection.Selector`s, beside their models: the
+per-step classifier the blind and score-based rules average (RANDOM, UNIFORM, FRONT, CENTER, END, DENSE, SCSAMPLER
+confidence, ORACLE) and the LSTM over every fused feature.
 
-Costs: ``pair_gflops`` is what one image-audio pair costs to compute (image ResNet-18 + audio ResNet-18 + Psi,
-counted by the caller with FlopCounterMode); each selector adds the FLOPs of its own modules, counted on the call.
+Costs: each selector pays :class:`~models.selection.UnitCosts` for every stored descriptor step it uses and adds the
+FLOPs of its own modules, counted on the call.
 """
 from __future__ import annotations
 
@@ -12,10 +14,21 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.selection import Selection, VideoArrays, counted, stored
-from models.skim import ImgAudSkimmer, attend, interpolate_features, kept_steps, masked_mean
+from models.imgaud import FUSED_DIM
+from models.selection import BUDGET, Selection, UnitCosts, VideoArrays, counted, stored
 
-BUDGET = 10
+
+
+class StepClassifier(nn.Module):
+    """A linear classifier over one step's descriptor (BN then FC: the student's final layer, fine-tuned)."""
+
+    def __init__(self, in_dim: int, num_classes: int, dropout: float = 0.0):
+        super().__init__()
+        self.net = nn.Sequential(nn.BatchNorm1d(in_dim), nn.Dropout(dropout), nn.Linear(in_dim, num_classes))
+        self.in_dim, self.num_classes = in_dim, num_classes
+
+    def forward(self, z):
+        return self.net(z)
 
 
 def index_random(n: int, k: int, seed: int = 0) -> np.ndarray:
@@ -51,14 +64,15 @@ class HeadSelector:
     """Average the per-step head's predictions over steps chosen without looking (RANDOM, UNIFORM, ...) or by
     the head's own scores (DENSE, SCSAMPLER confidence, ORACLE)."""
 
-    def __init__(self, name: str, head: nn.Module, pair_gflops: float, feature: str = "fused", k: int = BUDGET,
+    def __init__(self, name: str, head: nn.Module, costs: UnitCosts, feature: str = "fused", k: int = BUDGET,
                  rule: str = "uniform", class_index: dict[str, int] | None = None):
         rules = ("random", "uniform", "front", "center", "end", "dense", "confidence", "oracle")
         if rule not in rules:
             raise ValueError(f"rule must be one of {rules}")
         if rule == "oracle" and class_index is None:
             raise ValueError("the oracle needs the class index of the true labels")
-        self.name, self.head, self.pair_gflops, self.feature, self.k, self.rule = name, head, pair_gflops, feature, k, rule
+        self.name, self.head, self.feature, self.k, self.rule = name, head, feature, k, rule
+        self.step_gflops = costs.of(feature)
         self.class_index = class_index
 
     @torch.inference_mode()
@@ -71,9 +85,9 @@ class HeadSelector:
         if self.rule in blind:
             steps = blind[self.rule]()
             probs, head_gflops = counted(lambda: F.softmax(self.head(z[steps]), dim=1))
-            return Selection(steps, probs.mean(0).numpy(), len(steps) * self.pair_gflops + head_gflops)
+            return Selection(steps, probs.mean(0).numpy(), len(steps) * self.step_gflops + head_gflops)
         probs, head_gflops = counted(lambda: F.softmax(self.head(z), dim=1))   # every step is computed
-        cost = n * self.pair_gflops + head_gflops
+        cost = n * self.step_gflops + head_gflops
         if self.rule == "dense":
             return Selection(np.arange(n), probs.mean(0).numpy(), cost)
         if self.rule == "confidence":
@@ -84,60 +98,6 @@ class HeadSelector:
         return Selection(steps, probs[steps].mean(0).numpy(), cost)
 
 
-class SkimSelector:
-    """ImgAud-Skimming with its inference options: early stop (``steps``), sparse indexing features
-    (``subsample``), unaggregated argmax features (``hard``, ablation G.3)."""
-
-    def __init__(self, name: str, skimmer: ImgAudSkimmer, pair_gflops: float, steps: int = BUDGET,
-                 subsample: int = 1, hard: bool = False):
-        self.name, self.skimmer, self.pair_gflops = name, skimmer.eval(), pair_gflops
-        self.steps, self.subsample, self.hard = steps, subsample, hard
-
-    @torch.inference_mode()
-    def select(self, video: VideoArrays) -> Selection:
-        single = self.skimmer.indexing == "single"
-        names = ("fused",) if single else ("image", "audio")
-        feats = [interpolate_features(stored(video, k), self.subsample) for k in names]
-        n = len(feats[0])
-        mask = torch.ones(1, n, dtype=torch.bool)
-        if single:
-            out, gflops = counted(self.skimmer, None, None, mask, self.steps, self.hard, feats[0][None])
-        else:
-            out, gflops = counted(self.skimmer, feats[0][None], feats[1][None], mask, self.steps, self.hard)
-        steps = out.steps[0].numpy()
-        computed = set(kept_steps(n, self.subsample).tolist())
-        if self.hard or self.skimmer.indexing == "visual":
-            computed |= set(steps.tolist())      # the chosen steps' own features are needed too
-        return Selection(steps, F.softmax(out.logits[0], 0).numpy(), len(computed) * self.pair_gflops + gflops)
-
-
-class NonRecurrentSelector:
-    """NON-RECURRENT: one query (from the LSTM state after the mean-feature input), then the k steps with the largest
-    attention weights; their fused features are averaged and classified."""
-
-    def __init__(self, name: str, skimmer: ImgAudSkimmer, pair_gflops: float, k: int = BUDGET):
-        self.name, self.skimmer, self.pair_gflops, self.k = name, skimmer.eval(), pair_gflops, k
-
-    @torch.inference_mode()
-    def select(self, video: VideoArrays) -> Selection:
-        z_i, z_a = stored(video, "image")[None], stored(video, "audio")[None]
-        mask = torch.ones(1, z_i.shape[1], dtype=torch.bool)
-
-        def run():
-            sk = self.skimmer
-            x = sk.fusion(masked_mean(z_i, mask), masked_mean(z_a, mask))
-            h, _ = sk.lstm(x)
-            w_i = attend(sk.key_i(z_i, mask), sk.query_i(h), mask)
-            w_a = attend(sk.key_a(z_a, mask), sk.query_a(h), mask)
-            s = F.softmax(sk.modality(h), dim=1)
-            combined = (s[:, :1] * w_i + s[:, 1:] * w_a)[0]
-            steps = torch.argsort(combined, descending=True)[: self.k]
-            m = sk.fusion(z_i[0, steps], z_a[0, steps]).mean(0)
-            return steps, F.softmax(sk.classifier(m[None])[0], 0)
-        (steps, probs), gflops = counted(run)
-        return Selection(steps.numpy(), probs.numpy(), z_i.shape[1] * self.pair_gflops + gflops)
-
-
 class LSTMBaseline(nn.Module):
     """LSTM: a one-layer LSTM (1024) run over all N fused features; the last valid hidden state is classified.
 
@@ -145,7 +105,7 @@ class LSTMBaseline(nn.Module):
     multiply (it does not count the fused ``aten::lstm`` kernel).
     """
 
-    def __init__(self, num_classes: int, in_dim: int = 512, hidden: int = 1024):
+    def __init__(self, num_classes: int, in_dim: int = FUSED_DIM, hidden: int = 1024):
         super().__init__()
         self.norm = nn.BatchNorm1d(in_dim)      # input BN over valid steps, for the reason given in models/skim.py
         self.cell = nn.LSTMCell(in_dim, hidden)
@@ -166,8 +126,10 @@ class LSTMBaseline(nn.Module):
 
 
 class LSTMSelector:
-    def __init__(self, name: str, model: LSTMBaseline, pair_gflops: float):
-        self.name, self.model, self.pair_gflops = name, model.eval(), pair_gflops
+    """LSTM: every step's fused feature is computed and read."""
+
+    def __init__(self, name: str, model: LSTMBaseline, costs: UnitCosts):
+        self.name, self.model, self.pair_gflops = name, model.eval(), costs.pair
 
     @torch.inference_mode()
     def select(self, video: VideoArrays) -> Selection:

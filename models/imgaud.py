@@ -7,12 +7,15 @@ from torchvision.models import resnet18
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_DIM = 256      # z^I
+AUDIO_DIM = 256      # z^A
+FUSED_DIM = 512      # Psi(z^I, z^A), the estimate of the clip descriptor z^V
 
 
 class ImageNet(nn.Module):
     """Image stream: ResNet-18 on the step's first 112x112 RGB frame -> z^I (256-d)."""
 
-    def __init__(self, out_dim: int = 256):
+    def __init__(self, out_dim: int = IMAGE_DIM):
         super().__init__()
         self.trunk = resnet18(weights=None)
         self.trunk.fc = nn.Identity()
@@ -36,7 +39,7 @@ class AudioNet(nn.Module):
     As in the paper the final average pooling runs over time only; the remaining frequency bins are flattened.
     """
 
-    def __init__(self, out_dim: int = 256, freq_bins: int = 2):
+    def __init__(self, out_dim: int = AUDIO_DIM, freq_bins: int = 2):
         super().__init__()
         net = resnet18(weights=None)
         net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -54,7 +57,8 @@ class AudioNet(nn.Module):
 class Fusion(nn.Module):
     """Psi: concat(z^I, z^A) -> FC 1024 -> ReLU -> FC 512, the image-audio estimate of the clip descriptor."""
 
-    def __init__(self, image_dim: int = 256, audio_dim: int = 256, hidden: int = 1024, out_dim: int = 512):
+    def __init__(self, image_dim: int = IMAGE_DIM, audio_dim: int = AUDIO_DIM, hidden: int = 1024,
+                 out_dim: int = FUSED_DIM):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(image_dim + audio_dim, hidden), nn.ReLU(inplace=True),
                                  nn.Linear(hidden, out_dim))
@@ -66,7 +70,8 @@ class Fusion(nn.Module):
 class ImgAud2Vid(nn.Module):
     """The student: image and audio streams, fusion Psi, and a classifier over the fused 512-d feature."""
 
-    def __init__(self, num_classes: int = 400, image_dim: int = 256, audio_dim: int = 256, fused_dim: int = 512):
+    def __init__(self, num_classes: int = 400, image_dim: int = IMAGE_DIM, audio_dim: int = AUDIO_DIM,
+                 fused_dim: int = FUSED_DIM):
         super().__init__()
         self.image_net = ImageNet(image_dim)
         self.audio_net = AudioNet(audio_dim)

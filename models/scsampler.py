@@ -7,9 +7,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.selection import Selection, counted, stored
+from models.selection import BUDGET, Selection, UnitCosts, counted, stored
 
 LOSSES = ("ac", "sal-cl", "sal-rank")
+MODALITY_FEATURE = {"visual": "image", "audio": "audio"}     # the stored descriptor a sampler of each modality reads
 
 
 class SaliencySampler(nn.Module):
@@ -133,21 +134,18 @@ class SamplerSelector:
     """Index with cheap saliency, recognise the top-K with a per-step classifier.
 
     ``samplers`` maps "visual"/"audio" to a sampler (two for the list/score combinations), or "av" to a
-    :class:`JointSampler`. ``recogniser`` is (head, feature name, GFLOPs of computing that feature for one step);
-    ``unit`` gives the GFLOPs of one image, one audio and one fusion pass, so that every descriptor computed for the
-    video is paid for exactly once.
+    :class:`JointSampler`. ``recogniser`` is (head, stored descriptor it classifies); every descriptor computed for
+    the video is paid for exactly once, at ``costs``.
     """
 
-    FEATURE = {"visual": "image", "audio": "audio"}
-
-    def __init__(self, name: str, samplers: dict[str, nn.Module], recogniser: tuple[nn.Module, str],
-                 unit: dict[str, float], k: int = 10, combine: str | None = None, alpha: float | None = None,
-                 k_visual: int = 8):
+    def __init__(self, name: str, samplers: dict[str, nn.Module], costs: UnitCosts,
+                 recogniser: tuple[nn.Module, str], k: int = BUDGET, combine: str | None = None,
+                 alpha: float | None = None, k_visual: int = 8):
         if combine is not None and combine not in COMBINATIONS:
             raise ValueError(f"combine must be one of {COMBINATIONS}")
         if combine and set(samplers) != {"visual", "audio"}:
             raise ValueError("a combination needs a visual and an audio sampler")
-        self.name, self.samplers, self.unit, self.k = name, {m: s.eval() for m, s in samplers.items()}, unit, k
+        self.name, self.samplers, self.costs, self.k = name, {m: s.eval() for m, s in samplers.items()}, costs, k
         self.head, self.feature = recogniser[0].eval(), recogniser[1]
         self.combine, self.alpha, self.k_visual = combine, alpha, k_visual
 
@@ -163,11 +161,11 @@ class SamplerSelector:
                 s, g = counted(sampler.saliency, arr["image"], arr["audio"])
                 computed |= {"image", "audio"}
             else:
-                s, g = counted(sampler.saliency, arr[self.FEATURE[modality]])
-                computed.add(self.FEATURE[modality])
+                s, g = counted(sampler.saliency, arr[MODALITY_FEATURE[modality]])
+                computed.add(MODALITY_FEATURE[modality])
             scores[modality] = s.numpy()
             gflops += g
-        gflops += n_steps * sum(self.unit[f] for f in computed)
+        gflops += n_steps * sum(self.costs.of(f) for f in computed)
         k = min(self.k, n_steps)
         if self.combine is None:
             steps = top_k(next(iter(scores.values())), k)
@@ -180,7 +178,7 @@ class SamplerSelector:
         z = stored(video, self.feature)[torch.as_tensor(steps)]
         probs, g = counted(lambda: F.softmax(self.head(z), 1).mean(0))
         if self.feature == "fused":      # the student's descriptors not yet computed, plus Psi, for K steps
-            gflops += k * (sum(self.unit[f] for f in ("image", "audio") if f not in computed) + self.unit["fusion"])
+            gflops += k * (sum(self.costs.of(f) for f in ("image", "audio") if f not in computed) + self.costs.fusion)
         else:
-            gflops += k * self.unit[self.feature]
+            gflops += k * self.costs.of(self.feature)
         return Selection(np.asarray(steps), probs.numpy(), gflops + g)

@@ -13,6 +13,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 
+BUDGET = 10   # steps a method may use per video: Listen to Look's T, SCSampler's K
+
+
 class VideoArrays(Protocol):
     """What a selector may read of a video: its stored arrays (``t``, ``image``, ``audio``, ``fused``, ...)."""
 
@@ -29,7 +32,29 @@ class Selection:
     gflops: float          # what this method actually computed for this video
 
 
+@dataclass(frozen=True)
+class UnitCosts:
+    """The cost description every selector takes: GFLOPs of one unit of each stored computation, counted by the
+    caller with FlopCounterMode; a selector adds the FLOPs of its own modules, counted on the call."""
+
+    image: float      # the image ResNet-18 on one first frame
+    audio: float      # the audio ResNet-18 on one 1 s log-mel
+    fusion: float     # Psi on one image-audio pair
+    clip: float       # R(2+1)D-18 on one 16-frame clip
+
+    @property
+    def pair(self) -> float:
+        """One image-audio pair: both streams and Psi."""
+        return self.image + self.audio + self.fusion
+
+    def of(self, descriptor: str) -> float:
+        """GFLOPs of one step of a stored descriptor: image, audio, fused (a pair) or r2p1d (a clip)."""
+        return {"image": self.image, "audio": self.audio, "fused": self.pair, "r2p1d": self.clip}[descriptor]
+
+
 class Selector(Protocol):
+    """``Selector(name, model(s), costs: UnitCosts, **options)``; ``select`` answers for one video."""
+
     name: str
 
     def select(self, video: VideoArrays) -> Selection:

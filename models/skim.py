@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.imgaud import Fusion
+from models.imgaud import AUDIO_DIM, FUSED_DIM, IMAGE_DIM, Fusion
+from models.selection import BUDGET, Selection, UnitCosts, VideoArrays, counted, stored
 
 INDEXING_MODES = ("audio-visual", "visual", "single")
 NEG = -1e9   # what padded or already-chosen positions score before the softmax
@@ -102,8 +103,8 @@ class ImgAudSkimmer(nn.Module):
     audio feature is the one at argmax w^I) or "single" (ablation G.2: one query on the fused features).
     """
 
-    def __init__(self, fusion: Fusion, num_classes: int, image_dim: int = 256, audio_dim: int = 256,
-                 fused_dim: int = 512, hidden: int = 1024, key_dim: int = 512, indexing: str = "audio-visual"):
+    def __init__(self, fusion: Fusion, num_classes: int, image_dim: int = IMAGE_DIM, audio_dim: int = AUDIO_DIM,
+                 fused_dim: int = FUSED_DIM, hidden: int = 1024, key_dim: int = 512, indexing: str = "audio-visual"):
         super().__init__()
         if indexing not in INDEXING_MODES:
             raise ValueError(f"indexing must be one of {INDEXING_MODES}, got {indexing!r}")
@@ -162,7 +163,21 @@ class ImgAudSkimmer(nn.Module):
             chosen.append(pick)
             modality.append(s)
         feats = torch.stack(fused, 1)
-        return SkimOutput(self.classifier(feats.mean(1)), torch.stack(chosen, 1), feats, torch.stack(modality, 1))
+        return SkimOutput(self.classify(feats.mean(1)), torch.stack(chosen, 1), feats, torch.stack(modality, 1))
+
+    def first_query_weights(self, z_image: torch.Tensor, z_audio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The attention of the first skimming step alone (Eq. 6, 8): the LSTM state after the mean-feature input
+        queries both modalities, and their weights are mixed by s^I, s^A. (B, N) over the valid steps."""
+        x = self.fusion(masked_mean(z_image, mask), masked_mean(z_audio, mask))
+        h, _ = self.lstm(x)
+        w_i = attend(self.key_i(z_image, mask), self.query_i(h), mask)
+        w_a = attend(self.key_a(z_audio, mask), self.query_a(h), mask)
+        s = F.softmax(self.modality(h), dim=1)
+        return s[:, :1] * w_i + s[:, 1:] * w_a
+
+    def classify(self, m: torch.Tensor) -> torch.Tensor:
+        """Class logits of aggregated fused features m (B, D), as Eq. 9's m is classified."""
+        return self.classifier(m)
 
     def _forward_single(self, z: torch.Tensor, mask: torch.Tensor, steps: int, hard: bool) -> SkimOutput:
         b = torch.arange(mask.shape[0], device=mask.device)
@@ -182,7 +197,7 @@ class ImgAudSkimmer(nn.Module):
             chosen.append(pick)
         f = torch.stack(feats, 1)
         ones = torch.ones(*f.shape[:2], 2, device=f.device) * torch.tensor([1.0, 0.0], device=f.device)
-        return SkimOutput(self.classifier(f.mean(1)), torch.stack(chosen, 1), f, ones)
+        return SkimOutput(self.classify(f.mean(1)), torch.stack(chosen, 1), f, ones)
 
     @staticmethod
     def _pick(weights: torch.Tensor, mask: torch.Tensor, taken: torch.Tensor) -> torch.Tensor:
@@ -199,3 +214,51 @@ class ImgAudSkimmer(nn.Module):
         avail = avail.clone()
         avail[torch.arange(len(idx), device=idx.device), idx] = False
         return torch.where(avail.any(1, keepdim=True), avail, mask)
+
+
+class SkimSelector:
+    """ImgAud-Skimming with its inference options: early stop (``steps``), sparse indexing features
+    (``subsample``), unaggregated argmax features (``hard``, ablation G.3)."""
+
+    def __init__(self, name: str, skimmer: ImgAudSkimmer, costs: UnitCosts, steps: int = BUDGET,
+                 subsample: int = 1, hard: bool = False):
+        self.name, self.skimmer, self.pair_gflops = name, skimmer.eval(), costs.pair
+        self.steps, self.subsample, self.hard = steps, subsample, hard
+
+    @torch.inference_mode()
+    def select(self, video: VideoArrays) -> Selection:
+        single = self.skimmer.indexing == "single"
+        names = ("fused",) if single else ("image", "audio")
+        feats = [interpolate_features(stored(video, k), self.subsample) for k in names]
+        n = len(feats[0])
+        mask = torch.ones(1, n, dtype=torch.bool)
+        if single:
+            out, gflops = counted(self.skimmer, None, None, mask, self.steps, self.hard, feats[0][None])
+        else:
+            out, gflops = counted(self.skimmer, feats[0][None], feats[1][None], mask, self.steps, self.hard)
+        steps = out.steps[0].numpy()
+        computed = set(kept_steps(n, self.subsample).tolist())
+        if self.hard or self.skimmer.indexing == "visual":
+            computed |= set(steps.tolist())      # the chosen steps' own features are needed too
+        return Selection(steps, F.softmax(out.logits[0], 0).numpy(), len(computed) * self.pair_gflops + gflops)
+
+
+class NonRecurrentSelector:
+    """NON-RECURRENT: one query (from the LSTM state after the mean-feature input), then the k steps with the largest
+    attention weights; their fused features are averaged and classified."""
+
+    def __init__(self, name: str, skimmer: ImgAudSkimmer, costs: UnitCosts, k: int = BUDGET):
+        self.name, self.skimmer, self.pair_gflops, self.k = name, skimmer.eval(), costs.pair, k
+
+    @torch.inference_mode()
+    def select(self, video: VideoArrays) -> Selection:
+        z_i, z_a = stored(video, "image")[None], stored(video, "audio")[None]
+        mask = torch.ones(1, z_i.shape[1], dtype=torch.bool)
+
+        def run():
+            sk = self.skimmer
+            steps = torch.argsort(sk.first_query_weights(z_i, z_a, mask)[0], descending=True)[: self.k]
+            m = sk.fusion(z_i[0, steps], z_a[0, steps]).mean(0)
+            return steps, F.softmax(sk.classify(m[None])[0], 0)
+        (steps, probs), gflops = counted(run)
+        return Selection(steps.numpy(), probs.numpy(), z_i.shape[1] * self.pair_gflops + gflops)

@@ -8,12 +8,13 @@ from torchvision.models.video import r2plus1d_18
 # Kinetics-400 normalisation used by torchvision's video models
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
+DESCRIPTOR_DIM = 512     # z^V, the pooled R(2+1)D-18 feature
 
 
 class R2Plus1DTeacher(nn.Module):
     """R(2+1)D-18 over 16-frame 112x112 clips. ``forward`` takes uint8 clips (B, 16, H, W, 3)."""
 
-    descriptor_dim = 512
+    descriptor_dim = DESCRIPTOR_DIM
 
     def __init__(self, num_classes: int = 400):
         super().__init__()

@@ -1,1 +1,1 @@
-"""Trainers, evaluation and dataset generation that read only the feature store."""
+"""Trainers and evaluation: they read the feature store (and its checkpoints) and never write it."""

@@ -10,21 +10,13 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from featurestore.cost import unit_gflops
 from featurestore.store import FeatureStore, StoreError
-from models.baselines import HeadSelector, LSTMSelector, NonRecurrentSelector, SkimSelector
 from models.selection import Selector
+from models.skim import SkimSelector
+from pipelines.checkpoints import checkpoint_path
 from pipelines.data import SplitData, load_split
-from pipelines.train_head import step_head
-from pipelines.train_sampler import clip_classifier, load_sampler
-from pipelines.train_skim import load_skim_model
-from models.avgn import AVGNSelector
-from models.scsampler import SamplerSelector
-from pipelines.train_avgn import load_avgn
+from pipelines.methods import METHODS, BenchContext, build_selectors
 
-BLIND = ("RANDOM", "UNIFORM", "FRONT", "CENTER", "END")
-METHODS = BLIND + ("DENSE", "SCSAMPLER", "LSTM", "NON-RECURRENT", "SKIM", "SKIM-DENSE", "SKIM-ARGMAX",
-                   "SKIM-VISUAL", "SKIM-SINGLE", "ORACLE", "SAMPLERS", "ORACLE-F", "AVGN")
 SWEEP_SUBSAMPLE = (1, 2, 5, 10)
 SWEEP_STEPS = tuple(range(1, 11))
 
@@ -74,127 +66,13 @@ def evaluate(selector: Selector, data: SplitData) -> MethodResult:
                         float(np.mean(gflops)), float(np.mean(seconds)), float(np.mean(n_steps)))
 
 
-def build_selectors(store: FeatureStore, runs: Path, methods: tuple[str, ...], subsample: int, steps: int,
-                    say: Callable[[str], None]) -> list[Selector]:
-    """The selectors asked for, in table order; those whose checkpoint is missing are skipped with a line saying
-    how to train them. The per-step head the baselines average is trained on first use."""
-    pair = unit_gflops()["pair"]
-    class_index = {c: i for i, c in enumerate(store.attrs["classes"])}
-    head_rules = {"RANDOM": "random", "UNIFORM": "uniform", "FRONT": "front", "CENTER": "center", "END": "end",
-                  "DENSE": "dense", "SCSAMPLER": "confidence", "ORACLE": "oracle"}
-    sparse = dict(subsample=subsample, steps=steps)
-    skims = {"SKIM": ("skim", sparse, f"IMGAUD-SKIM (s={subsample}, T={steps})"),
-             "SKIM-DENSE": ("skim", dict(subsample=1, steps=10), "IMGAUD-SKIM (s=1, T=10)"),
-             "SKIM-ARGMAX": ("skim", dict(sparse, hard=True), f"IMGAUD-SKIM argmax (s={subsample}, T={steps})"),
-             "SKIM-VISUAL": ("skim-visual", sparse, f"IMGAUD-SKIM visual indexing (s={subsample}, T={steps})"),
-             "SKIM-SINGLE": ("skim-single", sparse, f"IMGAUD-SKIM single query (s={subsample}, T={steps})"),
-             "LSTM": ("lstm", None, "LSTM"), "NON-RECURRENT": ("non-recurrent", None, "NON-RECURRENT")}
-    head = None
-    nets: dict[str, object] = {}
-    out: list[Selector] = []
-    for m in (m for m in METHODS if m in methods):
-        if m in head_rules:
-            if head is None:
-                head = step_head(store, runs, "fused", say)
-            name = "ORACLE (upper bound)" if m == "ORACLE" else m
-            out.append(HeadSelector(name, head, pair, rule=head_rules[m], class_index=class_index))
-            continue
-        if m not in skims:
-            continue                      # SAMPLERS and ORACLE-F are added below
-        model, options, name = skims[m]
-        if model not in nets:
-            path = runs / f"{model}.pt"
-            nets[model] = load_skim_model(store, path, model)[0] if path.is_file() else None
-            if nets[model] is None:
-                say(f"skipping {model}: no checkpoint at {path} (train it: fs train-skim --model {model})")
-        net = nets[model]
-        if net is None:
-            continue
-        if m == "LSTM":
-            out.append(LSTMSelector(name, net, pair))
-        elif m == "NON-RECURRENT":
-            out.append(NonRecurrentSelector(name, net, pair))
-        else:
-            out.append(SkimSelector(name, net, pair, **options))
-    if "AVGN" in methods:
-        out += avgn_selectors(store, runs, say)
-    if "SAMPLERS" in methods or "ORACLE-F" in methods:
-        out += sampler_selectors(store, runs, "SAMPLERS" in methods, "ORACLE-F" in methods, class_index, say)
-    return out
-
-
-AVGN_GRID = [(k, t_g) for k in (1, 4, 10) for t_g in (2, 4, 8, None)]
-
-
-def avgn_selectors(store: FeatureStore, runs: Path, say: Callable[[str], None]) -> list[Selector]:
-    """AVGN rows: top-k by saliency with T_G glances over the k x T_G grid, and the ablations (no audio tokens,
-    no L_mask) at k = 4 for every T_G."""
-    u = unit_gflops()
-    out: list[Selector] = []
-    for ablation, label in (("avgn", ""), ("avgn-no-audio", " no audio tokens"), ("avgn-no-mask", " no L_mask")):
-        path = runs / f"{ablation}.pt"
-        if not path.is_file():
-            say(f"skipping {ablation}: no checkpoint at {path} (fs train-avgn" +
-                {"avgn": "", "avgn-no-audio": " --no-audio-tokens", "avgn-no-mask": " --no-mask-loss"}[ablation] + ")")
-            continue
-        model, cfg = load_avgn(store, path)
-        grid = AVGN_GRID if ablation == "avgn" else [(4, t_g) for t_g in (2, 4, 8, None)]
-        for k, t_g in grid:
-            name = f"AVGN{label} (k={k}, T_G={'all' if t_g is None else t_g})"
-            out.append(AVGNSelector(name, model, u, k=k, t_g=t_g, t=cfg["t"]))
-    return out
-
-
-def sampler_selectors(store: FeatureStore, runs: Path, samplers: bool, oracle: bool, class_index: dict[str, int],
-                      say: Callable[[str], None]) -> list[Selector]:
-    """SCSampler rows: every trained sampler (each loss x modality), the AV combinations and joint training, each
-    recognised by the student head and, when the store has r2p1d, by the R(2+1)D head f; plus f's oracle."""
-    u = unit_gflops()
-    unit = {"image": u["image"], "audio": u["audio"], "fusion": u["fusion"], "r2p1d": u["clip"]}
-    has_r2p1d = "r2p1d" in store.attrs.get("descriptors", [])
-    found = {}
-    for path in sorted(runs.glob("sampler-*.pt")):
-        model, cfg = load_sampler(store, path)
-        found[(cfg["modality"], cfg["loss"])] = model
-    if samplers and not found:
-        say(f"skipping SCSampler rows: no sampler checkpoints in {runs} (fs train-sampler --modality audio|visual "
-            f"--loss ac|sal-cl|sal-rank)")
-    recognisers = []
-    if found or oracle:
-        recognisers.append(("student", step_head(store, runs, "fused", say), "fused"))
-        if has_r2p1d:
-            recognisers.append(("R(2+1)D", clip_classifier(store, runs, say), "r2p1d"))
-    out: list[Selector] = []
-    for rec_name, head, feature in recognisers if samplers else []:
-        for (modality, loss), model in sorted(found.items()):
-            label = "AV-joint-training" if modality == "av" else modality
-            out.append(SamplerSelector(f"SCS {label} {loss.upper()} -> {rec_name}", {modality: model}, (head, feature),
-                                       unit))
-        visual = found.get(("visual", "ac")) or next((m for (mo, _), m in found.items() if mo == "visual"), None)
-        audio = found.get(("audio", "sal-rank")) or next((m for (mo, _), m in found.items() if mo == "audio"), None)
-        if visual is not None and audio is not None:
-            for combine, extra in (("convex-score", " (a=0.9)"), ("convex-list", " (a=0.8)"), ("union-list", " (K'=8)"),
-                                   ("intersect-list", "")):
-                out.append(SamplerSelector(f"SCS AV-{combine}{extra} -> {rec_name}", {"visual": visual, "audio": audio},
-                                           (head, feature), unit, combine=combine))
-    if oracle:
-        if not has_r2p1d:
-            say("skipping ORACLE-F: the store has no r2p1d descriptors")
-        else:
-            f = clip_classifier(store, runs, say)
-            out.append(HeadSelector("ORACLE-F (SCSampler upper bound)", f, u["clip"], feature="r2p1d", rule="oracle",
-                                    class_index=class_index))
-    return out
-
-
-def sweep(store: FeatureStore, runs: Path, data: SplitData) -> pd.DataFrame:
+def sweep(ctx: BenchContext, data: SplitData) -> pd.DataFrame:
     """The skimmer over subsampling factors x early-stop steps (the papers' Fig. 6), plus UNIFORM for reference."""
-    net = load_skim_model(store, runs / "skim.pt", "skim")[0]
-    pair = unit_gflops()["pair"]
+    net = ctx.skim_model("skim")
     rows = []
     for s in SWEEP_SUBSAMPLE:
         for t in SWEEP_STEPS:
-            r = evaluate(SkimSelector("skim", net, pair, steps=t, subsample=s), data)
+            r = evaluate(SkimSelector("skim", net, ctx.costs, steps=t, subsample=s), data)
             rows.append({"subsample": s, "steps": t, "top1": r.top1, "mAP": r.mAP, "gflops_per_video": r.gflops_per_video})
     return pd.DataFrame(rows)
 
@@ -253,17 +131,16 @@ def plot_sweep(sw: pd.DataFrame, uniform_top1: float | None, path: Path) -> None
     plt.close(fig)
 
 
-def run_bench(store: FeatureStore, runs: Path, out: Path, methods: tuple[str, ...] = METHODS, subsample: int = 5,
-              steps: int = 3, do_sweep: bool = True, say: Callable[[str], None] = print) -> pd.DataFrame:
+def run_bench(store: FeatureStore, runs: Path, out: Path, methods: tuple[str, ...] = tuple(METHODS),
+              subsample: int = 5, steps: int = 3, do_sweep: bool = True,
+              say: Callable[[str], None] = print) -> pd.DataFrame:
     """Evaluate, write ``bench.csv``, ``tradeoff.png`` (and ``sweep.csv``, ``sweep.png``) into ``out``."""
-    unknown = set(methods) - set(METHODS)
-    if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(sorted(unknown))}; choose from {', '.join(METHODS)}")
     if subsample < 1 or not 1 <= steps <= 10:
         raise ValueError("--subsample must be >= 1 and --steps within 1..10")
-    names = ("image", "audio", "fused") + (("r2p1d",) if "r2p1d" in store.attrs.get("descriptors", []) else ())
+    ctx = BenchContext(store, runs, subsample, steps, say)
+    selectors = build_selectors(ctx, methods)
+    names = ("image", "audio", "fused") + (("r2p1d",) if ctx.has_r2p1d else ())
     data = load_split(store, "test", names)
-    selectors = build_selectors(store, runs, methods, subsample, steps, say)
     if not selectors:
         raise StoreError("no method could be evaluated (see the lines above)")
     rows = []
@@ -276,8 +153,8 @@ def run_bench(store: FeatureStore, runs: Path, out: Path, methods: tuple[str, ..
     table.to_csv(out / "bench.csv", index=False)
     title = f"{store.attrs.get('dataset')} test split: {len(data.videos)} videos, {len(data.classes)} classes"
     plot_tradeoff(table, out / "tradeoff.png", title)
-    if do_sweep and (runs / "skim.pt").is_file():
-        sw = sweep(store, runs, data)
+    if do_sweep and checkpoint_path(runs, "skim").is_file():
+        sw = sweep(ctx, data)
         sw.to_csv(out / "sweep.csv", index=False)
         uni = table.loc[table["method"] == "UNIFORM", "top1"]
         plot_sweep(sw, float(uni.iloc[0]) if len(uni) else None, out / "sweep.png")

@@ -13,11 +13,11 @@ import pandas as pd
 import torch
 
 from featurestore.cost import unit_gflops
-from featurestore.manifest import parse_segments
-from featurestore.store import FeatureStore, StoreError
+from manifests.schema import parse_segments
+from featurestore.store import FeatureStore, StoreError, require_arrays
 from featurestore.weights import load_student
-from pipelines.data import load_split, require_arrays
-from pipelines.distill import student_features
+from featurestore.refresh import student_features
+from pipelines.data import load_split
 from pipelines.train_head import fit_step_classifier
 
 
@@ -59,7 +59,7 @@ def clip_level_bench(store: FeatureStore, student_ckpt: Path | None, out: Path,
                                                       bool(video.attrs.get("has_audio"))).items():
                     feats[split].setdefault(f"{name}/{kind}", []).append(z)
     u = unit_gflops()
-    cost = {"teacher": u["clip"], "image": u["image"], "audio": u["audio"], "fused": u["pair"]}
+    cost = {"teacher": u.clip, "image": u.image, "audio": u.audio, "fused": u.pair}
     title = {"teacher": "teacher R(2+1)D-18 (clip)", "image": "image-only (first frame)",
              "audio": "audio-only (1 s log-mel)", "fused": "image+audio"}
     y_train, y_test = (torch.from_numpy(np.concatenate(labels[s])) for s in ("train", "test"))

@@ -13,15 +13,20 @@ def sgd_schedule(params: Iterable[torch.nn.Parameter], lr: float, milestones: tu
     return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=0.1)
 
 
-def index_batches(n: int, batch_size: int) -> Callable[[torch.Generator], Iterable[tuple[torch.Tensor]]]:
-    """``batches`` for :func:`fit`: a fresh permutation of ``range(n)`` each epoch, in index batches of more than one
-    (batch norm needs two rows)."""
+def minibatches(rows: int | Callable[[torch.Generator], torch.Tensor], batch_size: int,
+                collate: Callable[[torch.Tensor, torch.Generator], tuple] = lambda idx, gen: (idx,)
+                ) -> Callable[[torch.Generator], Iterable[tuple]]:
+    """The one shuffle-and-batch loop of every trainer: ``batches`` for :func:`fit`.
+
+    Each epoch takes a fresh order of the rows (a permutation of ``range(rows)``, or ``rows(gen)`` when a trainer
+    draws its own indices), cuts it into index batches of ``batch_size`` and yields ``collate(indices, gen)``; a
+    last batch of one row is dropped (batch norm needs two)."""
     def batches(gen: torch.Generator):
-        order = torch.randperm(n, generator=gen)
-        for i in range(0, n, batch_size):
+        order = torch.randperm(rows, generator=gen) if isinstance(rows, int) else rows(gen)
+        for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
             if len(idx) > 1:
-                yield (idx,)
+                yield collate(idx, gen)
     return batches
 
 

@@ -8,8 +8,9 @@ import torch
 
 from featurestore.store import FeatureStore
 from models.avgn import AVTeST, avgn_losses, sample_steps
-from pipelines.data import load_checkpoint, load_split, save_checkpoint
-from pipelines.train import fit
+from pipelines.checkpoints import load_model, save_checkpoint
+from pipelines.data import load_split
+from pipelines.train import fit, minibatches
 
 
 def checkpoint_name(audio_tokens: bool = True, mask_loss: bool = True) -> str:
@@ -21,23 +22,19 @@ def train_avgn(store: FeatureStore, runs: Path, layers: int = 2, heads: int = 4,
                audio_tokens: bool = True, mask_loss: bool = True, seed: int = 0,
                report: Callable[[dict], None] | None = None) -> tuple[AVTeST, list[dict]]:
     """Sum of AVGN's losses (L_p, L_V, L_A, L_s, L_mask, L_ord). Each batch draws T_G uniformly from 1..T, so one model
-    serves every number of glances at inference."""
+    serves every number of glances at inference. Saves ``<runs>/<checkpoint_name(...)>.pt``."""
     data = load_split(store, "train", ("image", "audio"))
     images, audios = data.tensors("image"), data.tensors("audio")
     torch.manual_seed(seed)
     model = AVTeST(len(data.classes), dim=dim, layers=layers, heads=heads, max_len=t, use_audio_tokens=audio_tokens)
 
-    def batches(gen):
-        order = torch.randperm(len(images), generator=gen).tolist()
-        for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
-            if len(idx) < 2:
-                continue
-            picks = [sample_steps(len(images[j]), t, gen) for j in idx]
-            e_g = torch.stack([images[j][p] for j, p in zip(idx, picks)])
-            e_a = torch.stack([audios[j][p] for j, p in zip(idx, picks)])
-            t_g = int(torch.randint(1, t + 1, (1,), generator=gen))
-            yield e_g, e_a, data.labels[idx], t_g
+    def collate(idx, gen):
+        idx = idx.tolist()
+        picks = [sample_steps(len(images[j]), t, gen) for j in idx]
+        e_g = torch.stack([images[j][p] for j, p in zip(idx, picks)])
+        e_a = torch.stack([audios[j][p] for j, p in zip(idx, picks)])
+        t_g = int(torch.randint(1, t + 1, (1,), generator=gen))
+        return e_g, e_a, data.labels[idx], t_g
 
     def loss_fn(e_g, e_a, y, t_g):
         losses = avgn_losses(model, e_g, e_a, y, t_g, k, use_mask_loss=mask_loss)
@@ -45,19 +42,20 @@ def train_avgn(store: FeatureStore, runs: Path, layers: int = 2, heads: int = 4,
             logits = model.classify(e_g, e_a)
         return sum(losses.values()), logits, y
 
-    history = fit(model, batches, loss_fn, epochs, lr, milestones, seed, report, optimizer="adamw")
+    history = fit(model, minibatches(len(images), batch_size, collate), loss_fn, epochs, lr, milestones, seed, report,
+                  optimizer="adamw")
     model.eval()
-    name = checkpoint_name(audio_tokens, mask_loss)
-    save_checkpoint(runs / f"{name}.pt", "avgn", model, store,
+    save_checkpoint(runs, checkpoint_name(audio_tokens, mask_loss), "avgn", model, store,
                     {"num_classes": len(data.classes), "dim": dim, "layers": layers, "heads": heads, "t": t, "k": k,
                      "audio_tokens": audio_tokens, "mask_loss": mask_loss}, history)
     return model, history
 
 
-def load_avgn(store: FeatureStore, path: Path) -> tuple[AVTeST, dict]:
-    ckpt = load_checkpoint(path, "avgn", store)
-    c = ckpt["config"]
-    model = AVTeST(c["num_classes"], dim=c["dim"], layers=c["layers"], heads=c["heads"], max_len=c["t"],
-                   use_audio_tokens=c["audio_tokens"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval(), c
+def build_avgn(c: dict) -> AVTeST:
+    """AV-TeST as a checkpoint's config describes it."""
+    return AVTeST(c["num_classes"], dim=c["dim"], layers=c["layers"], heads=c["heads"], max_len=c["t"],
+                  use_audio_tokens=c["audio_tokens"])
+
+
+def load_avgn(store: FeatureStore, runs: Path, name: str = "avgn") -> tuple[AVTeST, dict]:
+    return load_model(runs, name, "avgn", store, build_avgn)

@@ -7,12 +7,16 @@ from typing import Callable
 import torch
 from torch.nn import functional as F
 
+from featurestore.constants import FEATURE_DIMS
 from featurestore.store import FeatureStore
-from models.heads import StepClassifier
-from pipelines.data import load_checkpoint, load_split, save_checkpoint
-from pipelines.train import fit, index_batches
+from models.baselines import StepClassifier
+from pipelines.checkpoints import checkpoint_path, load_model, save_checkpoint
+from pipelines.data import load_split
+from pipelines.train import fit, minibatches
 
-FEATURE_DIMS = {"fused": 512, "r2p1d": 512, "image": 256, "audio": 256}
+
+def checkpoint_name(features: str = "fused") -> str:
+    return f"head-{features}"
 
 
 def fit_step_classifier(x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: int, batch_size: int, lr: float,
@@ -26,36 +30,35 @@ def fit_step_classifier(x: torch.Tensor, y: torch.Tensor, num_classes: int, epoc
         logits = head(x[idx])
         return F.cross_entropy(logits, y[idx]), logits, y[idx]
 
-    history = fit(head, index_batches(len(x), batch_size), loss_fn, epochs, lr, milestones, seed, report)
+    history = fit(head, minibatches(len(x), batch_size), loss_fn, epochs, lr, milestones, seed, report)
     return head.eval(), history
 
 
-def train_head(store: FeatureStore, out: Path, features: str = "fused", epochs: int = 15, batch_size: int = 256,
+def train_head(store: FeatureStore, runs: Path, features: str = "fused", epochs: int = 15, batch_size: int = 256,
                lr: float = 0.01, milestones: tuple[int, ...] = (10,), seed: int = 0,
                report: Callable[[dict], None] | None = None) -> tuple[StepClassifier, list[dict]]:
-    """Every training step labelled with its video's label; SGD Nesterov. Saves a checkpoint at ``out``."""
+    """Every training step labelled with its video's label; SGD Nesterov. Saves ``<runs>/head-<features>.pt``."""
     if features not in FEATURE_DIMS:
         raise ValueError(f"--features must be one of {', '.join(FEATURE_DIMS)}")
     data = load_split(store, "train", (features,))
     x = torch.cat(data.tensors(features))
     y = torch.cat([torch.full((len(v.arrays[features]),), int(lab)) for v, lab in zip(data.videos, data.labels)])
     head, history = fit_step_classifier(x, y, len(data.classes), epochs, batch_size, lr, milestones, seed, report)
-    save_checkpoint(out, "head", head, store, {"features": features, "in_dim": FEATURE_DIMS[features],
-                                                "num_classes": len(data.classes)}, history)
+    save_checkpoint(runs, checkpoint_name(features), "head", head, store,
+                    {"features": features, "in_dim": FEATURE_DIMS[features], "num_classes": len(data.classes)},
+                    history)
     return head, history
 
 
-def load_head(store: FeatureStore, path: Path) -> tuple[StepClassifier, dict]:
-    ckpt = load_checkpoint(path, "head", store)
-    head = StepClassifier(ckpt["config"]["in_dim"], ckpt["config"]["num_classes"])
-    head.load_state_dict(ckpt["state_dict"])
-    return head.eval(), ckpt["config"]
+def load_head(store: FeatureStore, runs: Path, features: str = "fused") -> tuple[StepClassifier, dict]:
+    return load_model(runs, checkpoint_name(features), "head", store,
+                      lambda c: StepClassifier(c["in_dim"], c["num_classes"]))
 
 
 def step_head(store: FeatureStore, runs: Path, features: str, say: Callable[[str], None] = print) -> StepClassifier:
     """The per-step head on ``features`` from ``runs``, trained with the defaults on first use."""
-    path = runs / f"head-{features}.pt"
+    path = checkpoint_path(runs, checkpoint_name(features))
     if not path.is_file():
         say(f"no per-step head at {path}: training it now (fs train-head --features {features})")
-        train_head(store, path, features)
-    return load_head(store, path)[0]
+        train_head(store, runs, features)
+    return load_head(store, runs, features)[0]

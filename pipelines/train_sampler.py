@@ -12,13 +12,13 @@ from typing import Callable
 import torch
 from torch.nn import functional as F
 
+from featurestore.constants import FEATURE_DIMS, MODALITY_FEATURE
 from featurestore.store import FeatureStore, StoreError
 from models.scsampler import JointSampler, SaliencySampler, sal_cl_loss, sal_rank_loss
-from pipelines.data import load_checkpoint, load_split, save_checkpoint
-from pipelines.train import fit
-from pipelines.train_head import FEATURE_DIMS, step_head
-
-MODALITY_FEATURE = {"visual": "image", "audio": "audio"}
+from pipelines.checkpoints import load_model, save_checkpoint
+from pipelines.data import load_split
+from pipelines.train import fit, minibatches
+from pipelines.train_head import step_head
 
 
 def clip_classifier(store: FeatureStore, runs: Path, say: Callable[[str], None] = print):
@@ -62,13 +62,8 @@ def train_sampler(store: FeatureStore, runs: Path, modality: str, loss: str, mar
     torch.manual_seed(seed)
     model = build_sampler(modality, loss, len(data.classes))
 
-    def batches(gen):
-        order = torch.randperm(len(data.labels), generator=gen).tolist()
-        for i in range(0, len(order), batch_size):
-            if len(order[i:i + batch_size]) > 1:
-                yield (order[i:i + batch_size],)
-
     def loss_fn(idx):
+        idx = idx.tolist()
         outs = [model(*[seqs[n][j] for n in feats]) for j in idx]
         if loss == "ac":
             logits = torch.cat(outs)
@@ -82,16 +77,13 @@ def train_sampler(store: FeatureStore, runs: Path, modality: str, loss: str, mar
         hits = torch.tensor([float(f_true[j][o.argmax()] >= f_true[j].median()) for o, j in zip(outs, idx)])
         return total, torch.stack([1 - hits, hits], 1), torch.ones(len(idx), dtype=torch.long)
 
-    history = fit(model, batches, loss_fn, epochs, lr, milestones, seed, report)
+    history = fit(model, minibatches(len(data.labels), batch_size), loss_fn, epochs, lr, milestones, seed, report)
     model.eval()
-    save_checkpoint(runs / f"{checkpoint_name(modality, loss)}.pt", "sampler", model, store,
+    save_checkpoint(runs, checkpoint_name(modality, loss), "sampler", model, store,
                     {"modality": modality, "loss": loss, "margin": margin, "num_classes": len(data.classes)}, history)
     return model, history
 
 
-def load_sampler(store: FeatureStore, path: Path) -> tuple[torch.nn.Module, dict]:
-    ckpt = load_checkpoint(path, "sampler", store)
-    cfg = ckpt["config"]
-    model = build_sampler(cfg["modality"], cfg["loss"], cfg["num_classes"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval(), cfg
+def load_sampler(store: FeatureStore, runs: Path, name: str) -> tuple[torch.nn.Module, dict]:
+    return load_model(runs, name, "sampler", store,
+                      lambda c: build_sampler(c["modality"], c["loss"], c["num_classes"]))

@@ -11,8 +11,9 @@ from featurestore.store import FeatureStore
 from models.baselines import LSTMBaseline
 from models.imgaud import Fusion
 from models.skim import ImgAudSkimmer
-from pipelines.data import load_checkpoint, load_split, pad, save_checkpoint, student_fusion
-from pipelines.train import fit
+from pipelines.checkpoints import load_model, save_checkpoint
+from pipelines.data import load_split, pad, student_fusion
+from pipelines.train import fit, minibatches
 
 # model name -> (indexing mode of the skimmer, or None for the LSTM baseline)
 SKIM_MODELS = {"skim": "audio-visual", "skim-visual": "visual", "skim-single": "single",
@@ -31,14 +32,13 @@ def build_skim_model(model: str, fusion: Fusion, num_classes: int) -> torch.nn.M
     return ImgAudSkimmer(fusion, num_classes, indexing=SKIM_MODELS[model])
 
 
-def train_skim(store: FeatureStore, out: Path, model: str = "skim", epochs: int = 25, batch_size: int = 256,
+def train_skim(store: FeatureStore, runs: Path, model: str = "skim", epochs: int = 25, batch_size: int = 256,
                lr: float = 1e-2, milestones: tuple[int, ...] = (15, 20), steps: int = 10, freeze_fusion: bool = False,
                device: str = "cpu", seed: int = 0, report: Callable[[dict], None] | None = None
                ) -> tuple[torch.nn.Module, list[dict]]:
-    """Train on the training split; videos of different length are padded and masked, never truncated.
-
-    NON-RECURRENT is the skimmer trained with a single query step (``steps`` is forced to 1).
-    """
+    """Train on the training split and save ``<runs>/<model>.pt``; videos of different length are padded and
+    masked, never truncated. NON-RECURRENT is the skimmer trained with a single query step (``steps`` is forced
+    to 1)."""
     names = _needs(model)
     data = load_split(store, "train", names)
     torch.manual_seed(seed)
@@ -51,14 +51,10 @@ def train_skim(store: FeatureStore, out: Path, model: str = "skim", epochs: int 
     seqs = {n: data.tensors(n) for n in names}
     labels = data.labels
 
-    def batches(gen):
-        order = torch.randperm(len(labels), generator=gen)
-        for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size].tolist()
-            if len(idx) < 2:          # batch-norm needs two videos
-                continue
-            padded = [pad([seqs[n][j] for j in idx]) for n in names]
-            yield [p[0].to(device) for p in padded], padded[0][1].to(device), labels[idx].to(device)
+    def collate(idx, gen):
+        idx = idx.tolist()
+        padded = [pad([seqs[n][j] for j in idx]) for n in names]
+        return [p[0].to(device) for p in padded], padded[0][1].to(device), labels[idx].to(device)
 
     def loss_fn(feats, mask, y):
         if model == "lstm":
@@ -69,18 +65,15 @@ def train_skim(store: FeatureStore, out: Path, model: str = "skim", epochs: int 
             logits = net(feats[0], feats[1], mask, t_steps).logits
         return F.cross_entropy(logits, y), logits, y
 
-    history = fit(net, batches, loss_fn, epochs, lr, milestones, seed, report)
+    history = fit(net, minibatches(len(labels), batch_size, collate), loss_fn, epochs, lr, milestones, seed, report)
     net.eval().cpu()
-    save_checkpoint(out, model, net, store, {"model": model, "steps": t_steps, "num_classes": len(data.classes),
-                                             "freeze_fusion": freeze_fusion, "epochs": epochs,
-                                             "batch_size": batch_size, "lr": lr, "milestones": list(milestones)},
-                    history)
+    save_checkpoint(runs, model, model, net, store,
+                    {"model": model, "steps": t_steps, "num_classes": len(data.classes), "freeze_fusion": freeze_fusion,
+                     "epochs": epochs, "batch_size": batch_size, "lr": lr, "milestones": list(milestones)}, history)
     return net, history
 
 
-def load_skim_model(store: FeatureStore, path: Path, model: str) -> tuple[torch.nn.Module, dict]:
-    """A trained skimmer / baseline checkpoint, refused when it was trained on a store that does not match."""
-    ckpt = load_checkpoint(path, model, store)
-    net = build_skim_model(model, student_fusion(store), ckpt["config"]["num_classes"])
-    net.load_state_dict(ckpt["state_dict"])
-    return net.eval(), ckpt["config"]
+def load_skim_model(store: FeatureStore, runs: Path, model: str) -> tuple[torch.nn.Module, dict]:
+    """A trained skimmer / baseline ``<runs>/<model>.pt``, refused when trained on a store that does not match."""
+    return load_model(runs, model, model, store,
+                      lambda c: build_skim_model(model, student_fusion(store), c["num_classes"]))

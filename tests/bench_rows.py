@@ -17,7 +17,7 @@ FIXTURE = Path(__file__).resolve().parent / "fixtures" / "bench_rows.json"
 
 def compute_rows(tmp: Path) -> dict[str, dict[str, dict]]:
     """{method row name: {video_id: {"steps", "scores", "gflops"}}} for every method of ``fs bench``."""
-    from pipelines.bench import METHODS, build_selectors
+    from pipelines.methods import METHODS, BenchContext, build_selectors
     from pipelines.data import load_split
     from pipelines.train_avgn import train_avgn
     from pipelines.train_sampler import train_sampler
@@ -29,7 +29,7 @@ def compute_rows(tmp: Path) -> dict[str, dict[str, dict]]:
     runs = tmp / "runs"
     quiet = lambda *_: None  # noqa: E731
     for model in SKIM_MODELS:
-        train_skim(store, runs / f"{model}.pt", model, epochs=3, batch_size=6, lr=0.05, milestones=(2,), seed=0)
+        train_skim(store, runs, model, epochs=3, batch_size=6, lr=0.05, milestones=(2,), seed=0)
     for modality, loss in (("visual", "ac"), ("audio", "sal-rank"), ("av", "sal-cl")):
         train_sampler(store, runs, modality, loss, epochs=2, batch_size=4, seed=0, say=quiet)
     for audio_tokens, mask_loss in ((True, True), (False, True), (True, False)):
@@ -38,7 +38,7 @@ def compute_rows(tmp: Path) -> dict[str, dict[str, dict]]:
     names = ("image", "audio", "fused", "r2p1d")
     data = load_split(store, "test", names)
     rows: dict[str, dict[str, dict]] = {}
-    for sel in build_selectors(store, runs, METHODS, 5, 3, quiet):
+    for sel in build_selectors(BenchContext(store, runs, subsample=5, steps=3, say=quiet), tuple(METHODS)):
         rows[sel.name] = {}
         for video in data.videos:
             out = sel.select(video)

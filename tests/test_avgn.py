@@ -3,8 +3,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from featurestore.cli import main
+from cli.main import main
 from models.avgn import AVGNSelector, AVTeST, avgn_losses, glance_order, sample_steps, saliency_pseudo_labels
+from models.selection import UnitCosts
 from tests.test_bench import fabricate_store
 
 
@@ -55,7 +56,7 @@ def test_losses_are_finite_and_mask_loss_only_with_hidden_tokens():
 def test_selector_never_returns_more_than_k_steps(k, t_g, tmp_path):
     store = fabricate_store(tmp_path / "s.zarr", n_videos=4)
     model = AVTeST(3, dim=16, layers=1, heads=2, max_len=16)
-    sel = AVGNSelector("avgn", model, {"audio": 0.37, "image": 0.97}, k=k, t_g=t_g)
+    sel = AVGNSelector("avgn", model, UnitCosts(image=0.97, audio=0.37, fusion=0.0, clip=81.0), k=k, t_g=t_g)
     for vid in store.video_ids():
         v = store.read_video(vid)
         out = sel.select(v)

@@ -5,18 +5,21 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from featurestore.cli import main
+from cli.main import main
 from featurestore.store import FeatureStore, StoreError
 from featurestore.weights import load_student
-from models.baselines import (HeadSelector, LSTMBaseline, LSTMSelector, NonRecurrentSelector, SkimSelector,
-                              index_center, index_end, index_front, index_random, index_uniform)
-from models.heads import StepClassifier
+from models.baselines import (HeadSelector, LSTMBaseline, LSTMSelector, StepClassifier, index_center, index_end,
+                              index_front, index_random, index_uniform)
 from models.imgaud import Fusion
-from models.skim import ImgAudSkimmer
-from pipelines.bench import METHODS, average_precision, mean_average_precision
+from models.selection import UnitCosts
+from models.skim import ImgAudSkimmer, NonRecurrentSelector, SkimSelector
+from pipelines.bench import average_precision, mean_average_precision
+from pipelines.methods import METHODS
 from pipelines.train_skim import train_skim
 
 CLASSES = ["a", "b", "c"]
+PAIR_1_3 = UnitCosts(image=0.6, audio=0.5, fusion=0.2, clip=80.0)      # an image-audio pair costs 1.3 GFLOPs
+PAIR_1 = UnitCosts(image=0.5, audio=0.25, fusion=0.25, clip=80.0)
 
 
 def fabricate_store(path, n_videos=24, seed=0, r2p1d=False):
@@ -74,11 +77,11 @@ def test_every_selector_returns_steps_within_range_and_a_distribution(store):
     fusion = Fusion()
     head = StepClassifier(512, 3).eval()
     sk = ImgAudSkimmer(fusion, 3).eval()
-    selectors = [HeadSelector(r, head, 1.3, rule=r, class_index={c: i for i, c in enumerate(CLASSES)})
+    selectors = [HeadSelector(r, head, PAIR_1_3, rule=r, class_index={c: i for i, c in enumerate(CLASSES)})
                  for r in ("random", "uniform", "front", "center", "end", "dense", "confidence", "oracle")]
-    selectors += [SkimSelector("skim", sk, 1.3, steps=3, subsample=5), SkimSelector("hard", sk, 1.3, hard=True),
-                  NonRecurrentSelector("nr", sk, 1.3), LSTMSelector("lstm", LSTMBaseline(3), 1.3),
-                  SkimSelector("single", ImgAudSkimmer(fusion, 3, indexing="single"), 1.3, steps=4, subsample=2)]
+    selectors += [SkimSelector("skim", sk, PAIR_1_3, steps=3, subsample=5), SkimSelector("hard", sk, PAIR_1_3, hard=True),
+                  NonRecurrentSelector("nr", sk, PAIR_1_3), LSTMSelector("lstm", LSTMBaseline(3), PAIR_1_3),
+                  SkimSelector("single", ImgAudSkimmer(fusion, 3, indexing="single"), PAIR_1_3, steps=4, subsample=2)]
     for vid in store.video_ids()[:6]:
         video = store.read_video(vid)
         for sel in selectors:
@@ -92,19 +95,19 @@ def test_sparse_early_stopped_skimming_costs_what_it_computes(store):
     sk = ImgAudSkimmer(Fusion(), 3).eval()
     video = store.read_video(store.video_ids()[0])
     n = video.n_steps
-    dense = SkimSelector("d", sk, 1.0, steps=10, subsample=1).select(video).gflops
-    sparse = SkimSelector("s", sk, 1.0, steps=3, subsample=5).select(video).gflops
+    dense = SkimSelector("d", sk, PAIR_1, steps=10, subsample=1).select(video).gflops
+    sparse = SkimSelector("s", sk, PAIR_1, steps=3, subsample=5).select(video).gflops
     assert dense >= n and sparse < dense
     assert sparse >= len(range(0, n, 5))          # the kept indexing features are paid for
 
 
 def test_checkpoint_refuses_a_store_with_other_classes(tmp_path, store):
-    train_skim(store, tmp_path / "skim.pt", epochs=1, batch_size=8)
+    train_skim(store, tmp_path, epochs=1, batch_size=8)
     other = FeatureStore(tmp_path / "o.zarr", mode="a")
     other.initialise("fab", ["x", "y", "z"], ["image", "audio", "fused"], store.attrs["provenance"])
     from pipelines.train_skim import load_skim_model
     with pytest.raises(StoreError, match="classes"):
-        load_skim_model(other, tmp_path / "skim.pt", "skim")
+        load_skim_model(other, tmp_path, "skim")
 
 
 def test_train_and_bench_from_the_cli(tmp_path, store):

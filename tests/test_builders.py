@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from featurestore.cli import main
+from cli.main import main
 from featurestore.decode import ffmpeg_exe
-from featurestore.manifest import read_manifest
+from manifests.schema import read_manifest
 from manifests.builders import (AnnotationError, DurationCache, VideoIndex, build_activitynet, build_kinetics_sounds,
                                 build_minisports1m)
 

@@ -3,7 +3,7 @@ import json
 
 from click.testing import CliRunner
 
-from featurestore.cli import main
+from cli.main import main
 
 
 def test_help_lists_every_verb():

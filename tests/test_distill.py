@@ -4,9 +4,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from featurestore.cli import main
+from cli.main import main
 from featurestore.cluster import close_client, make_client
-from featurestore.extract import ExtractConfig, run_extraction
+from featurestore.config import ExtractConfig
+from featurestore.extract import run_extraction
 from featurestore.store import FeatureStore, StoreError
 from featurestore.weights import load_student, state_hash
 from models.imgaud import distillation_loss, imgaud2vid_student

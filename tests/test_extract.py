@@ -8,7 +8,8 @@ import pytest
 
 import featurestore.decode as decode
 from featurestore.cluster import close_client, make_client
-from featurestore.extract import ExtractConfig, run_extraction
+from featurestore.config import ExtractConfig
+from featurestore.extract import run_extraction
 from featurestore.store import FeatureStore, StoreError
 
 CONFIG = ExtractConfig(batch_size=4, student_weights="random", teacher_weights="random", threads=2)
@@ -125,7 +126,7 @@ def test_workers_get_the_weights_the_client_resolved():
 
 def test_keep_inputs_round_trips_the_decoded_first_frames_bit_exactly(tmp_path, video_dir, client):
     from featurestore.decode import DecodedVideo
-    from featurestore.extract import iter_steps
+    from featurestore.steps import iter_steps
 
     df = manifest(video_dir, ["tone.mp4", "silent.mp4"])
     config = ExtractConfig(descriptors=("image",), student_weights="random", keep_inputs=True, keep_clips=True)
@@ -160,7 +161,7 @@ def test_two_workers_write_the_same_store_as_one(tmp_path, video_dir):
 
 
 def test_videos_in_flight_share_model_batches_and_store_the_per_video_arrays(tmp_path, video_dir, decodes):
-    from featurestore.extract import batch_counts
+    from featurestore.extractor import batch_counts
 
     df = manifest(video_dir, ["tone.mp4", "pal.mp4", "silent.mp4", "tone.mp4"])
     df.loc[3, "video_id"] = "tone_again"
@@ -214,7 +215,7 @@ def test_hwaccel_that_cannot_run_here_falls_back_to_software_and_says_so(tmp_pat
 
 def test_bench_extract_reports_ceiling_extraction_and_models(tmp_path, video_dir):
     from click.testing import CliRunner
-    from featurestore.cli import main
+    from cli.main import main
     pd.DataFrame([{"video_id": "tone", "path": str(video_dir / "tone.mp4"), "label": "a", "split": "train"}]
                  ).to_csv(tmp_path / "m.csv", index=False)
     res = CliRunner().invoke(main, ["bench-extract", "--manifest", str(tmp_path / "m.csv"), "--descriptors",
@@ -257,7 +258,7 @@ def test_without_dask_cuda_each_gpu_worker_process_sees_only_its_own_gpu(monkeyp
     from distributed import Client
 
     from featurestore.cluster import ClusterError, gpu_worker_env, per_gpu_cluster
-    from featurestore.extract import worker_device
+    from featurestore.launch import worker_device
 
     assert gpu_worker_env(2) == [{"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}]
     assert gpu_worker_env(2, "3, 5,7") == [{"CUDA_VISIBLE_DEVICES": "3"}, {"CUDA_VISIBLE_DEVICES": "5"}]
@@ -279,7 +280,7 @@ def test_without_dask_cuda_each_gpu_worker_process_sees_only_its_own_gpu(monkeyp
 
 def test_threads_starting_at_once_share_one_extractor_with_the_seeded_weights():
     import threading
-    from featurestore.extract import _EXTRACTORS, get_extractor
+    from featurestore.extractor import _EXTRACTORS, get_extractor
     from featurestore.weights import load_student
 
     config = ExtractConfig(descriptors=("image", "audio", "fused"), student_weights="random", seed=11)

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from featurestore.manifest import ManifestError, dataset_manifest, parse_segments, read_manifest
+from manifests.datasets import dataset_manifest
+from manifests.schema import ManifestError, parse_segments, read_manifest
 
 
 def write(tmp_path, text: str) -> Path:

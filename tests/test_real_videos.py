@@ -4,10 +4,12 @@ import pandas as pd
 import pytest
 import torch
 
-from featurestore.audio import LOG_EPS, LogMel, step_windows
+from featurestore.audio import LogMel, step_windows
+from featurestore.constants import LOG_EPS
 from featurestore.cluster import close_client, make_client
 from featurestore.decode import DecodedVideo, probe
-from featurestore.extract import ExtractConfig, run_extraction
+from featurestore.config import ExtractConfig
+from featurestore.extract import run_extraction
 from featurestore.store import FeatureStore
 from tests.conftest import REAL_DATA
 

@@ -13,10 +13,11 @@ import pytest
 import zarr
 from click.testing import CliRunner
 
-from featurestore.cli import main
+from cli.main import main
 from featurestore.cluster import close_client, make_client
 from featurestore.decode import ffmpeg_exe
-from featurestore.extract import ExtractConfig, run_extraction
+from featurestore.config import ExtractConfig
+from featurestore.extract import run_extraction
 from featurestore.store import FeatureStore, StoreError, verify
 from pipelines.data import load_split
 from tests.conftest import REAL_DATA, make_video
@@ -127,7 +128,7 @@ def test_kill_9_at_three_random_points_then_rerun_equals_a_clean_run(tmp_path, v
         shutil.copy(video_dir / ("tone.mp4" if i % 2 else "pal.mp4"), tmp_path / f"v{i}.mp4")
     pd.DataFrame([{"video_id": f"v{i}", "path": str(tmp_path / f"v{i}.mp4"), "label": "a", "split": "train"}
                   for i in range(6)]).to_csv(tmp_path / "m.csv", index=False)
-    cmd = [sys.executable, "-m", "featurestore.cli", "extract", "--manifest", str(tmp_path / "m.csv"),
+    cmd = [sys.executable, "-m", "cli.main", "extract", "--manifest", str(tmp_path / "m.csv"),
            "--descriptors", "image,audio,fused", "--weights", "random"]
     rng = random.Random(7)
     crash_dir = tmp_path / "crash.zarr"

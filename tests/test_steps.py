@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from featurestore.extract import CLIP_FRAMES, STEP_FRAMES, iter_steps, n_steps_for
+from featurestore.constants import CLIP_FRAMES, STEP_FRAMES
+from featurestore.steps import iter_steps, n_steps_for
 
 
 def numbered_frames(n: int) -> np.ndarray:

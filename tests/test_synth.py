@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from featurestore.decode import DecodedVideo, ffmpeg_exe, probe
-from featurestore.manifest import parse_segments, read_manifest
-from pipelines.synth import (AUDIO_RATE, class_signatures, generate_synthetic, iter_frames, plan_videos,
+from manifests.schema import parse_segments, read_manifest
+from manifests.synth import (AUDIO_RATE, class_signatures, generate_synthetic, iter_frames, plan_videos,
                              render_audio)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from featurestore import __version__
-from pipelines.synth import DEFAULT_CLASSES, DEFAULT_SECONDS, DEFAULT_VIDEOS
+from manifests.synth import DEFAULT_CLASSES, DEFAULT_SECONDS, DEFAULT_VIDEOS
 
 DEFAULT_STORE = "fs-store.zarr"
 
@@ -21,7 +21,13 @@ def _store_default() -> str:
 
 store_option = click.option("--store", default=_store_default, show_default="$FS_STORE or fs-store.zarr",
                             help="Store path.")
-runs_option = click.option("--runs", default=None, help="Checkpoint folder (default $FS_RUNS or fs-runs).")
+def _runs_dir(ctx, param, value: str | None) -> Path:
+    from pipelines.checkpoints import runs_dir
+    return runs_dir(value)
+
+
+runs_option = click.option("--runs", default=None, callback=_runs_dir,
+                           help="Checkpoint folder (default $FS_RUNS or fs-runs).")
 
 
 def _fail(e: Exception) -> None:
@@ -62,8 +68,8 @@ def main() -> None:
                                                                              "for any number).")
 def synth(out, videos, classes, seconds, seed, test_fraction, data_root, jobs) -> None:
     """Generate the synthetic untrimmed audio-visual dataset (H.264/AAC mp4 + manifest.csv)."""
-    from featurestore.manifest import data_root as resolve_root
-    from pipelines.synth import generate_synthetic
+    from manifests.datasets import data_root as resolve_root
+    from manifests.synth import generate_synthetic
 
     out = Path(out) if out else resolve_root(data_root) / "synthetic"
     with click.progressbar(length=videos, label="synth", file=sys.stderr) as bar:
@@ -80,26 +86,6 @@ def synth(out, videos, classes, seconds, seed, test_fraction, data_root, jobs) -
     click.echo(f"wrote {videos} videos and {manifest}")
 
 
-def _load_manifest(dataset: str | None, manifest: str | None, data_root: str | None):
-    """(dataframe, dataset name, classes); the synthetic dataset is generated on first use."""
-    from featurestore.manifest import class_list, dataset_manifest, read_manifest
-
-    if manifest:
-        df = read_manifest(manifest)
-        stem = Path(manifest).stem
-        return df, dataset or (Path(manifest).resolve().parent.name if stem == "manifest" else stem), class_list(df)
-    name = dataset or "synthetic"
-    csv, base = dataset_manifest(name, data_root)
-    if name == "synthetic" and not csv.is_file():
-        from pipelines.synth import generate_synthetic
-        click.echo(f"generating the default synthetic dataset into {base} (first use)", err=True)
-        generate_synthetic(base, jobs=os.cpu_count() or 1)
-    df = read_manifest(csv, base=base)
-    classes_txt = csv.parent / "classes.txt"
-    classes = classes_txt.read_text().split() if name == "synthetic" and classes_txt.is_file() else class_list(df)
-    return df, name, classes
-
-
 @main.command()
 @click.argument("dataset", type=click.Choice(["minisports1m", "activitynet", "kinetics-sounds", "ucf101"]))
 @click.option("--annotations", required=True, type=click.Path(exists=True),
@@ -113,7 +99,7 @@ def _load_manifest(dataset: str | None, manifest: str | None, data_root: str | N
               help="Paths are written relative to it when under it (default $FS_DATA_ROOT or ./fs-data).")
 def manifest(dataset, annotations, video_root, seed, out, data_root) -> None:
     """Build a dataset's manifest from its official annotation files and the videos on disk."""
-    from featurestore.manifest import MANIFEST_DIR, data_root as resolve_root
+    from manifests.datasets import MANIFEST_DIR, data_root as resolve_root
     from manifests.builders import AnnotationError, build, write_manifest
 
     try:
@@ -169,31 +155,12 @@ def extraction_options(f):
 
 
 def _extract_setup(o: dict, keep_inputs: bool = False, keep_clips: bool = False):
-    """(manifest, dataset name, classes, ExtractConfig, Dask client) from the shared extraction options."""
-    from featurestore.cluster import make_client
-    from featurestore.decode import hwaccels
-    from featurestore.extract import ExtractConfig
+    """(dataset, ExtractConfig, Dask client) from the shared extraction options."""
+    from featurestore.launch import launch
+    from manifests.datasets import load_dataset
 
-    df, name, classes = _load_manifest(o["dataset"], o["manifest"], o["data_root"])
-    gpus, workers = o["gpus"], o["workers"]
-    hwaccel = o["hwaccel"].strip()
-    if hwaccel and hwaccel not in hwaccels():
-        warnings.warn(f"--hwaccel {hwaccel}: this ffmpeg offers {', '.join(hwaccels()) or 'none'}; decoding in "
-                      f"software")
-        hwaccel = ""
-    if o["in_flight"] < 0:
-        raise ValueError(f"--in-flight must be at least 1 (or 0 for the default), got {o['in_flight']}")
-    config = ExtractConfig(
-        descriptors=tuple(d.strip() for d in o["descriptors"].split(",") if d.strip()), batch_size=o["batch_size"],
-        device="cuda" if gpus else "cpu", teacher_weights=o["teacher_weights"],
-        student_weights=o["student_weights"], seed=o["seed"],
-        threads=0 if gpus else max(1, (os.cpu_count() or 1) // max(1, workers)),
-        keep_inputs=keep_inputs, keep_clips=keep_clips, hwaccel=hwaccel, decode_threads=o["decode_threads"])
-    # decoding is CPU work: on a GPU machine each GPU worker gets its share of the cores as decode threads; on a CPU
-    # worker a second video decodes while the models run (27 vs 20 video-s/s on 2 cores, README)
-    in_flight = o["in_flight"] or (max(2, (os.cpu_count() or 1) // gpus) if gpus else 2)
-    client = make_client(gpus=gpus, workers=workers, scheduler=o["scheduler"], threads_per_worker=in_flight)
-    return df, name, classes, config, client
+    ds = load_dataset(o.pop("dataset"), o.pop("manifest"), o.pop("data_root"))
+    return (ds, *launch(**o, keep_inputs=keep_inputs, keep_clips=keep_clips))
 
 
 @main.command()
@@ -207,15 +174,15 @@ def extract(store, retry_failed, keep_inputs, keep_clips, **options) -> None:
     """Decode each video once and write its descriptors to the zarr store (one Dask task per video)."""
     from featurestore.cluster import ClusterError, close_client
     from featurestore.extract import run_extraction
-    from featurestore.manifest import ManifestError
+    from manifests.schema import ManifestError
     from featurestore.store import FeatureStore, StoreError
     from featurestore.weights import WeightsError
 
     try:
         fs = FeatureStore(store, mode="a")
-        df, name, classes, config, client = _extract_setup(options, keep_inputs, keep_clips)
+        ds, config, client = _extract_setup(options, keep_inputs, keep_clips)
         try:
-            summary = run_extraction(df, fs, config, client, name, classes, retry_failed=retry_failed)
+            summary = run_extraction(ds.manifest, fs, config, client, ds.name, ds.classes, retry_failed=retry_failed)
         finally:
             close_client(client)
     except (ManifestError, StoreError, WeightsError, ClusterError, ValueError) as e:
@@ -232,12 +199,12 @@ def bench_extract_cmd(limit, out, **options) -> None:
     """Measure decode-only ceiling vs full extraction vs each model alone, in video-seconds per wall-second."""
     from featurestore.bench_extract import bench_extract
     from featurestore.cluster import ClusterError, close_client
-    from featurestore.manifest import ManifestError
+    from manifests.schema import ManifestError
     from featurestore.weights import WeightsError
 
     try:
-        df, _, _, config, client = _extract_setup(options)
-        df = df.head(limit) if limit else df
+        ds, config, client = _extract_setup(options)
+        df = ds.manifest.head(limit) if limit else ds.manifest
         try:
             result = bench_extract(df, config, client, say=click.echo)
         finally:
@@ -348,12 +315,12 @@ def _epoch_reporter(label: str):
 def train_head_cmd(store, runs, features, epochs, batch_size, lr, milestones, seed) -> None:
     """Train the per-step classifier the baselines average (every training step labelled with its video's label)."""
     from featurestore.store import FeatureStore, StoreError
-    from pipelines.data import runs_dir
-    from pipelines.train_head import train_head
+    from pipelines.checkpoints import checkpoint_path
+    from pipelines.train_head import checkpoint_name, train_head
 
-    out = runs_dir(runs) / f"head-{features}.pt"
+    out = checkpoint_path(runs, checkpoint_name(features))
     try:
-        _, hist = train_head(FeatureStore(store), out, features, epochs, batch_size, lr, milestones, seed,
+        _, hist = train_head(FeatureStore(store), runs, features, epochs, batch_size, lr, milestones, seed,
                              _epoch_reporter("head"))
     except (StoreError, ValueError) as e:
         _fail(e)
@@ -374,15 +341,15 @@ def train_skim_cmd(store, runs, model, epochs, batch_size, lr, milestones, steps
                    seed) -> None:
     """Train ImgAud-Skimming (or the LSTM / NON-RECURRENT baselines, ablations) on the store's training split."""
     from featurestore.store import FeatureStore, StoreError
-    from pipelines.data import runs_dir
+    from pipelines.checkpoints import checkpoint_path
     from pipelines.train_skim import SKIM_MODELS, train_skim
 
     models = list(SKIM_MODELS) if model == "all" else [m.strip() for m in model.split(",") if m.strip()]
     try:
         fs = FeatureStore(store)
         for m in models:
-            out = runs_dir(runs) / f"{m}.pt"
-            _, hist = train_skim(fs, out, m, epochs, batch_size, lr, milestones, steps, freeze_fusion, device, seed,
+            out = checkpoint_path(runs, m)
+            _, hist = train_skim(fs, runs, m, epochs, batch_size, lr, milestones, steps, freeze_fusion, device, seed,
                                  _epoch_reporter(m))
             click.echo(f"saved {out} (final train accuracy {100 * hist[-1]['train_acc']:.1f}%)")
     except (StoreError, ValueError) as e:
@@ -400,12 +367,12 @@ def train_skim_cmd(store, runs, model, epochs, batch_size, lr, milestones, steps
 def train_teacher_cmd(store, runs, epochs, batch_size, lr, milestones, clips_per_video, device, seed) -> None:
     """Fine-tune the R(2+1)D-18 teacher on the dataset's classes from stored clips (needs --keep-clips)."""
     from featurestore.store import FeatureStore, StoreError
-    from pipelines.data import runs_dir
+    from pipelines.checkpoints import checkpoint_path
     from pipelines.distill import train_teacher
 
-    out = runs_dir(runs) / "teacher.pt"
+    out = checkpoint_path(runs, "teacher")
     try:
-        train_teacher(FeatureStore(store), out, epochs, batch_size, lr, milestones, seed, device,
+        train_teacher(FeatureStore(store), runs, epochs, batch_size, lr, milestones, seed, device,
                       _epoch_reporter("teacher"), clips_per_video)
     except (StoreError, ValueError) as e:
         _fail(e)
@@ -424,12 +391,12 @@ def train_teacher_cmd(store, runs, epochs, batch_size, lr, milestones, clips_per
 def train_distill_cmd(store, runs, epochs, batch_size, lr, milestones, lam, finetune_epochs, device, seed) -> None:
     """Distil the stored teacher into the ImgAud2Vid student from stored frames and log-mels (L1 + lambda KL)."""
     from featurestore.store import FeatureStore, StoreError
-    from pipelines.data import runs_dir
+    from pipelines.checkpoints import checkpoint_path
     from pipelines.distill import train_distill
 
-    out = runs_dir(runs) / "student.pt"
+    out = checkpoint_path(runs, "student")
     try:
-        train_distill(FeatureStore(store), out, epochs, batch_size, lr, milestones, lam, finetune_epochs, seed, device,
+        train_distill(FeatureStore(store), runs, epochs, batch_size, lr, milestones, lam, finetune_epochs, seed, device,
                       _epoch_reporter("distill"))
     except (StoreError, ValueError) as e:
         _fail(e)
@@ -444,7 +411,7 @@ def refresh(store, student, teacher) -> None:
     """Recompute descriptors from the inputs kept in the store with new weights, without touching the videos."""
     from featurestore.store import StoreError
     from featurestore.weights import WeightsError
-    from pipelines.distill import refresh as run_refresh
+    from featurestore.refresh import refresh as run_refresh
 
     try:
         with click.progressbar(length=1, label="refresh", file=sys.stderr) as bar:
@@ -474,16 +441,16 @@ def train_avgn_cmd(store, runs, layers, heads, dim, t_steps, k, epochs, batch_si
                    no_mask_loss, seed) -> None:
     """Train AVGN's AV-TeST temporal glance on the store's image and audio descriptors."""
     from featurestore.store import FeatureStore, StoreError
-    from pipelines.data import runs_dir
+    from pipelines.checkpoints import checkpoint_path
     from pipelines.train_avgn import checkpoint_name, train_avgn
 
     name = checkpoint_name(not no_audio_tokens, not no_mask_loss)
     try:
-        train_avgn(FeatureStore(store), runs_dir(runs), layers, heads, dim, t_steps, k, epochs, batch_size, lr,
+        train_avgn(FeatureStore(store), runs, layers, heads, dim, t_steps, k, epochs, batch_size, lr,
                    milestones, not no_audio_tokens, not no_mask_loss, seed, _epoch_reporter(name))
     except (StoreError, ValueError) as e:
         _fail(e)
-    click.echo(f"saved {runs_dir(runs) / name}.pt")
+    click.echo(f"saved {checkpoint_path(runs, name)}")
 
 
 @main.command("train-sampler")
@@ -498,16 +465,16 @@ def train_avgn_cmd(store, runs, layers, heads, dim, t_steps, k, epochs, batch_si
 def train_sampler_cmd(store, runs, modality, loss, margin, epochs, batch_size, lr, milestones, seed) -> None:
     """Train an SCSampler ranker (AC, SAL-CL or SAL-RANK) on one modality's stored descriptors."""
     from featurestore.store import FeatureStore, StoreError
-    from pipelines.data import runs_dir
+    from pipelines.checkpoints import checkpoint_path
     from pipelines.train_sampler import checkpoint_name, train_sampler
 
     losses = ["ac", "sal-cl", "sal-rank"] if loss == "all" else [loss]
     try:
         fs = FeatureStore(store)
         for lo in losses:
-            _, hist = train_sampler(fs, runs_dir(runs), modality, lo, margin, epochs, batch_size, lr, milestones, seed,
+            _, hist = train_sampler(fs, runs, modality, lo, margin, epochs, batch_size, lr, milestones, seed,
                                     _epoch_reporter(checkpoint_name(modality, lo)), say=lambda m: click.echo(m, err=True))
-            click.echo(f"saved {runs_dir(runs) / checkpoint_name(modality, lo)}.pt")
+            click.echo(f"saved {checkpoint_path(runs, checkpoint_name(modality, lo))}")
     except (StoreError, ValueError) as e:
         _fail(e)
 
@@ -527,12 +494,12 @@ def bench(store, runs, subsample, steps, methods, out, no_sweep, clip_level, stu
     """Compare every selector on the test split: top-1, mAP, GFLOPs, time, trade-off plot, sweep of s and T."""
     from featurestore.store import FeatureStore, StoreError
     from pipelines.bench import METHODS, run_bench
-    from pipelines.data import runs_dir
+    from pipelines.checkpoints import checkpoint_path
 
-    out_dir = Path(out) if out else runs_dir(runs) / "bench"
+    out_dir = Path(out) if out else runs / "bench"
     if clip_level:
         from pipelines.clip_bench import clip_level_bench
-        ckpt = Path(student) if student else runs_dir(runs) / "student.pt"
+        ckpt = Path(student) if student else checkpoint_path(runs, "student")
         try:
             table = clip_level_bench(FeatureStore(store), ckpt if (student or ckpt.is_file()) else None, out_dir,
                                      say=lambda m: click.echo(m, err=True))
@@ -543,9 +510,9 @@ def bench(store, runs, subsample, steps, methods, out, no_sweep, clip_level, stu
         click.echo(f"(top1 in %; GFLOPs = 2 x multiply-adds) wrote {out_dir / 'clip_bench.csv'}")
         return
 
-    chosen = METHODS if methods == "all" else tuple(m.strip().upper() for m in methods.split(",") if m.strip())
+    chosen = tuple(METHODS) if methods == "all" else tuple(m.strip().upper() for m in methods.split(",") if m.strip())
     try:
-        table = run_bench(FeatureStore(store), runs_dir(runs), out_dir, chosen, subsample, steps, not no_sweep,
+        table = run_bench(FeatureStore(store), runs, out_dir, chosen, subsample, steps, not no_sweep,
                           say=lambda m: click.echo(m, err=True))
     except (StoreError, ValueError) as e:
         _fail(e)

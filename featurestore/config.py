@@ -1,0 +1,61 @@
+"""What an extraction computes and with which weights: the one hashable config every worker receives."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from featurestore.constants import DESCRIPTORS, KEPT_CLIPS, KEPT_INPUTS, STUDENT_DESCRIPTORS, stored_arrays
+from featurestore.weights import STUDENT_DEFAULT, TEACHER_DEFAULT, weights_spec
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """What to compute and with which weights; hashable so each worker process loads the models once."""
+
+    descriptors: tuple[str, ...] = DESCRIPTORS
+    batch_size: int = 16
+    device: str = "cpu"
+    teacher_weights: str = TEACHER_DEFAULT
+    student_weights: str = STUDENT_DEFAULT
+    seed: int = 0
+    threads: int = 0      # torch intra-op threads per worker; 0 leaves torch's default
+    keep_inputs: bool = False   # also store each step's first frame (uint8) and log-mel (float16)
+    keep_clips: bool = False    # also store each step's 16-frame teacher clip (uint8; large)
+    weights_sha256: tuple[tuple[str, str], ...] = ()   # (model, sha256) the client loaded; workers must match
+    hwaccel: str = ""           # ffmpeg hardware decoding ("cuda"); software decoding when empty or unusable
+    decode_threads: int = 0     # ffmpeg decoder threads per video; 0 lets ffmpeg choose
+
+    def __post_init__(self) -> None:
+        unknown = set(self.descriptors) - set(DESCRIPTORS)
+        if unknown or not self.descriptors:
+            raise ValueError(f"--descriptors must name some of {', '.join(DESCRIPTORS)}; got "
+                             f"{', '.join(self.descriptors) or 'nothing'}")
+
+    @property
+    def needs_teacher(self) -> bool:
+        return "r2p1d" in self.descriptors
+
+    @property
+    def needs_student(self) -> bool:
+        return bool(set(STUDENT_DESCRIPTORS) & set(self.descriptors))
+
+    def resolved(self, models: dict[str, dict]) -> "ExtractConfig":
+        """This config with pretrained-weight requests that fell back to random init pinned to "random".
+
+        The client resolves weights once, so workers never load different weights than the store records.
+        """
+        fell_back = {name: weights_spec(rec)[0] == "random" for name, rec in models.items()}
+        return replace(self,
+                       teacher_weights="random" if fell_back.get("teacher") else self.teacher_weights,
+                       student_weights="random" if fell_back.get("student") else self.student_weights,
+                       weights_sha256=tuple(sorted((name, rec["sha256"]) for name, rec in models.items()
+                                                   if rec.get("sha256"))))
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The model inputs kept in the store beside the descriptors."""
+        return (KEPT_INPUTS if self.keep_inputs else ()) + (KEPT_CLIPS if self.keep_clips else ())
+
+    def stored_arrays(self) -> list[str]:
+        """Every array a video extracted with this config holds."""
+        return stored_arrays(self.descriptors, self.inputs)
+

@@ -1,0 +1,69 @@
+"""The facts of the data, each in one place: decoding geometry, what a step is, the audio front end, and which
+arrays the store holds. Every other module imports them from here (feature widths come from the models that
+produce them).
+
+Steps follow Listen to Look: a step starts every ``STEP_FRAMES`` frames (at ``FPS``) while frames remain. Step k,
+starting at frame s = 16k, has
+  * the image input: frame s (``CROP`` x ``CROP`` RGB),
+  * the audio input: ``WINDOW_SECONDS`` of ``SAMPLE_RATE`` audio from s / FPS seconds, as an ``N_MELS`` x
+    ``MEL_FRAMES`` log-mel,
+  * the teacher input: ``CLIP_FRAMES`` frames s, s + ``CLIP_STRIDE``, ..., spanning ``CLIP_SPAN`` frames.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+from models.imgaud import AUDIO_DIM, FUSED_DIM, IMAGE_DIM
+from models.scsampler import MODALITY_FEATURE  # noqa: F401 - the stored descriptor each sampler modality reads
+from models.teacher import DESCRIPTOR_DIM
+
+# --- decoding ------------------------------------------------------------------------------------------------------
+FPS = 30                 # frames are resampled to this rate
+SHORT_SIDE = 128         # the short side is scaled to this ...
+CROP = 112               # ... then centre-cropped to CROP x CROP
+SAMPLE_RATE = 16000      # mono audio rate
+
+# --- steps and clips -----------------------------------------------------------------------------------------------
+STEP_FRAMES = 16         # a new image-audio pair every 16 frames
+CLIP_FRAMES = 16         # frames in the teacher's clip
+CLIP_STRIDE = 2          # ... taking every other frame, so a clip spans 31 frames (~1 s)
+CLIP_SPAN = (CLIP_FRAMES - 1) * CLIP_STRIDE + 1
+
+# --- audio front end (log-mel) -------------------------------------------------------------------------------------
+WINDOW_SECONDS = 1.0
+N_FFT = 400
+HOP = 160
+N_MELS = 40
+MEL_FRAMES = int(SAMPLE_RATE * WINDOW_SECONDS) // HOP + 1     # 101: torchaudio's centred STFT
+LOG_EPS = 1e-6
+
+# --- stored arrays -------------------------------------------------------------------------------------------------
+FEATURE_DIMS = {"image": IMAGE_DIM, "audio": AUDIO_DIM, "fused": FUSED_DIM, "r2p1d": DESCRIPTOR_DIM}
+DESCRIPTORS = tuple(FEATURE_DIMS)            # what ``--descriptors`` may name
+DESCRIPTOR_ARRAYS = {"image": ("image",), "audio": ("audio",), "fused": ("fused",),
+                     "r2p1d": ("r2p1d", "r2p1d_logits")}          # the arrays each descriptor brings
+STUDENT_DESCRIPTORS = ("image", "audio", "fused")
+KEPT_INPUTS = ("frames", "mel")              # ``--keep-inputs``: each step's first frame and log-mel
+KEPT_CLIPS = ("clips",)                      # ``--keep-clips``: each step's teacher clip
+
+
+def array_source(name: str) -> str:
+    """What produces a stored array: "student", "teacher", "decode" (kept inputs) or "" (the step times ``t``)."""
+    if name in STUDENT_DESCRIPTORS:
+        return "student"
+    if name in DESCRIPTOR_ARRAYS["r2p1d"]:
+        return "teacher"
+    return "decode" if name in KEPT_INPUTS + KEPT_CLIPS else ""
+
+
+def stored_arrays(descriptors: Iterable[str], inputs: Iterable[str] = ()) -> list[str]:
+    """Every array a video of a store with these descriptors and kept inputs holds, in store order."""
+    descriptors = set(descriptors)
+    return ["t"] + [a for d in DESCRIPTORS if d in descriptors for a in DESCRIPTOR_ARRAYS[d]] + list(inputs)
+
+
+def extraction_params() -> dict:
+    """The decoding and front-end parameters recorded in every video's provenance."""
+    return {"fps": FPS, "short_side": SHORT_SIDE, "crop": CROP, "step_frames": STEP_FRAMES, "clip_frames": CLIP_FRAMES,
+            "clip_stride": CLIP_STRIDE, "sample_rate": SAMPLE_RATE, "n_fft": N_FFT, "hop": HOP, "n_mels": N_MELS,
+            "window": "hann", "log_eps": LOG_EPS}

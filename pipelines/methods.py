@@ -1,0 +1,200 @@
+"""The method registry of ``fs bench``: one entry per method name, mapping it to one builder of its selectors.
+
+A builder takes the :class:`BenchContext` (store, checkpoints, bench options, the shared cost description and
+per-step heads) and returns the method's :class:`~models.selection.Selector` rows, in table order; a method whose
+checkpoint is missing returns no rows and says how to train it. Adding a method is one entry here and one
+``Selector`` class beside its model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from featurestore.cost import unit_gflops
+from featurestore.store import FeatureStore
+from models.avgn import AVGNSelector
+from models.baselines import HeadSelector, LSTMSelector
+from models.scsampler import COMBINATIONS, SamplerSelector
+from models.selection import Selector, UnitCosts
+from models.skim import NonRecurrentSelector, SkimSelector
+from pipelines.checkpoints import checkpoint_path
+from pipelines.train_avgn import checkpoint_name as avgn_checkpoint, load_avgn
+from pipelines.train_head import step_head
+from pipelines.train_sampler import clip_classifier, load_sampler
+from pipelines.train_skim import load_skim_model
+
+
+@dataclass
+class BenchContext:
+    """What every builder may use: the store, the checkpoints folder, the skimmer's bench options, the cost
+    description, and the per-step heads and trained networks, each loaded (or trained) once per bench."""
+
+    store: FeatureStore
+    runs: Path
+    subsample: int = 5
+    steps: int = 3
+    say: Callable[[str], None] = print
+    _heads: dict = field(default_factory=dict)
+    _nets: dict = field(default_factory=dict)
+
+    @cached_property
+    def costs(self) -> UnitCosts:
+        return unit_gflops()
+
+    @cached_property
+    def class_index(self) -> dict[str, int]:
+        return {c: i for i, c in enumerate(self.store.attrs["classes"])}
+
+    @property
+    def has_r2p1d(self) -> bool:
+        return "r2p1d" in self.store.attrs.get("descriptors", [])
+
+    def head(self, feature: str = "fused") -> torch.nn.Module:
+        """The per-step head on ``feature`` (R(2+1)D's is SCSampler's clip classifier f); trained on first use."""
+        if feature not in self._heads:
+            self._heads[feature] = (clip_classifier(self.store, self.runs, self.say) if feature == "r2p1d"
+                                    else step_head(self.store, self.runs, feature, self.say))
+        return self._heads[feature]
+
+    def skim_model(self, model: str) -> torch.nn.Module | None:
+        """A trained ``fs train-skim --model`` network, or None (said once, with how to train it)."""
+        if model not in self._nets:
+            path = checkpoint_path(self.runs, model)
+            self._nets[model] = load_skim_model(self.store, self.runs, model)[0] if path.is_file() else None
+            if self._nets[model] is None:
+                self.say(f"skipping {model}: no checkpoint at {path} (train it: fs train-skim --model {model})")
+        return self._nets[model]
+
+    def samplers(self) -> dict[tuple[str, str], torch.nn.Module]:
+        """Every trained SCSampler ranker in the runs folder, by (modality, loss)."""
+        if "samplers" not in self._nets:
+            found = {}
+            for path in sorted(self.runs.glob("sampler-*.pt")):
+                model, cfg = load_sampler(self.store, self.runs, path.stem)
+                found[(cfg["modality"], cfg["loss"])] = model
+            self._nets["samplers"] = found
+        return self._nets["samplers"]
+
+
+Builder = Callable[[BenchContext], list[Selector]]
+
+
+def head_rule(name: str, rule: str) -> Builder:
+    """Average the student's per-step head over the steps ``rule`` picks (the Listen to Look baselines)."""
+    return lambda ctx: [HeadSelector(name, ctx.head("fused"), ctx.costs, rule=rule, class_index=ctx.class_index)]
+
+
+def skim_variant(model: str, label: str, **options) -> Builder:
+    """ImgAud-Skimming (or an ablation) at the bench's s and T, unless ``options`` fix them."""
+    def build(ctx: BenchContext) -> list[Selector]:
+        net = ctx.skim_model(model)
+        if net is None:
+            return []
+        opts = {"subsample": ctx.subsample, "steps": ctx.steps, **options}
+        name = f"{label} (s={opts['subsample']}, T={opts['steps']})"
+        return [SkimSelector(name, net, ctx.costs, **opts)]
+    return build
+
+
+def skim_network(model: str, name: str, selector: type) -> Builder:
+    """A baseline trained by ``fs train-skim --model`` and read by its own selector (LSTM, NON-RECURRENT)."""
+    def build(ctx: BenchContext) -> list[Selector]:
+        net = ctx.skim_model(model)
+        return [] if net is None else [selector(name, net, ctx.costs)]
+    return build
+
+
+AVGN_GRID = [(k, t_g) for k in (1, 4, 10) for t_g in (2, 4, 8, None)]
+AVGN_ABLATIONS = {(True, True): "", (False, True): " no audio tokens", (True, False): " no L_mask"}
+
+
+def avgn(ctx: BenchContext) -> list[Selector]:
+    """AVGN rows: top-k by saliency with T_G glances over the k x T_G grid, and the ablations (no audio tokens,
+    no L_mask) at k = 4 for every T_G."""
+    out: list[Selector] = []
+    for (audio_tokens, mask_loss), label in AVGN_ABLATIONS.items():
+        name = avgn_checkpoint(audio_tokens, mask_loss)
+        path = checkpoint_path(ctx.runs, name)
+        if not path.is_file():
+            ctx.say(f"skipping {name}: no checkpoint at {path} (fs train-avgn" +
+                    ("" if audio_tokens else " --no-audio-tokens") + ("" if mask_loss else " --no-mask-loss") + ")")
+            continue
+        model, cfg = load_avgn(ctx.store, ctx.runs, name)
+        grid = AVGN_GRID if not label else [(4, t_g) for t_g in (2, 4, 8, None)]
+        for k, t_g in grid:
+            out.append(AVGNSelector(f"AVGN{label} (k={k}, T_G={'all' if t_g is None else t_g})", model, ctx.costs,
+                                    k=k, t_g=t_g, t=cfg["t"]))
+    return out
+
+
+COMBINATION_LABELS = {"convex-score": " (a=0.9)", "convex-list": " (a=0.8)", "union-list": " (K'=8)",
+                      "intersect-list": ""}
+
+
+def samplers(ctx: BenchContext) -> list[Selector]:
+    """SCSampler rows: every trained sampler (each loss x modality), the AV combinations and joint training, each
+    recognised by the student head and, when the store has r2p1d, by the R(2+1)D head f."""
+    found = ctx.samplers()
+    if not found:
+        ctx.say(f"skipping SCSampler rows: no sampler checkpoints in {ctx.runs} (fs train-sampler --modality "
+                f"audio|visual --loss ac|sal-cl|sal-rank)")
+        return []
+    recognisers = [("student", "fused")] + ([("R(2+1)D", "r2p1d")] if ctx.has_r2p1d else [])
+    out: list[Selector] = []
+    for rec_name, feature in recognisers:
+        recogniser = (ctx.head(feature), feature)
+        for (modality, loss), model in sorted(found.items()):
+            label = "AV-joint-training" if modality == "av" else modality
+            out.append(SamplerSelector(f"SCS {label} {loss.upper()} -> {rec_name}", {modality: model}, ctx.costs,
+                                       recogniser))
+        visual = found.get(("visual", "ac")) or next((m for (mo, _), m in found.items() if mo == "visual"), None)
+        audio = found.get(("audio", "sal-rank")) or next((m for (mo, _), m in found.items() if mo == "audio"), None)
+        if visual is not None and audio is not None:
+            for combine in COMBINATIONS:
+                out.append(SamplerSelector(f"SCS AV-{combine}{COMBINATION_LABELS[combine]} -> {rec_name}",
+                                           {"visual": visual, "audio": audio}, ctx.costs, recogniser,
+                                           combine=combine))
+    return out
+
+
+def oracle_f(ctx: BenchContext) -> list[Selector]:
+    """SCSampler's upper bound: the K steps where the R(2+1)D head f is most confident of the true class."""
+    if not ctx.has_r2p1d:
+        ctx.say("skipping ORACLE-F: the store has no r2p1d descriptors")
+        return []
+    return [HeadSelector("ORACLE-F (SCSampler upper bound)", ctx.head("r2p1d"), ctx.costs, feature="r2p1d",
+                         rule="oracle", class_index=ctx.class_index)]
+
+
+METHODS: dict[str, Builder] = {
+    "RANDOM": head_rule("RANDOM", "random"),
+    "UNIFORM": head_rule("UNIFORM", "uniform"),
+    "FRONT": head_rule("FRONT", "front"),
+    "CENTER": head_rule("CENTER", "center"),
+    "END": head_rule("END", "end"),
+    "DENSE": head_rule("DENSE", "dense"),
+    "SCSAMPLER": head_rule("SCSAMPLER", "confidence"),
+    "LSTM": skim_network("lstm", "LSTM", LSTMSelector),
+    "NON-RECURRENT": skim_network("non-recurrent", "NON-RECURRENT", NonRecurrentSelector),
+    "SKIM": skim_variant("skim", "IMGAUD-SKIM"),
+    "SKIM-DENSE": skim_variant("skim", "IMGAUD-SKIM", subsample=1, steps=10),
+    "SKIM-ARGMAX": skim_variant("skim", "IMGAUD-SKIM argmax", hard=True),
+    "SKIM-VISUAL": skim_variant("skim-visual", "IMGAUD-SKIM visual indexing"),
+    "SKIM-SINGLE": skim_variant("skim-single", "IMGAUD-SKIM single query"),
+    "ORACLE": head_rule("ORACLE (upper bound)", "oracle"),
+    "AVGN": avgn,
+    "SAMPLERS": samplers,
+    "ORACLE-F": oracle_f,
+}
+
+
+def build_selectors(ctx: BenchContext, methods: tuple[str, ...]) -> list[Selector]:
+    """The selectors of ``methods``, in registry (table) order."""
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(sorted(unknown))}; choose from {', '.join(METHODS)}")
+    return [sel for name, build in METHODS.items() if name in methods for sel in build(ctx)]
