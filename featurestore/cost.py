@@ -27,5 +27,6 @@ def unit_gflops() -> UnitCosts:
     return UnitCosts(
         image=count_gflops(student.image_net, torch.zeros(1, 3, CROP, CROP)),
         audio=count_gflops(student.audio_net, torch.zeros(1, N_MELS, MEL_FRAMES)),
-        fusion=count_gflops(student.fusion, torch.zeros(1, FEATURE_DIMS["image"]), torch.zeros(1, FEATURE_DIMS["audio"])),
+        fusion=count_gflops(student.fusion, torch.zeros(1, FEATURE_DIMS["image"]),
+                            torch.zeros(1, FEATURE_DIMS["audio"])),
         clip=count_gflops(r2plus1d_teacher(400).eval(), torch.zeros(1, 3, CLIP_FRAMES, CROP, CROP)))
