@@ -10,7 +10,8 @@ from pathlib import Path
 import click
 
 from featurestore import __version__
-from manifests.synth import DEFAULT_CLASSES, DEFAULT_SECONDS, DEFAULT_VIDEOS
+from manifests.synth import (DEFAULT_ACTION_SECONDS, DEFAULT_ACTION_SHARE, DEFAULT_ACTIONS, DEFAULT_CLASSES,
+                             DEFAULT_SECONDS, DEFAULT_VIDEOS)
 
 DEFAULT_STORE = "fs-store.zarr"
 
@@ -42,6 +43,14 @@ def _seconds_range(ctx, param, value: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _count_range(ctx, param, value: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(v) for v in value.split(":"))
+    except ValueError:
+        raise click.BadParameter(f"expected MIN:MAX counts, got {value!r}") from None
+    return lo, hi
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120,
                                 "terminal_width": 120})
 @click.version_option(__version__, prog_name="fs")
@@ -66,7 +75,14 @@ def main() -> None:
 @click.option("--data-root", type=click.Path(file_okay=False), default=None, help="Data root (or $FS_DATA_ROOT).")
 @click.option("--jobs", type=int, default=0, show_default="all cores", help="Videos encoded at once (same files "
                                                                              "for any number).")
-def synth(out, videos, classes, seconds, seed, test_fraction, data_root, jobs) -> None:
+@click.option("--actions", default="{}:{}".format(*DEFAULT_ACTIONS), show_default=True, callback=_count_range,
+              help="Action segments per video MIN:MAX.")
+@click.option("--action-seconds", default="{:g}:{:g}".format(*DEFAULT_ACTION_SECONDS), show_default=True,
+              callback=_seconds_range, help="Segment length range MIN:MAX in seconds (actions and distractors).")
+@click.option("--action-share", type=float, default=DEFAULT_ACTION_SHARE, show_default="1/3",
+              help="The most of a video its segments may cover (longer segments are shrunk together).")
+def synth(out, videos, classes, seconds, seed, test_fraction, data_root, jobs, actions, action_seconds,
+          action_share) -> None:
     """Generate the synthetic untrimmed audio-visual dataset (H.264/AAC mp4 + manifest.csv)."""
     from manifests.datasets import data_root as resolve_root
     from manifests.synth import generate_synthetic
@@ -80,7 +96,8 @@ def synth(out, videos, classes, seconds, seed, test_fraction, data_root, jobs) -
             last[0] = i
         try:
             manifest = generate_synthetic(out, videos, classes, seconds, seed, test_fraction, progress,
-                                          jobs=jobs or os.cpu_count() or 1)
+                                          jobs=jobs or os.cpu_count() or 1, actions=actions,
+                                          action_seconds=action_seconds, action_share=action_share)
         except (ValueError, RuntimeError) as e:
             _fail(e)
     click.echo(f"wrote {videos} videos and {manifest}")

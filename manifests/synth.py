@@ -30,6 +30,8 @@ WIDTH, HEIGHT, FPS = 192, 144, 30
 AUDIO_RATE = 44100  # encoded stereo at 44.1 kHz so the extractor's downmix and resampling are exercised
 SPRITE = 44
 DEFAULT_VIDEOS, DEFAULT_CLASSES, DEFAULT_SECONDS = 12, 3, (12.0, 20.0)   # the embedded default dataset
+# action statistics: segments per video, segment length (s), and the most of a video segments may cover
+DEFAULT_ACTIONS, DEFAULT_ACTION_SECONDS, DEFAULT_ACTION_SHARE = (2, 5), (1.5, 3.5), 1 / 3
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
 COLOURS = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink")
 
@@ -170,8 +172,13 @@ def _background_audio(rng: np.random.Generator, n: int, rate: int) -> np.ndarray
 
 
 def plan_videos(n_videos: int, n_classes: int, seconds: tuple[float, float], seed: int,
-                test_fraction: float) -> list[VideoPlan]:
-    """Lay out every video (label, duration, split, segments) from one seeded generator."""
+                test_fraction: float, actions: tuple[int, int] = DEFAULT_ACTIONS,
+                action_seconds: tuple[float, float] = DEFAULT_ACTION_SECONDS,
+                action_share: float = DEFAULT_ACTION_SHARE) -> list[VideoPlan]:
+    """Lay out every video (label, duration, split, segments) from one seeded generator.
+
+    Each video holds ``actions`` (MIN, MAX) action segments and 1-3 distractors, each ``action_seconds`` long, shrunk
+    together when they would cover more than ``action_share`` of the video."""
     if n_classes < 2:
         raise ValueError("--classes must be at least 2 (distractors show another class)")
     if n_videos < n_classes:
@@ -183,6 +190,12 @@ def plan_videos(n_videos: int, n_classes: int, seconds: tuple[float, float], see
         raise ValueError(f"--seconds MIN must be at least 12 s to hold 2 action segments among background, got {lo}")
     if not 0 <= test_fraction < 1:
         raise ValueError(f"--test-fraction must be in [0, 1), got {test_fraction}")
+    if not 1 <= actions[0] <= actions[1]:
+        raise ValueError(f"--actions MIN:MAX needs 1 <= MIN <= MAX, got {actions[0]}:{actions[1]}")
+    if not 0 < action_seconds[0] <= action_seconds[1]:
+        raise ValueError(f"--action-seconds MIN:MAX needs 0 < MIN <= MAX, got {action_seconds[0]}:{action_seconds[1]}")
+    if not 0 < action_share < 1:
+        raise ValueError(f"--action-share must be in (0, 1), got {action_share}")
     rng = np.random.default_rng(seed)
     labels = np.arange(n_videos) % n_classes
     rng.shuffle(labels)
@@ -197,11 +210,11 @@ def plan_videos(n_videos: int, n_classes: int, seconds: tuple[float, float], see
     for i in range(n_videos):
         duration = float(np.round(rng.uniform(lo, hi), 2))
         plan = VideoPlan(f"synth{i:05d}", int(labels[i]), duration, str(splits[i]), int(rng.integers(2**31)))
-        n_act = int(rng.integers(2, 6))
+        n_act = int(rng.integers(actions[0], actions[1] + 1))
         n_dis = int(rng.integers(1, 4))
-        lengths = rng.uniform(1.5, 3.5, n_act + n_dis)
-        # never fill more than ~1/3 of the video with segments: the class must stay sparse
-        scale = min(1.0, duration / 3 / lengths.sum())
+        lengths = rng.uniform(*action_seconds, n_act + n_dis)
+        # never fill more than action_share of the video with segments (sparse actions: a third)
+        scale = min(1.0, duration * action_share / lengths.sum())
         lengths *= scale
         free = duration - lengths.sum() - 0.5
         gaps = rng.dirichlet(np.ones(len(lengths) + 1)) * free
@@ -320,7 +333,10 @@ def _distractors_str(segs: list[Segment], sigs: list[ClassSignature]) -> str:
 
 def generate_synthetic(out: str | Path, n_videos: int = DEFAULT_VIDEOS, n_classes: int = DEFAULT_CLASSES,
                        seconds: tuple[float, float] = DEFAULT_SECONDS, seed: int = 0, test_fraction: float = 0.25,
-                       progress: Callable[[int, int], None] | None = None, jobs: int = 1) -> Path:
+                       progress: Callable[[int, int], None] | None = None, jobs: int = 1,
+                       actions: tuple[int, int] = DEFAULT_ACTIONS,
+                       action_seconds: tuple[float, float] = DEFAULT_ACTION_SECONDS,
+                       action_share: float = DEFAULT_ACTION_SHARE) -> Path:
     """Generate the synthetic dataset into ``out`` and return the path of its ``manifest.csv``.
 
     Videos already present (from an interrupted run with the same settings) are kept, so re-running resumes.
@@ -330,7 +346,7 @@ def generate_synthetic(out: str | Path, n_videos: int = DEFAULT_VIDEOS, n_classe
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     sigs = class_signatures(n_classes)
-    plans = plan_videos(n_videos, n_classes, seconds, seed, test_fraction)
+    plans = plan_videos(n_videos, n_classes, seconds, seed, test_fraction, actions, action_seconds, action_share)
     todo = [p for p in plans if not (out / f"videos/{p.video_id}.mp4").exists()]
     done = len(plans) - len(todo)
     if progress and done:

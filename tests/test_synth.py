@@ -26,6 +26,24 @@ def test_action_segments_are_sparse_and_distractors_belong_to_other_classes():
             assert d.cls != plan.label and d.visual != d.audio               # picture without sound or vice versa
 
 
+def test_long_action_regime_follows_its_statistics():
+    plans = plan_videos(60, 4, (30, 50), 3, 0.25, actions=(1, 2), action_seconds=(8, 14), action_share=0.6)
+    lengths = []
+    for plan in plans:
+        assert 1 <= len(plan.actions) <= 2
+        segs = sorted(plan.actions + plan.distractors, key=lambda s: s.start)
+        assert all(a.end <= b.start for a, b in zip(segs, segs[1:]))
+        assert sum(s.end - s.start for s in segs) <= 0.6 * plan.duration + 0.05   # rounding to 0.01 s per end
+        lengths += [s.end - s.start for s in plan.actions]
+    assert max(lengths) <= 14.01 and np.median(lengths) > 5                      # tens of seconds, not 1.5-3.5
+    sparse = [s.end - s.start for p in plan_videos(60, 4, (30, 50), 3, 0.25) for s in p.actions]
+    assert np.median(lengths) > 3 * np.median(sparse)
+    with pytest.raises(ValueError, match="--action-share"):
+        plan_videos(4, 2, (20, 30), 0, 0.2, action_share=1.5)
+    with pytest.raises(ValueError, match="--actions"):
+        plan_videos(4, 2, (20, 30), 0, 0.2, actions=(3, 1))
+
+
 def test_split_is_stratified_with_test_videos_in_every_class():
     plans = plan_videos(20, 4, (12, 14), 0, 0.25)
     for c in range(4):
