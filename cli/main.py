@@ -1,6 +1,7 @@
 """The ``fs`` command line."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -8,6 +9,7 @@ import warnings
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from featurestore import __version__
 from manifests.synth import (DEFAULT_ACTION_SECONDS, DEFAULT_ACTION_SHARE, DEFAULT_ACTIONS, DEFAULT_CLASSES,
@@ -301,11 +303,24 @@ def _milestones(ctx, param, value: str) -> tuple[int, ...]:
         raise click.BadParameter(f"expected comma-separated epochs, got {value!r}") from None
 
 
-def training_options(epochs: int, batch_size: int, lr: float, milestones: str):
-    """--epochs, --batch-size, --lr and --milestones with one verb's defaults (SGD with step decay)."""
+def training_options(epochs: int, batch_size: int, lr: float, milestones: str, sized: bool = False):
+    """--epochs, --batch-size, --lr and --milestones with one verb's defaults (SGD with step decay). With ``sized``
+    the command also gets ``sized``: True when the user set none of --epochs, --batch-size, --milestones, so the
+    trainer may size the default schedule to the split; an explicit schedule is run as given."""
     def decorate(f):
+        if sized:
+            inner = f
+
+            @functools.wraps(inner)
+            def f(*args, **kwargs):
+                ctx = click.get_current_context()
+                kwargs["sized"] = all(ctx.get_parameter_source(n) == ParameterSource.DEFAULT
+                                      for n in ("epochs", "batch_size", "milestones"))
+                return inner(*args, **kwargs)
         for opt in reversed([
-                click.option("--epochs", type=int, default=epochs, show_default=True),
+                click.option("--epochs", type=int, default=epochs, show_default=True,
+                             help="Epochs; the default schedule is sized to small splits (smaller batches, more epochs), "
+                                  "one set with --epochs/--batch-size/--milestones runs as given" if sized else None),
                 click.option("--batch-size", type=int, default=batch_size, show_default=True),
                 click.option("--lr", type=float, default=lr, show_default=True),
                 click.option("--milestones", default=milestones, show_default=True, callback=_milestones,
@@ -327,21 +342,19 @@ def _epoch_reporter(label: str):
 @runs_option
 @click.option("--features", type=click.Choice(["fused", "r2p1d", "image", "audio"]), default="fused",
               show_default=True, help="Stored descriptor the head classifies.")
-@training_options(epochs=15, batch_size=256, lr=0.01, milestones="10")
+@training_options(epochs=15, batch_size=256, lr=0.01, milestones="10", sized=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def train_head_cmd(store, runs, features, epochs, batch_size, lr, milestones, seed) -> None:
+def train_head_cmd(store, runs, features, epochs, batch_size, lr, milestones, seed, sized) -> None:
     """Train the per-step classifier the baselines average (every training step labelled with its video's label)."""
     from featurestore.store import FeatureStore, StoreError
-    from pipelines.checkpoints import checkpoint_path
-    from pipelines.train_head import checkpoint_name, train_head
+    from pipelines.train_head import train_head
 
-    out = checkpoint_path(runs, checkpoint_name(features))
     try:
-        _, hist = train_head(FeatureStore(store), runs, features, epochs, batch_size, lr, milestones, seed,
-                             _epoch_reporter("head"))
+        trained = train_head(FeatureStore(store), runs, features, epochs, batch_size, lr, milestones, seed,
+                             _epoch_reporter("head"), sized)
     except (StoreError, ValueError) as e:
         _fail(e)
-    click.echo(f"saved {out} (final train step accuracy {100 * hist[-1]['train_acc']:.1f}%)")
+    click.echo(trained.summary() + " (accuracy per step)")
 
 
 @main.command("train-skim")
@@ -349,26 +362,24 @@ def train_head_cmd(store, runs, features, epochs, batch_size, lr, milestones, se
 @runs_option
 @click.option("--model", default="skim", show_default=True,
               help="Comma list of: skim, skim-visual (G.1), skim-single (G.2), non-recurrent, lstm; or 'all'.")
-@training_options(epochs=25, batch_size=256, lr=1e-2, milestones="15,20")
+@training_options(epochs=25, batch_size=256, lr=1e-2, milestones="15,20", sized=True)
 @click.option("--steps", type=int, default=10, show_default=True, help="Skimming steps T during training.")
-@click.option("--freeze-fusion", is_flag=True, help="Keep the student's fusion Psi fixed (as the authors' release).")
+@click.option("--finetune-fusion", is_flag=True, help="Fine-tune the student's fusion Psi too (kept fixed by default, "
+                                                       "as the authors' release).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def train_skim_cmd(store, runs, model, epochs, batch_size, lr, milestones, steps, freeze_fusion, device,
-                   seed) -> None:
+def train_skim_cmd(store, runs, model, epochs, batch_size, lr, milestones, steps, finetune_fusion, device,
+                   seed, sized) -> None:
     """Train ImgAud-Skimming (or the LSTM / NON-RECURRENT baselines, ablations) on the store's training split."""
     from featurestore.store import FeatureStore, StoreError
-    from pipelines.checkpoints import checkpoint_path
     from pipelines.train_skim import SKIM_MODELS, train_skim
 
     models = list(SKIM_MODELS) if model == "all" else [m.strip() for m in model.split(",") if m.strip()]
     try:
         fs = FeatureStore(store)
         for m in models:
-            out = checkpoint_path(runs, m)
-            _, hist = train_skim(fs, runs, m, epochs, batch_size, lr, milestones, steps, freeze_fusion, device, seed,
-                                 _epoch_reporter(m))
-            click.echo(f"saved {out} (final train accuracy {100 * hist[-1]['train_acc']:.1f}%)")
+            click.echo(train_skim(fs, runs, m, epochs, batch_size, lr, milestones, steps, finetune_fusion, device,
+                                  seed, _epoch_reporter(m), sized).summary())
     except (StoreError, ValueError) as e:
         _fail(e)
 
@@ -450,24 +461,23 @@ def refresh(store, student, teacher) -> None:
 @click.option("--dim", type=int, default=128, show_default=True, help="Token size D (an AV token is 2D).")
 @click.option("--t", "t_steps", type=int, default=16, show_default=True, help="Image-audio pairs sampled per video.")
 @click.option("--k", type=int, default=4, show_default=True, help="Steps kept by the ordered-logits loss.")
-@training_options(epochs=30, batch_size=16, lr=1e-3, milestones="20")
+@training_options(epochs=30, batch_size=16, lr=1e-3, milestones="20", sized=True)
 @click.option("--no-audio-tokens", is_flag=True, help="Ablation: AV-TeST sees no audio tokens.")
 @click.option("--no-mask-loss", is_flag=True, help="Ablation: train without L_mask.")
 @click.option("--seed", type=int, default=0, show_default=True)
 def train_avgn_cmd(store, runs, layers, heads, dim, t_steps, k, epochs, batch_size, lr, milestones, no_audio_tokens,
-                   no_mask_loss, seed) -> None:
+                   no_mask_loss, seed, sized) -> None:
     """Train AVGN's AV-TeST temporal glance on the store's image and audio descriptors."""
     from featurestore.store import FeatureStore, StoreError
-    from pipelines.checkpoints import checkpoint_path
     from pipelines.train_avgn import checkpoint_name, train_avgn
 
     name = checkpoint_name(not no_audio_tokens, not no_mask_loss)
     try:
-        train_avgn(FeatureStore(store), runs, layers, heads, dim, t_steps, k, epochs, batch_size, lr,
-                   milestones, not no_audio_tokens, not no_mask_loss, seed, _epoch_reporter(name))
+        trained = train_avgn(FeatureStore(store), runs, layers, heads, dim, t_steps, k, epochs, batch_size, lr,
+                             milestones, not no_audio_tokens, not no_mask_loss, seed, _epoch_reporter(name), sized)
     except (StoreError, ValueError) as e:
         _fail(e)
-    click.echo(f"saved {checkpoint_path(runs, name)}")
+    click.echo(trained.summary())
 
 
 @main.command("train-sampler")
@@ -477,21 +487,21 @@ def train_avgn_cmd(store, runs, layers, heads, dim, t_steps, k, epochs, batch_si
               help="Descriptor the sampler reads; av = AV-joint-training (both, scores averaged).")
 @click.option("--loss", type=click.Choice(["ac", "sal-cl", "sal-rank", "all"]), default="sal-rank", show_default=True)
 @click.option("--margin", type=float, default=1.0, show_default=True, help="SAL-RANK margin eta.")
-@training_options(epochs=15, batch_size=16, lr=0.01, milestones="10")
+@training_options(epochs=15, batch_size=16, lr=0.01, milestones="10", sized=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def train_sampler_cmd(store, runs, modality, loss, margin, epochs, batch_size, lr, milestones, seed) -> None:
+def train_sampler_cmd(store, runs, modality, loss, margin, epochs, batch_size, lr, milestones, seed, sized) -> None:
     """Train an SCSampler ranker (AC, SAL-CL or SAL-RANK) on one modality's stored descriptors."""
     from featurestore.store import FeatureStore, StoreError
-    from pipelines.checkpoints import checkpoint_path
     from pipelines.train_sampler import checkpoint_name, train_sampler
 
     losses = ["ac", "sal-cl", "sal-rank"] if loss == "all" else [loss]
     try:
         fs = FeatureStore(store)
         for lo in losses:
-            _, hist = train_sampler(fs, runs, modality, lo, margin, epochs, batch_size, lr, milestones, seed,
-                                    _epoch_reporter(checkpoint_name(modality, lo)), say=lambda m: click.echo(m, err=True))
-            click.echo(f"saved {checkpoint_path(runs, checkpoint_name(modality, lo))}")
+            trained = train_sampler(fs, runs, modality, lo, margin, epochs, batch_size, lr, milestones, seed,
+                                    _epoch_reporter(checkpoint_name(modality, lo)),
+                                    say=lambda m: click.echo(m, err=True), sized=sized)
+            click.echo(trained.summary())
     except (StoreError, ValueError) as e:
         _fail(e)
 
@@ -510,7 +520,7 @@ def train_sampler_cmd(store, runs, modality, loss, margin, epochs, batch_size, l
 def bench(store, runs, subsample, steps, methods, out, no_sweep, clip_level, student) -> None:
     """Compare every selector on the test split: top-1, mAP, GFLOPs, time, trade-off plot, sweep of s and T."""
     from featurestore.store import FeatureStore, StoreError
-    from pipelines.bench import METHODS, run_bench
+    from pipelines.bench import METHODS, bench_notes, format_table, run_bench
     from pipelines.checkpoints import checkpoint_path
 
     out_dir = Path(out) if out else runs / "bench"
@@ -533,10 +543,10 @@ def bench(store, runs, subsample, steps, methods, out, no_sweep, clip_level, stu
                           say=lambda m: click.echo(m, err=True))
     except (StoreError, ValueError) as e:
         _fail(e)
-    fmt = {"top1": lambda v: f"{100 * v:.1f}", "mAP": lambda v: f"{100 * v:.1f}",
-           "gflops_per_video": lambda v: f"{v:.1f}", "seconds_per_video": lambda v: f"{v:.4f}",
-           "steps_per_video": lambda v: f"{v:.1f}"}
-    click.echo(table.to_string(index=False, formatters=fmt) + "\n(top1 and mAP in %; GFLOPs = 2 x multiply-adds)")
+    click.echo(format_table(table) + "\n(top1, mAP, train_top1, segment_hit in %; [95 % bootstrap interval over test "
+               "videos]; GFLOPs = 2 x multiply-adds)")
+    for line in bench_notes(table):
+        click.echo(line)
     click.echo(f"wrote {out_dir / 'bench.csv'}, {out_dir / 'tradeoff.png'}" +
                ("" if no_sweep or not (out_dir / "sweep.csv").is_file() else
                 f", {out_dir / 'sweep.csv'}, {out_dir / 'sweep.png'}"))

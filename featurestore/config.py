@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from featurestore.constants import DESCRIPTORS, KEPT_CLIPS, KEPT_INPUTS, STUDENT_DESCRIPTORS, stored_arrays
-from featurestore.weights import STUDENT_DEFAULT, TEACHER_DEFAULT, weights_spec
+from featurestore.weights import STUDENT_DEFAULT, TEACHER_DEFAULT, is_random_source
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class ExtractConfig:
 
         The client resolves weights once, so workers never load different weights than the store records.
         """
-        fell_back = {name: weights_spec(rec)[0] == "random" for name, rec in models.items()}
+        fell_back = {name: is_random_source(rec["source"]) for name, rec in models.items()}
         return replace(self,
                        teacher_weights="random" if fell_back.get("teacher") else self.teacher_weights,
                        student_weights="random" if fell_back.get("student") else self.student_weights,

@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Iterable
 
 from models.imgaud import AUDIO_DIM, FUSED_DIM, IMAGE_DIM
-from models.scsampler import MODALITY_FEATURE  # noqa: F401 - the stored descriptor each sampler modality reads
 from models.teacher import DESCRIPTOR_DIM
 
 # --- decoding ------------------------------------------------------------------------------------------------------

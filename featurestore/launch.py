@@ -7,9 +7,10 @@ import warnings
 
 import torch
 
-from featurestore.cluster import make_client
 from featurestore.config import ExtractConfig
+from featurestore.constants import DESCRIPTORS
 from featurestore.decode import hwaccels
+from featurestore.weights import STUDENT_DEFAULT, TEACHER_DEFAULT
 
 
 def worker_device(config: ExtractConfig, name=None) -> str:
@@ -38,13 +39,15 @@ def default_in_flight(gpus: int) -> int:
 
 
 def launch(gpus: int = 0, workers: int = 1, scheduler: str | None = None, in_flight: int = 0, batch_size: int = 16,
-           descriptors: str = "image,audio,fused,r2p1d", teacher_weights: str = "kinetics400",
-           student_weights: str = "imagenet", seed: int = 0, hwaccel: str = "", decode_threads: int = 0,
+           descriptors: str = ",".join(DESCRIPTORS), teacher_weights: str = TEACHER_DEFAULT,
+           student_weights: str = STUDENT_DEFAULT, seed: int = 0, hwaccel: str = "", decode_threads: int = 0,
            keep_inputs: bool = False, keep_clips: bool = False):
     """(ExtractConfig, Dask client) for the options of ``fs extract`` / ``fs bench-extract``.
 
     A ``hwaccel`` this ffmpeg lacks warns and decodes in software; ``in_flight`` 0 takes :func:`default_in_flight`.
     """
+    from featurestore.cluster import make_client   # Dask is the client's concern; workers import this module too
+
     hwaccel = hwaccel.strip()
     if hwaccel and hwaccel not in hwaccels():
         warnings.warn(f"--hwaccel {hwaccel}: this ffmpeg offers {', '.join(hwaccels()) or 'none'}; decoding in "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import threading
 import warnings
 from pathlib import Path
@@ -17,7 +18,7 @@ from torch import nn
 from torchvision.models import ResNet18_Weights
 from torchvision.models.video import R2Plus1D_18_Weights
 
-from models.imgaud import ImgAud2Vid, imgaud2vid_student
+from models.imgaud import ImgAud2Vid, audio_trunk_state, imgaud2vid_student
 from models.teacher import R2Plus1DTeacher, r2plus1d_teacher
 
 TEACHER_DEFAULT = "kinetics400"
@@ -31,6 +32,11 @@ def _random_source(seed: int) -> str:
     return f"random(seed={seed})"
 
 
+def is_random_source(source: str) -> bool:
+    """Whether a provenance source names a seeded random initialisation (a fallback or ``random`` asked)."""
+    return source.startswith("random(")
+
+
 def _file_source(path: str) -> str:
     return f"file:{Path(path).resolve()}"
 
@@ -38,7 +44,8 @@ def _file_source(path: str) -> str:
 def weights_spec(record: dict) -> tuple[str, int]:
     """(spec for the loaders, seed) that reproduce the weights a provenance record names."""
     source = record["source"]
-    seed = int(source.rsplit("seed=", 1)[1].rstrip(")")) if "seed=" in source else 0
+    found = re.search(r"random\(seed=(-?\d+)\)$", source)
+    seed = int(found[1]) if found else 0
     if source.startswith("file:"):
         return source[len("file:"):], seed
     if source.startswith(KINETICS_SOURCE):
@@ -133,8 +140,9 @@ def load_teacher(spec: str = TEACHER_DEFAULT, seed: int = 0) -> tuple[R2Plus1DTe
 def load_student(spec: str = STUDENT_DEFAULT, seed: int = 0, num_classes: int = 400) -> tuple[ImgAud2Vid, dict]:
     """The ImgAud2Vid student from ``spec``: a checkpoint path, "imagenet" or "random".
 
-    "imagenet" is the paper's undistilled starting point: the image stream from torchvision's ImageNet ResNet-18,
-    the audio stream and Psi random (seeded). A distilled checkpoint (``fs train-distill``) is passed as a path.
+    "imagenet" is the paper's undistilled starting point: both streams from torchvision's ImageNet ResNet-18 (the
+    audio stream's first convolution averaged over the colour channels), Psi random (seeded). A distilled
+    checkpoint (``fs train-distill``) is passed as a path.
     """
     if spec in ("imagenet", "random"):
         with seeded_init(seed):
@@ -149,6 +157,7 @@ def load_student(spec: str = STUDENT_DEFAULT, seed: int = 0, num_classes: int = 
             else:
                 model.image_net.trunk.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")},
                                                       strict=False)
+                model.audio_net.trunk.load_state_dict(audio_trunk_state(state))
                 source = f"{IMAGENET_SOURCE}+{_random_source(seed)}"
         return model, {"source": source, "sha256": state_hash(model), "num_classes": num_classes}
     state = _read_checkpoint(spec)

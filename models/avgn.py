@@ -35,6 +35,25 @@ def glance_order(t: int) -> list[int]:
     return order
 
 
+class Standardize(nn.Module):
+    """Per-dimension standardisation of a stored descriptor with statistics of the training split (buffers, saved
+    with the model): stored features sit around a large common offset (random or frozen backbones), which the
+    token projections would otherwise have to learn away."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def set_statistics(self, x: torch.Tensor) -> None:
+        """Take the mean and standard deviation of rows ``x`` (N, dim)."""
+        self.mean.copy_(x.mean(0))
+        self.std.copy_(x.std(0).clamp(min=1e-3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
 class SequenceClassifier(nn.Module):
     """f_C: FC layers on each step's feature, aggregated over steps 1..t by max, then FC to class logits."""
 
@@ -71,6 +90,7 @@ class AVTeST(nn.Module):
                  layers: int = 2, heads: int = 4, max_len: int = 64, use_audio_tokens: bool = True):
         super().__init__()
         self.dim, self.use_audio_tokens, self.num_classes = dim, use_audio_tokens, num_classes
+        self.norm_g, self.norm_a = Standardize(image_dim), Standardize(audio_dim)
         self.embed_v, self.embed_a = nn.Linear(image_dim, dim), nn.Linear(audio_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(dim))
         nn.init.normal_(self.mask_token, std=0.02)
@@ -91,6 +111,7 @@ class AVTeST(nn.Module):
     def glance(self, e_g: torch.Tensor, e_a: torch.Tensor, visible: torch.Tensor) -> AVGNOutput:
         """Eq. 2, 3, 14: saliency of every step. e_g (B, T, Dg) (rows where ``visible`` is False are never read),
         e_a (B, T, Da), visible (B, T) bool: which visual features were computed."""
+        e_g, e_a = self.norm_g(e_g), self.norm_a(e_a)
         tok_v = self.embed_v(e_g)
         shown = torch.where(visible.unsqueeze(-1), tok_v, self.mask_token.expand_as(tok_v))
         tok_a = self.embed_a(e_a) if self.use_audio_tokens else torch.zeros_like(tok_v)
@@ -101,8 +122,8 @@ class AVTeST(nn.Module):
 
     def fused(self, e_g: torch.Tensor, e_a_all: torch.Tensor) -> torch.Tensor:
         """[e^G_t, e^AT_t] for each given step: psi attends from the visual feature to the whole audio sequence."""
-        q = self.proj_v(e_g)
-        kv = self.proj_a(e_a_all)
+        q = self.proj_v(self.norm_g(e_g))
+        kv = self.proj_a(self.norm_a(e_a_all))
         at, _ = self.psi(q, kv, kv, need_weights=False)
         return torch.cat([q, at], dim=-1)
 
@@ -128,8 +149,9 @@ def avgn_losses(model: AVTeST, e_g: torch.Tensor, e_a: torch.Tensor, y: torch.Te
     steps_y = y.unsqueeze(1).expand(b, t)
     ce = lambda logits: F.cross_entropy(logits.reshape(-1, logits.shape[-1]), steps_y.reshape(-1))  # noqa: E731
     losses = {"p": ce(model.f_av(fused, cumulative=True))}
-    losses["v"] = ce(model.fc_g(e_g)) + ce(model.f_v(e_g, cumulative=True))
-    losses["a"] = ce(model.fc_a(e_a)) + ce(model.f_a(e_a, cumulative=True))
+    n_g, n_a = model.norm_g(e_g), model.norm_a(e_a)
+    losses["v"] = ce(model.fc_g(n_g)) + ce(model.f_v(n_g, cumulative=True))
+    losses["a"] = ce(model.fc_a(n_a)) + ce(model.f_a(n_a, cumulative=True))
     target = saliency_pseudo_labels(model.f_av.per_step(fused)).detach()
     losses["s"] = F.l1_loss(g.saliency, target)
     if use_mask_loss and t_g < t:

@@ -109,6 +109,9 @@ class LSTMBaseline(nn.Module):
         super().__init__()
         self.norm = nn.BatchNorm1d(in_dim)      # input BN over valid steps, for the reason given in models/skim.py
         self.cell = nn.LSTMCell(in_dim, hidden)
+        with torch.no_grad():        # forget-gate bias 1 (gates i, f, g, o): remember across hundreds of steps
+            self.cell.bias_ih[hidden:2 * hidden].fill_(1.0)
+            self.cell.bias_hh[hidden:2 * hidden].zero_()
         self.classifier = nn.Linear(hidden, num_classes)
         self.hidden = hidden
 

@@ -33,6 +33,18 @@ class ImageNet(nn.Module):
         return self.proj(self.trunk(x))
 
 
+def audio_trunk_state(image_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An RGB ResNet-18 state dict (torchvision keys) for :class:`AudioNet`'s trunk: conv1 averaged over the three
+    colour channels into one, the other layers as they are (the paper starts its audio stream from ImageNet)."""
+    index = {"conv1": "0", "bn1": "1", "layer1": "4", "layer2": "5", "layer3": "6", "layer4": "7"}
+    out = {}
+    for key, value in image_state.items():
+        head, _, rest = key.partition(".")
+        if head in index:
+            out[f"{index[head]}.{rest}"] = value.mean(1, keepdim=True) if head == "conv1" else value
+    return out
+
+
 class AudioNet(nn.Module):
     """Audio stream: ResNet-18 with a 1-channel first conv on the 40x101 log-mel -> z^A (256-d).
 
@@ -97,11 +109,11 @@ def distillation_loss(z_teacher: torch.Tensor, teacher_logits: torch.Tensor, z_s
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Eq. 4 of Listen to Look: L1(z^V, Psi(z^I, z^A)) + lambda * KL(Omega(V) || Phi(I, A)).
 
-    The L1 term is the mean absolute difference over batch and dimensions; the KL term is sum_c p_t (log p_t - log p_s)
-    averaged over the batch, with p_t = softmax(teacher logits), p_s = softmax(student logits).
-    Returns (total, l1, kl).
+    The L1 term is Eq. 3's ||z^V - Psi(z^I, z^A)||_1, summed over the 512 dimensions and averaged over the batch;
+    the KL term is sum_c p_t (log p_t - log p_s) averaged over the batch, with p_t = softmax(teacher logits),
+    p_s = softmax(student logits). Returns (total, l1, kl).
     """
-    l1 = (z_teacher - z_student).abs().mean()
+    l1 = (z_teacher - z_student).abs().sum(1).mean()
     log_p_t = torch.log_softmax(teacher_logits, dim=1)
     log_p_s = torch.log_softmax(student_logits, dim=1)
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(1).mean()

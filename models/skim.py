@@ -90,10 +90,15 @@ def attend(keys: torch.Tensor, query: torch.Tensor, available: torch.Tensor) -> 
 
 @dataclass
 class SkimOutput:
-    logits: torch.Tensor          # (B, C)
-    steps: torch.Tensor           # (B, T) chosen step per skimming step
-    fused: torch.Tensor           # (B, T, 512) the fused feature of every step (m is their mean)
-    modality: torch.Tensor        # (B, T, 2) s^I, s^A per step
+    logits: torch.Tensor          # (B, C) the classifier on m (Eq. 9)
+    steps: torch.Tensor           # (B, T - 1) the step looked at by each skimming step whose feature enters m
+    fused: torch.Tensor           # (B, T, 512) Psi(z~_1) .. Psi(z~_T): the LSTM inputs, z~_1 the mean features
+    modality: torch.Tensor        # (B, T - 1, 2) s^I, s^A per skimming step
+
+    def prefix_means(self) -> torch.Tensor:
+        """m_t = (1/t) sum_{j<=t} Psi(z~_j) for t = 1..T: what an early stop after t inputs classifies. (B, T, D)"""
+        t = torch.arange(1, self.fused.shape[1] + 1, device=self.fused.device, dtype=self.fused.dtype)
+        return self.fused.cumsum(1) / t[None, :, None]
 
 
 class ImgAudSkimmer(nn.Module):
@@ -123,31 +128,39 @@ class ImgAudSkimmer(nn.Module):
         self.classifier = nn.Sequential(nn.BatchNorm1d(fused_dim), nn.Linear(fused_dim, num_classes))
 
     def forward(self, z_image: torch.Tensor, z_audio: torch.Tensor, mask: torch.Tensor, steps: int = 10,
-                hard: bool = False, z_fused: torch.Tensor | None = None) -> SkimOutput:
-        """Skim ``steps`` moments. z_* (B, N, D) indexing features, mask (B, N) valid steps.
+                hard: bool = False, z_fused: torch.Tensor | None = None,
+                lookup: tuple[torch.Tensor, ...] | None = None) -> SkimOutput:
+        """Skim with ``steps`` LSTM steps (T). z_* (B, N, D) indexing features, mask (B, N) valid steps.
 
-        ``hard`` (ablation G.3, "unaggregated") feeds the features at the chosen step instead of the soft-indexed
-        aggregate. A chosen step is never chosen again while unchosen valid steps remain.
+        The first input is Psi of the mean features (z~_1); each step's attention gives the next input, so T steps
+        look at T - 1 moments and m averages the T inputs Psi(z~_1) .. Psi(z~_T) (Eq. 9). ``hard`` (ablation G.3,
+        "unaggregated") feeds the features at the chosen step instead of the soft-indexed aggregate; the features
+        looked up at a chosen step (hard, and the visual mode's audio) come from ``lookup`` when given (the real
+        features where the indexing features are interpolated). A chosen step is never chosen again while unchosen
+        valid steps remain.
         """
+        if steps < 1:
+            raise ValueError(f"skimming needs at least one step, got {steps}")
         if self.indexing == "single":
             if z_fused is None:
                 raise ValueError("single-query skimming needs the fused features")
-            return self._forward_single(z_fused, mask, steps, hard)
+            return self._forward_single(z_fused, mask, steps, hard, lookup[0] if lookup else z_fused)
+        real_i, real_a = lookup if lookup is not None else (z_image, z_audio)
         b = torch.arange(mask.shape[0], device=mask.device)
         k_i, k_a = self.key_i(z_image, mask), self.key_a(z_audio, mask)
         avail_i, avail_a, taken = mask.clone(), mask.clone(), torch.zeros_like(mask)
         h = z_image.new_zeros(mask.shape[0], self.hidden)
         c = torch.zeros_like(h)
-        x = self.fusion(masked_mean(z_image, mask), masked_mean(z_audio, mask))   # first input: mean features
-        fused, chosen, modality = [], [], []
-        for _ in range(steps):
+        x = self.fusion(masked_mean(z_image, mask), masked_mean(z_audio, mask))   # z~_1: the mean features
+        fused, chosen, modality = [x], [], []
+        for _ in range(steps - 1):
             h, c = self.lstm(x, (h, c))
             w_i = attend(k_i, self.query_i(h), avail_i)
             w_a = attend(k_a, self.query_a(h), avail_a)
             s = F.softmax(self.modality(h), dim=1)                               # s^I, s^A (Eq. 8)
             if self.indexing == "visual":
                 j = w_i.argmax(1)
-                zi, za, combined = soft_index(w_i, z_image), z_audio[b, j], w_i
+                zi, za, combined = soft_index(w_i, z_image), real_a[b, j], w_i
             else:
                 s_i, s_a = s[:, :1], s[:, 1:]
                 zi = s_i * soft_index(w_i, z_image) + s_a * soft_index(w_a, z_image)
@@ -155,15 +168,21 @@ class ImgAudSkimmer(nn.Module):
                 combined = s_i * w_i + s_a * w_a
             pick = self._pick(combined, mask, taken)
             if hard:
-                zi, za = z_image[b, pick], z_audio[b, pick]
+                zi, za = real_i[b, pick], real_a[b, pick]
             avail_i = self._mask_out(avail_i, w_i.argmax(1), mask)
             avail_a = self._mask_out(avail_a, w_a.argmax(1), mask)
             x = self.fusion(zi, za)
             fused.append(x)
             chosen.append(pick)
             modality.append(s)
+        return self._output(fused, chosen, modality, mask)
+
+    def _output(self, fused: list, chosen: list, modality: list, mask: torch.Tensor) -> SkimOutput:
         feats = torch.stack(fused, 1)
-        return SkimOutput(self.classify(feats.mean(1)), torch.stack(chosen, 1), feats, torch.stack(modality, 1))
+        b = mask.shape[0]
+        steps = torch.stack(chosen, 1) if chosen else torch.zeros(b, 0, dtype=torch.long, device=mask.device)
+        mod = torch.stack(modality, 1) if modality else feats.new_zeros(b, 0, 2)
+        return SkimOutput(self.classify(feats.mean(1)), steps, feats, mod)
 
     def first_query_weights(self, z_image: torch.Tensor, z_audio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The attention of the first skimming step alone (Eq. 6, 8): the LSTM state after the mean-feature input
@@ -179,25 +198,25 @@ class ImgAudSkimmer(nn.Module):
         """Class logits of aggregated fused features m (B, D), as Eq. 9's m is classified."""
         return self.classifier(m)
 
-    def _forward_single(self, z: torch.Tensor, mask: torch.Tensor, steps: int, hard: bool) -> SkimOutput:
+    def _forward_single(self, z: torch.Tensor, mask: torch.Tensor, steps: int, hard: bool,
+                        real: torch.Tensor) -> SkimOutput:
         b = torch.arange(mask.shape[0], device=mask.device)
         keys = self.key_f(z, mask)
         avail, taken = mask.clone(), torch.zeros_like(mask)
         h = z.new_zeros(mask.shape[0], self.hidden)
         c = torch.zeros_like(h)
         x = masked_mean(z, mask)
-        feats, chosen = [], []
-        for _ in range(steps):
+        feats, chosen = [x], []
+        for _ in range(steps - 1):
             h, c = self.lstm(x, (h, c))
             w = attend(keys, self.query_f(h), avail)
             pick = self._pick(w, mask, taken)
-            x = z[b, pick] if hard else soft_index(w, z)
+            x = real[b, pick] if hard else soft_index(w, z)
             avail = self._mask_out(avail, w.argmax(1), mask)
             feats.append(x)
             chosen.append(pick)
-        f = torch.stack(feats, 1)
-        ones = torch.ones(*f.shape[:2], 2, device=f.device) * torch.tensor([1.0, 0.0], device=f.device)
-        return SkimOutput(self.classify(f.mean(1)), torch.stack(chosen, 1), f, ones)
+        modality = [torch.tensor([1.0, 0.0], device=z.device).expand(len(b), 2)] * len(chosen)
+        return self._output(feats, chosen, modality, mask)
 
     @staticmethod
     def _pick(weights: torch.Tensor, mask: torch.Tensor, taken: torch.Tensor) -> torch.Tensor:
@@ -229,17 +248,19 @@ class SkimSelector:
     def select(self, video: VideoArrays) -> Selection:
         single = self.skimmer.indexing == "single"
         names = ("fused",) if single else ("image", "audio")
-        feats = [interpolate_features(stored(video, k), self.subsample) for k in names]
-        n = len(feats[0])
+        real = [stored(video, k)[None] for k in names]
+        feats = [interpolate_features(z[0], self.subsample)[None] for z in real]
+        n = feats[0].shape[1]
         mask = torch.ones(1, n, dtype=torch.bool)
+        looks_up = self.hard or self.skimmer.indexing == "visual"    # reads the real features at the chosen steps
         if single:
-            out, gflops = counted(self.skimmer, None, None, mask, self.steps, self.hard, feats[0][None])
+            out, gflops = counted(self.skimmer, None, None, mask, self.steps, self.hard, feats[0], lookup=real)
         else:
-            out, gflops = counted(self.skimmer, feats[0][None], feats[1][None], mask, self.steps, self.hard)
+            out, gflops = counted(self.skimmer, feats[0], feats[1], mask, self.steps, self.hard, lookup=real)
         steps = out.steps[0].numpy()
         computed = set(kept_steps(n, self.subsample).tolist())
-        if self.hard or self.skimmer.indexing == "visual":
-            computed |= set(steps.tolist())      # the chosen steps' own features are needed too
+        if looks_up:
+            computed |= set(steps.tolist())      # the chosen steps' own features are computed and used
         return Selection(steps, F.softmax(out.logits[0], 0).numpy(), len(computed) * self.pair_gflops + gflops)
 
 

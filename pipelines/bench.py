@@ -10,12 +10,13 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from featurestore.constants import STUDENT_DESCRIPTORS
 from featurestore.store import FeatureStore, StoreError
 from models.selection import Selector
 from models.skim import SkimSelector
 from pipelines.checkpoints import checkpoint_path
-from pipelines.data import SplitData, load_split
-from pipelines.methods import METHODS, BenchContext, build_selectors
+from pipelines.data import SplitData, action_mask, load_split
+from pipelines.methods import METHODS, BenchContext, build_selectors, check_methods
 
 SWEEP_SUBSAMPLE = (1, 2, 5, 10)
 SWEEP_STEPS = tuple(range(1, 11))
@@ -45,11 +46,30 @@ class MethodResult:
     gflops_per_video: float
     seconds_per_video: float
     steps_per_video: float
+    train_top1: float = float("nan")      # the same selector on the training split, evaluated the same way
+    top1_lo: float = float("nan")         # 95 % bootstrap interval over test videos
+    top1_hi: float = float("nan")
+    mAP_lo: float = float("nan")
+    mAP_hi: float = float("nan")
+    segment_hit: float = float("nan")     # share of chosen steps inside a ground-truth action segment
+    one_class: bool = False               # every test video got the same predicted class
 
 
-def evaluate(selector: Selector, data: SplitData) -> MethodResult:
+@dataclass
+class Predictions:
+    """One selector's answers over a split: class scores (V, C), labels (V,), and per video its chosen steps."""
+
+    scores: np.ndarray
+    labels: np.ndarray
+    hits: list[np.ndarray]        # per video: for each chosen step, whether it lies inside an action segment
+    gflops: float
+    seconds: float
+    steps: float
+
+
+def run_selector(selector: Selector, data: SplitData) -> Predictions:
     """Run one selector over every video of ``data``; indices outside [0, N) are an error, not a number."""
-    scores, gflops, seconds, n_steps = [], [], [], []
+    scores, gflops, seconds, n_steps, hits = [], [], [], [], []
     for video in data.videos:
         t0 = time.perf_counter()
         sel = selector.select(video)
@@ -60,10 +80,58 @@ def evaluate(selector: Selector, data: SplitData) -> MethodResult:
         scores.append(sel.scores)
         gflops.append(sel.gflops)
         n_steps.append(len(sel.steps))
-    s = np.stack(scores)
-    y = data.labels.numpy()
-    return MethodResult(selector.name, float((s.argmax(1) == y).mean()), mean_average_precision(s, y),
-                        float(np.mean(gflops)), float(np.mean(seconds)), float(np.mean(n_steps)))
+        inside = action_mask(video)
+        hits.append(inside[np.asarray(sel.steps, int)] if inside is not None else np.zeros(0, bool))
+    return Predictions(np.stack(scores), data.labels.numpy(), hits, float(np.mean(gflops)), float(np.mean(seconds)),
+                       float(np.mean(n_steps)))
+
+
+def average_precisions(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """AP of each row: scores and positives (D, V), precision averaged at the rank of each positive (NaN without
+    positives). The vectorised form of :func:`average_precision`."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    hits = np.take_along_axis(positive, order, axis=1).astype(float)
+    precision = np.cumsum(hits, 1) / np.arange(1, hits.shape[1] + 1)
+    n_pos = hits.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n_pos > 0, (precision * hits).sum(1) / n_pos, np.nan)
+
+
+def bootstrap_intervals(scores: np.ndarray, labels: np.ndarray, draws: int = 1000,
+                        seed: int = 0) -> tuple[tuple[float, float], tuple[float, float]]:
+    """95 % percentile intervals of top-1 and mAP over test sets resampled from the videos with replacement."""
+    idx = np.random.default_rng(seed).integers(0, len(labels), (draws, len(labels)))
+    y = labels[idx]                                                    # (D, V)
+    top1 = (scores.argmax(1)[idx] == y).mean(1)
+    aps = np.stack([average_precisions(scores[idx, c], y == c) for c in range(scores.shape[1])], 1)   # (D, C)
+    with np.errstate(all="ignore"):
+        maps = np.nanmean(np.where(np.isnan(aps).all(1, keepdims=True), 0.0, aps), 1)
+    lo_t, hi_t = np.percentile(top1, [2.5, 97.5])
+    lo_m, hi_m = np.percentile(maps, [2.5, 97.5])
+    return (float(lo_t), float(hi_t)), (float(lo_m), float(hi_m))
+
+
+def top1_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
+    return float((scores.argmax(1) == labels).mean())
+
+
+def evaluate(selector: Selector, data: SplitData, train: SplitData | None = None,
+             intervals: bool = True) -> MethodResult:
+    """A selector's row: top-1 and mAP on ``data`` with bootstrap intervals, cost, segment_hit, the one-class flag,
+    and its top-1 on ``train`` when given."""
+    p = run_selector(selector, data)
+    hits = np.concatenate(p.hits) if p.hits else np.zeros(0, bool)
+    with_segments = [h for h, v in zip(p.hits, data.videos) if action_mask(v) is not None]
+    r = MethodResult(selector.name, top1_accuracy(p.scores, p.labels), mean_average_precision(p.scores, p.labels),
+                     p.gflops, p.seconds, p.steps,
+                     segment_hit=float(hits.mean()) if with_segments and len(hits) else float("nan"),
+                     one_class=bool(len(np.unique(p.labels)) > 1 and len(np.unique(p.scores.argmax(1))) == 1))
+    if intervals:
+        (r.top1_lo, r.top1_hi), (r.mAP_lo, r.mAP_hi) = bootstrap_intervals(p.scores, p.labels)
+    if train is not None:
+        t = run_selector(selector, train)
+        r.train_top1 = top1_accuracy(t.scores, t.labels)
+    return r
 
 
 def sweep(ctx: BenchContext, data: SplitData) -> pd.DataFrame:
@@ -72,8 +140,9 @@ def sweep(ctx: BenchContext, data: SplitData) -> pd.DataFrame:
     rows = []
     for s in SWEEP_SUBSAMPLE:
         for t in SWEEP_STEPS:
-            r = evaluate(SkimSelector("skim", net, ctx.costs, steps=t, subsample=s), data)
-            rows.append({"subsample": s, "steps": t, "top1": r.top1, "mAP": r.mAP, "gflops_per_video": r.gflops_per_video})
+            r = evaluate(SkimSelector("skim", net, ctx.costs, steps=t, subsample=s), data, intervals=False)
+            rows.append({"subsample": s, "steps": t, "top1": r.top1, "mAP": r.mAP,
+                         "gflops_per_video": r.gflops_per_video, "segment_hit": r.segment_hit})
     return pd.DataFrame(rows)
 
 
@@ -88,6 +157,10 @@ def plot_tradeoff(table: pd.DataFrame, path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(11, max(5.5, 0.2 * len(table) + 1)))   # room for one legend line per method
     for i, r in enumerate(table.itertuples(), start=1):
         oracle, ours = r.method.startswith("ORACLE"), r.method.startswith("IMGAUD-SKIM")
+        if r.top1_hi == r.top1_hi:          # not NaN: the 95 % bootstrap interval
+            err = [[100 * (r.top1 - r.top1_lo)], [100 * (r.top1_hi - r.top1)]]
+            ax.errorbar(r.gflops_per_video, 100 * r.top1, yerr=err, fmt="none", ecolor="grey", alpha=0.5, capsize=2,
+                        zorder=2)
         ax.scatter(r.gflops_per_video, 100 * r.top1, s=90 if ours else 50,
                    marker="*" if ours else ("x" if oracle else "o"),
                    color="C3" if ours else ("grey" if oracle else "C0"), zorder=3,
@@ -131,27 +204,68 @@ def plot_sweep(sw: pd.DataFrame, uniform_top1: float | None, path: Path) -> None
     plt.close(fig)
 
 
+def format_table(table: pd.DataFrame) -> str:
+    """The bench table for a terminal: percentages with their intervals, a flag on rows that predict one class."""
+    def pct(v: float) -> str:
+        return "-" if v != v else f"{100 * v:.1f}"
+
+    def interval(v: float, lo: float, hi: float) -> str:
+        return pct(v) if lo != lo else f"{pct(v)} [{100 * lo:.0f}-{100 * hi:.0f}]"
+
+    shown = pd.DataFrame({
+        "method": table["method"] + np.where(table["one_class"], " !", ""),
+        "top1": [interval(*v) for v in zip(table["top1"], table["top1_lo"], table["top1_hi"])],
+        "train_top1": table["train_top1"].map(pct),
+        "mAP": [interval(*v) for v in zip(table["mAP"], table["mAP_lo"], table["mAP_hi"])],
+        "segment_hit": table["segment_hit"].map(pct),
+        "gflops_per_video": table["gflops_per_video"].map(lambda v: f"{v:.1f}"),
+        "seconds_per_video": table["seconds_per_video"].map(lambda v: f"{v:.4f}"),
+        "steps_per_video": table["steps_per_video"].map(lambda v: f"{v:.1f}")})
+    return shown.to_string(index=False)
+
+
+def bench_notes(table: pd.DataFrame, n_test: int | None = None) -> list[str]:
+    """Lines a reader needs under the table: collapsed rows, and a test split too small to separate methods."""
+    n_test = n_test if n_test is not None else table.attrs.get("n_test", 0)
+    notes = []
+    for r in table[table["one_class"]].itertuples():
+        fits = "fits its training split" if r.train_top1 >= 0.9 else f"trains to {100 * r.train_top1:.0f}%"
+        notes.append(f"! {r.method}: predicts one class for every test video ({fits}): not ranked, look at its model")
+    widest = float((table["top1_hi"] - table["top1_lo"]).max()) if len(table) else 0.0
+    if n_test < 30 or widest > 0.3:
+        notes.append(f"the test split has {n_test} videos: top-1 intervals span up to {100 * widest:.0f} points, too "
+                     f"few to separate the methods; for the benchmark-sized set see README (fs synth --out "
+                     f"fs-data/syn300 --videos 300 --classes 10 --seconds 30:60 --test-fraction 0.3334)")
+    return notes
+
+
 def run_bench(store: FeatureStore, runs: Path, out: Path, methods: tuple[str, ...] = tuple(METHODS),
               subsample: int = 5, steps: int = 3, do_sweep: bool = True,
               say: Callable[[str], None] = print) -> pd.DataFrame:
     """Evaluate, write ``bench.csv``, ``tradeoff.png`` (and ``sweep.csv``, ``sweep.png``) into ``out``."""
+    check_methods(methods)
     if subsample < 1 or not 1 <= steps <= 10:
         raise ValueError("--subsample must be >= 1 and --steps within 1..10")
     ctx = BenchContext(store, runs, subsample, steps, say)
-    selectors = build_selectors(ctx, methods)
-    names = ("image", "audio", "fused") + (("r2p1d",) if ctx.has_r2p1d else ())
+    names = ("t",) + STUDENT_DESCRIPTORS + (("r2p1d",) if ctx.has_r2p1d else ())
     data = load_split(store, "test", names)
+    train = load_split(store, "train", names)
+    selectors = build_selectors(ctx, methods)
     if not selectors:
         raise StoreError("no method could be evaluated (see the lines above)")
     rows = []
     for sel in selectors:
-        r = evaluate(sel, data)
+        r = evaluate(sel, data, train)
         rows.append(r.__dict__)
-        say(f"  {r.method:<40} top1 {100 * r.top1:5.1f}%  mAP {100 * r.mAP:5.1f}%  {r.gflops_per_video:9.1f} GFLOPs")
+        say(f"  {r.method:<40} top1 {100 * r.top1:5.1f}% [{100 * r.top1_lo:3.0f}-{100 * r.top1_hi:3.0f}]  "
+            f"train {100 * r.train_top1:5.1f}%  mAP {100 * r.mAP:5.1f}%  {r.gflops_per_video:9.1f} GFLOPs"
+            + ("  ONE CLASS" if r.one_class else ""))
     table = pd.DataFrame(rows)
+    table.attrs["n_test"] = len(data.videos)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "bench.csv", index=False)
-    title = f"{store.attrs.get('dataset')} test split: {len(data.videos)} videos, {len(data.classes)} classes"
+    title = (f"{store.attrs.get('dataset')} test split: {len(data.videos)} videos, {len(data.classes)} classes "
+             f"(bars: 95 % bootstrap intervals)")
     plot_tradeoff(table, out / "tradeoff.png", title)
     if do_sweep and checkpoint_path(runs, "skim").is_file():
         sw = sweep(ctx, data)

@@ -12,28 +12,25 @@ import numpy as np
 import pandas as pd
 import torch
 
+from featurestore.constants import KEPT_INPUTS
 from featurestore.cost import unit_gflops
-from manifests.schema import parse_segments
 from featurestore.store import FeatureStore, StoreError, require_arrays
 from featurestore.weights import load_student
 from featurestore.refresh import student_features
-from pipelines.data import load_split
+from pipelines.data import action_mask, load_split
 from pipelines.train_head import fit_step_classifier
 
 
 def action_steps(video) -> np.ndarray:
     """Indices of the steps that start inside a ground-truth action segment (all steps when none are annotated)."""
-    segs = parse_segments(video.attrs.get("segments", "") or "")
-    t = video.arrays["t"]
-    if not segs:
-        return np.arange(len(t))
-    return np.flatnonzero(np.any([(t >= s) & (t < e) for s, e in segs], axis=0))
+    inside = action_mask(video)
+    return np.arange(video.n_steps) if inside is None else np.flatnonzero(inside)
 
 
 def clip_level_bench(store: FeatureStore, student_ckpt: Path | None, out: Path,
                      say: Callable[[str], None] = print) -> pd.DataFrame:
     """Accuracy and counted GFLOPs per clip for each representation; writes ``clip_bench.csv`` into ``out``."""
-    require_arrays(store, ("frames", "mel"), "extract it with --keep-inputs")
+    require_arrays(store, KEPT_INPUTS, "extract it with --keep-inputs")
     has_teacher = "r2p1d" in store.attrs.get("descriptors", [])
     names = ("t", "frames", "mel") + (("r2p1d",) if has_teacher else ())
     splits = {s: load_split(store, s, names) for s in ("train", "test")}
@@ -68,7 +65,7 @@ def clip_level_bench(store: FeatureStore, student_ckpt: Path | None, out: Path,
     for key in feats["train"]:
         x_train = torch.from_numpy(np.concatenate(feats["train"][key]))
         x_test = torch.from_numpy(np.concatenate(feats["test"][key]))
-        head, _ = fit_step_classifier(x_train, y_train, n_classes, epochs=30, batch_size=64, lr=0.01,
+        head, _, _ = fit_step_classifier(x_train, y_train, n_classes, epochs=30, batch_size=64, lr=0.01,
                                       milestones=(20,), seed=0)
         with torch.inference_mode():
             acc = float((head(x_test).argmax(1) == y_test).float().mean())

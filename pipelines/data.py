@@ -8,6 +8,7 @@ import torch
 
 from featurestore.store import FeatureStore, StoreError, VideoFeatures, check_video, require_arrays
 from featurestore.weights import WeightsError, load_recorded
+from manifests.schema import parse_segments
 from models.imgaud import Fusion
 
 @dataclass
@@ -41,6 +42,16 @@ def load_split(store: FeatureStore, split: str, names: tuple[str, ...]) -> Split
     if not videos:
         raise StoreError(f"store {store.path} has no complete {split} videos")
     return SplitData(videos, torch.tensor([index[v.label] for v in videos]), classes)
+
+
+def action_mask(video: VideoFeatures) -> np.ndarray | None:
+    """For each step, whether it starts inside a ground-truth action segment; None when the video has none
+    annotated (needs the ``t`` array)."""
+    segs = parse_segments(video.attrs.get("segments", "") or "")
+    if not segs:
+        return None
+    t = video.arrays["t"]
+    return np.any([(t >= s) & (t < e) for s, e in segs], axis=0)
 
 
 def pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,7 +22,7 @@ from featurestore.store import FeatureStore, require_arrays
 from models.imgaud import distillation_loss
 from pipelines.checkpoints import save_checkpoint
 from pipelines.data import load_split, store_model
-from pipelines.train import fit, minibatches
+from pipelines.train import Schedule, Trained, fit, minibatches
 
 
 def _steps(data, names: tuple[str, ...]) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -34,11 +34,11 @@ def _steps(data, names: tuple[str, ...]) -> tuple[list[torch.Tensor], torch.Tens
 
 def train_teacher(store: FeatureStore, runs: Path, epochs: int = 10, batch_size: int = 8, lr: float = 1e-3,
                   milestones: tuple[int, ...] = (6,), seed: int = 0, device: str = "cpu",
-                  report: Callable[[dict], None] | None = None, clips_per_video: int = 0
-                  ) -> tuple[nn.Module, list[dict]]:
+                  report: Callable[[dict], None] | None = None, clips_per_video: int = 0) -> Trained:
     """Fine-tune the store's R(2+1)D-18 on the dataset's classes from stored clips (the SCSampler setting: f trained on
     the training split); every clip is labelled with its video's label. ``clips_per_video`` > 0 draws that many
-    clips of each video afresh every epoch (a CPU-sized epoch); 0 uses every clip. Saves ``<runs>/teacher.pt``."""
+    clips of each video afresh every epoch (a CPU-sized epoch); 0 uses every clip. Saves ``<runs>/teacher.pt``.
+    The schedule is the one asked for: rows are clips, plenty even for small stores, and each costs a 3D CNN pass."""
     require_arrays(store, KEPT_CLIPS, "extract it with --keep-clips")
     data = load_split(store, "train", ("clips",))
     (clips,), labels = _steps(data, ("clips",))
@@ -64,15 +64,14 @@ def train_teacher(store: FeatureStore, runs: Path, epochs: int = 10, batch_size:
     batches = minibatches(draw if clips_per_video else len(labels), batch_size)
     history = fit(teacher, batches, loss_fn, epochs, lr, milestones, seed, report)
     teacher.eval().cpu()
-    save_checkpoint(runs, "teacher", "teacher", teacher, store, {"num_classes": len(data.classes), "epochs": epochs},
-                    history)
-    return teacher, history
+    path = save_checkpoint(runs, "teacher", "teacher", teacher, store,
+                           {"num_classes": len(data.classes), "epochs": epochs}, history)
+    return Trained(teacher, history, path, Schedule(batch_size, epochs, tuple(milestones)))
 
 
 def train_distill(store: FeatureStore, runs: Path, epochs: int = 60, batch_size: int = 16, lr: float = 1e-3,
                   milestones: tuple[int, ...] = (30, 50), lam: float = 100.0, finetune_epochs: int = 0,
-                  seed: int = 0, device: str = "cpu", report: Callable[[dict], None] | None = None
-                  ) -> tuple[nn.Module, list[dict]]:
+                  seed: int = 0, device: str = "cpu", report: Callable[[dict], None] | None = None) -> Trained:
     """Distil the stored teacher (descriptor z^V and logits) into the student from stored frames and log-mels, then
     (``finetune_epochs`` > 0) fine-tune it on the target labels with a fresh C-way classifier. Saves
     ``<runs>/student.pt``."""
@@ -102,7 +101,7 @@ def train_distill(store: FeatureStore, runs: Path, epochs: int = 60, batch_size:
         history += [dict(r, stage="finetune") for r in fit(student, minibatches(len(labels), batch_size), finetune,
                                                            finetune_epochs, lr, (), seed, report)]
     student.eval().cpu()
-    save_checkpoint(runs, "student", "student", student, store,
-                    {"lambda": lam, "epochs": epochs, "finetune_epochs": finetune_epochs,
-                     "num_classes": student.classifier.out_features}, history)
-    return student, history
+    path = save_checkpoint(runs, "student", "student", student, store,
+                           {"lambda": lam, "epochs": epochs, "finetune_epochs": finetune_epochs,
+                            "num_classes": student.classifier.out_features}, history)
+    return Trained(student, history, path, Schedule(batch_size, epochs, tuple(milestones)))

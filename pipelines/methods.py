@@ -192,9 +192,14 @@ METHODS: dict[str, Builder] = {
 }
 
 
-def build_selectors(ctx: BenchContext, methods: tuple[str, ...]) -> list[Selector]:
-    """The selectors of ``methods``, in registry (table) order."""
+def check_methods(methods: tuple[str, ...]) -> None:
+    """Refuse names that are not in the registry, listing those that are."""
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(sorted(unknown))}; choose from {', '.join(METHODS)}")
+
+
+def build_selectors(ctx: BenchContext, methods: tuple[str, ...]) -> list[Selector]:
+    """The selectors of ``methods``, in registry (table) order."""
+    check_methods(methods)
     return [sel for name, build in METHODS.items() if name in methods for sel in build(ctx)]

@@ -1,6 +1,8 @@
 """Shared training recipe: SGD with Nesterov momentum, weight decay and step decay (Listen to Look supp. C)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
@@ -30,12 +32,90 @@ def minibatches(rows: int | Callable[[torch.Generator], torch.Tensor], batch_siz
     return batches
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """Batch size, epochs and lr milestones, as asked or sized to the split (:func:`sized_schedule`)."""
+
+    batch_size: int
+    epochs: int
+    milestones: tuple[int, ...]
+
+    def steps(self, rows: int) -> int:
+        """Optimiser steps this schedule takes on ``rows`` rows (a last batch of one row is dropped)."""
+        per_epoch = rows // self.batch_size + (rows % self.batch_size > 1)
+        return per_epoch * self.epochs
+
+
+MIN_STEPS_PER_EPOCH = 10      # a split smaller than 10 batches gets smaller batches ...
+MIN_BATCH = 8                 # ... but not below 8 rows (batch norm statistics),
+MIN_STEPS = 250               # and at least this many optimiser steps in all (more epochs, milestones scaled)
+
+
+def sized_schedule(rows: int, batch_size: int, epochs: int, milestones: tuple[int, ...],
+                   sized: bool = True) -> Schedule:
+    """The schedule asked for, sized by optimiser steps so that it converges on small splits too (``sized``; a
+    schedule the user set explicitly is kept as it is).
+
+    The papers' schedules assume large splits (ActivityNet: 10k videos, batch 256, 39 steps an epoch). On a split
+    of ``rows`` rows the batch shrinks to give at least MIN_STEPS_PER_EPOCH steps an epoch (not below MIN_BATCH),
+    and when that still gives fewer than MIN_STEPS steps, epochs and milestones grow by the same factor. A large
+    split keeps the schedule asked for."""
+    if not sized:
+        return Schedule(batch_size, epochs, tuple(milestones))
+    batch = max(2, min(batch_size, max(MIN_BATCH, -(-rows // MIN_STEPS_PER_EPOCH)), rows))
+    sched = Schedule(batch, epochs, tuple(milestones))
+    total = sched.steps(rows)
+    if 0 < total < MIN_STEPS:
+        factor = -(-MIN_STEPS // total)
+        sched = Schedule(batch, epochs * factor, tuple(m * factor for m in milestones))
+    return sched
+
+
+def _batchnorms(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: torch.nn.Module, batches: Iterable[tuple], loss_fn: Callable) -> None:
+    """Running statistics of every BatchNorm set to the training data under the final weights: reset, then one pass
+    in train mode with a cumulative average (momentum None), as evaluation will normalise with them."""
+    norms = _batchnorms(model)
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for batch in batches:
+        loss_fn(*batch)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+
+
+@torch.no_grad()
+def evaluate_fit(model: torch.nn.Module, batches: Iterable[tuple], loss_fn: Callable) -> dict:
+    """Loss and accuracy on ``batches`` in eval mode: the way the bench will use the model."""
+    model.eval()
+    total = correct = seen = 0.0
+    for batch in batches:
+        loss, logits, labels = loss_fn(*batch)
+        total += loss.item() * len(labels)
+        correct += (logits.argmax(-1) == labels).sum().item()
+        seen += len(labels)
+    return {"loss": total / max(seen, 1), "acc": correct / max(seen, 1)}
+
+
 def fit(model: torch.nn.Module, batches: Callable[[torch.Generator], Iterable[tuple]], loss_fn: Callable,
         epochs: int, lr: float, milestones: tuple[int, ...], seed: int,
-        report: Callable[[dict], None] | None = None, optimizer: str = "sgd") -> list[dict]:
+        report: Callable[[dict], None] | None = None, optimizer: str = "sgd",
+        clip_grad: float | None = None) -> list[dict]:
     """Train ``model`` for ``epochs``; ``batches(gen)`` yields loss_fn argument tuples. Returns per-epoch history.
 
-    ``optimizer``: "sgd" (the papers' recipe) or "adamw" (for the transformer of AVGN)."""
+    ``optimizer``: "sgd" (the papers' recipe) or "adamw" (for the transformer of AVGN); ``clip_grad`` clips the
+    gradient norm. After the last epoch the BatchNorm statistics are recomputed on the training data and the final
+    row gains ``final_loss`` and ``final_train_acc``: the training split evaluated in eval mode, as the bench does.
+    Per-epoch ``train_acc`` is the running accuracy in train mode."""
     gen = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer == "adamw":
@@ -51,9 +131,11 @@ def fit(model: torch.nn.Module, batches: Callable[[torch.Generator], Iterable[tu
             loss, logits, labels = loss_fn(*batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if clip_grad:
+                torch.nn.utils.clip_grad_norm_(params, clip_grad)
             opt.step()
             total += loss.item() * len(labels)
-            correct += (logits.argmax(1) == labels).sum().item()
+            correct += (logits.argmax(-1) == labels).sum().item()
             seen += len(labels)
         sched.step()
         row = {"epoch": epoch, "loss": total / max(seen, 1), "train_acc": correct / max(seen, 1),
@@ -61,4 +143,27 @@ def fit(model: torch.nn.Module, batches: Callable[[torch.Generator], Iterable[tu
         history.append(row)
         if report:
             report(row)
+    final_gen = torch.Generator().manual_seed(seed + 1)
+    recalibrate_batchnorm(model, batches(final_gen), loss_fn)
+    final = evaluate_fit(model, batches(torch.Generator().manual_seed(seed + 1)), loss_fn)
+    if history:
+        history[-1].update(final_loss=final["loss"], final_train_acc=final["acc"])
     return history
+
+
+@dataclass
+class Trained:
+    """What a trainer returns: the network (eval mode), its history, the checkpoint written and the schedule run."""
+
+    model: torch.nn.Module
+    history: list[dict]
+    path: Path
+    schedule: Schedule
+
+    def summary(self) -> str:
+        """One line for the user: where it went, the schedule, and the fit measured as the bench will use it."""
+        last = self.history[-1] if self.history else {}
+        fit_text = (f"; final training loss {last['final_loss']:.4f}, training accuracy "
+                    f"{100 * last['final_train_acc']:.1f}% in eval mode" if "final_train_acc" in last else "")
+        return (f"saved {self.path} (batch {self.schedule.batch_size}, {self.schedule.epochs} epochs, milestones "
+                f"{','.join(map(str, self.schedule.milestones)) or 'none'}{fit_text})")

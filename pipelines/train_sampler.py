@@ -2,7 +2,8 @@
 
 The clip classifier f whose scores define the SAL-CL / SAL-RANK pseudo-labels is the R(2+1)D-18 head over the
 stored ``r2p1d`` descriptors, fitted on the training split (``fs train-head --features r2p1d``; trained here on first
-use): the teacher's own logits are over Kinetics classes, not the dataset's.
+use): the teacher's own logits are over Kinetics classes, not the dataset's. A store extracted without the teacher
+(CPU users skip it) uses the student's per-step head on ``fused`` as f instead, and says so.
 """
 from __future__ import annotations
 
@@ -12,21 +13,24 @@ from typing import Callable
 import torch
 from torch.nn import functional as F
 
-from featurestore.constants import FEATURE_DIMS, MODALITY_FEATURE
-from featurestore.store import FeatureStore, StoreError
-from models.scsampler import JointSampler, SaliencySampler, sal_cl_loss, sal_rank_loss
-from pipelines.checkpoints import load_model, save_checkpoint
+from featurestore.constants import FEATURE_DIMS
+from featurestore.store import FeatureStore
+from models.scsampler import MODALITY_FEATURE, JointSampler, SaliencySampler, sal_cl_loss, sal_rank_loss
+from pipelines.checkpoints import checkpoint_path, load_model, save_checkpoint
 from pipelines.data import load_split
-from pipelines.train import fit, minibatches
+from pipelines.train import Trained, fit, minibatches, sized_schedule
 from pipelines.train_head import step_head
 
 
+def clip_feature(store: FeatureStore) -> str:
+    """The stored descriptor SCSampler's clip classifier f reads: ``r2p1d``, else ``fused``."""
+    return "r2p1d" if "r2p1d" in store.attrs.get("descriptors", []) else "fused"
+
+
 def clip_classifier(store: FeatureStore, runs: Path, say: Callable[[str], None] = print):
-    """f: the R(2+1)D head on stored ``r2p1d`` descriptors (trained on first use)."""
-    if "r2p1d" not in store.attrs.get("descriptors", []):
-        raise StoreError(f"store {store.path} has no r2p1d descriptors: SCSampler's clip classifier f needs them "
-                         f"(fs extract --descriptors image,audio,fused,r2p1d)")
-    return step_head(store, runs, "r2p1d", say)
+    """f: the R(2+1)D head on stored ``r2p1d`` descriptors, or the student's head on ``fused`` in a store without
+    them (trained on first use)."""
+    return step_head(store, runs, clip_feature(store), say)
 
 
 def modalities(modality: str) -> list[str]:
@@ -50,25 +54,44 @@ def checkpoint_name(modality: str, loss: str) -> str:
 def train_sampler(store: FeatureStore, runs: Path, modality: str, loss: str, margin: float = 1.0,
                   epochs: int = 15, batch_size: int = 16, lr: float = 0.01, milestones: tuple[int, ...] = (10,),
                   seed: int = 0, report: Callable[[dict], None] | None = None,
-                  say: Callable[[str], None] = print) -> tuple[torch.nn.Module, list[dict]]:
+                  say: Callable[[str], None] = print, sized: bool = True) -> Trained:
     """Train one sampler (``modality`` visual, audio, or av = AV-joint-training) with ``loss``; batches are videos,
-    since SAL-CL labels and SAL-RANK pairs are defined within a video."""
+    since SAL-CL labels and SAL-RANK pairs are defined within a video, and the sampler runs once over all steps of
+    a batch's videos (its BatchNorm sees the same mix of videos in training as its running statistics will hold).
+    AV-joint-training starts from the trained visual and audio samplers of the same loss (trained first when
+    missing) and fine-tunes both through their averaged output."""
     feats = tuple(MODALITY_FEATURE[m] for m in modalities(modality))
-    data = load_split(store, "train", feats + ("r2p1d",))
+    f_feature = clip_feature(store)
+    data = load_split(store, "train", feats + (f_feature,))
+    if f_feature != "r2p1d" and loss != "ac":
+        say(f"store {store.path} has no r2p1d descriptors: SCSampler's clip classifier f is the student's per-step "
+            f"head on fused (extract with --descriptors ...,r2p1d for the R(2+1)D head)")
     f = clip_classifier(store, runs, say)
     with torch.no_grad():
-        f_true = [F.softmax(f(z), 1)[:, int(y)] for z, y in zip(data.tensors("r2p1d"), data.labels)]
+        f_true = [F.softmax(f(z), 1)[:, int(y)] for z, y in zip(data.tensors(f_feature), data.labels)]
     seqs = {n: data.tensors(n) for n in feats}
     torch.manual_seed(seed)
-    model = build_sampler(modality, loss, len(data.classes))
+    if modality == "av":
+        parts = []
+        for m in ("visual", "audio"):
+            if not checkpoint_path(runs, checkpoint_name(m, loss)).is_file():
+                say(f"AV-joint-training starts from the {m} sampler: training it first (fs train-sampler "
+                    f"--modality {m} --loss {loss})")
+                train_sampler(store, runs, m, loss, margin, epochs, batch_size, lr, milestones, seed, None, say, sized)
+            parts.append(load_sampler(store, runs, checkpoint_name(m, loss))[0])
+        model = JointSampler(*parts)
+    else:
+        model = build_sampler(modality, loss, len(data.classes))
+    sched = sized_schedule(len(data.labels), batch_size, epochs, milestones, sized)
 
     def loss_fn(idx):
         idx = idx.tolist()
-        outs = [model(*[seqs[n][j] for n in feats]) for j in idx]
+        lengths = [len(seqs[feats[0]][j]) for j in idx]
+        out = model(*[torch.cat([seqs[n][j] for j in idx]) for n in feats])      # one pass: BN over the batch
+        outs = list(torch.split(out, lengths))
         if loss == "ac":
-            logits = torch.cat(outs)
-            steps_y = torch.cat([torch.full((len(o),), int(data.labels[j])) for o, j in zip(outs, idx)])
-            return F.cross_entropy(logits, steps_y), logits, steps_y
+            steps_y = torch.cat([torch.full((n,), int(data.labels[j])) for n, j in zip(lengths, idx)])
+            return F.cross_entropy(out, steps_y), out, steps_y
         if loss == "sal-cl":
             total = torch.stack([sal_cl_loss(o, f_true[j]) for o, j in zip(outs, idx)]).mean()
         else:
@@ -77,11 +100,13 @@ def train_sampler(store: FeatureStore, runs: Path, modality: str, loss: str, mar
         hits = torch.tensor([float(f_true[j][o.argmax()] >= f_true[j].median()) for o, j in zip(outs, idx)])
         return total, torch.stack([1 - hits, hits], 1), torch.ones(len(idx), dtype=torch.long)
 
-    history = fit(model, minibatches(len(data.labels), batch_size), loss_fn, epochs, lr, milestones, seed, report)
+    history = fit(model, minibatches(len(data.labels), sched.batch_size), loss_fn, sched.epochs, lr, sched.milestones,
+                  seed, report)
     model.eval()
-    save_checkpoint(runs, checkpoint_name(modality, loss), "sampler", model, store,
-                    {"modality": modality, "loss": loss, "margin": margin, "num_classes": len(data.classes)}, history)
-    return model, history
+    path = save_checkpoint(runs, checkpoint_name(modality, loss), "sampler", model, store,
+                           {"modality": modality, "loss": loss, "margin": margin, "num_classes": len(data.classes),
+                            "clip_classifier": f_feature}, history)
+    return Trained(model, history, path, sched)
 
 
 def load_sampler(store: FeatureStore, runs: Path, name: str) -> tuple[torch.nn.Module, dict]:

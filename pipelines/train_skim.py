@@ -10,10 +10,10 @@ from torch.nn import functional as F
 from featurestore.store import FeatureStore
 from models.baselines import LSTMBaseline
 from models.imgaud import Fusion
-from models.skim import ImgAudSkimmer
+from models.skim import ImgAudSkimmer, interpolate_features
 from pipelines.checkpoints import load_model, save_checkpoint
 from pipelines.data import load_split, pad, student_fusion
-from pipelines.train import fit, minibatches
+from pipelines.train import Trained, fit, minibatches, sized_schedule
 
 # model name -> (indexing mode of the skimmer, or None for the LSTM baseline)
 SKIM_MODELS = {"skim": "audio-visual", "skim-visual": "visual", "skim-single": "single",
@@ -32,45 +32,70 @@ def build_skim_model(model: str, fusion: Fusion, num_classes: int) -> torch.nn.M
     return ImgAudSkimmer(fusion, num_classes, indexing=SKIM_MODELS[model])
 
 
+TRAIN_SUBSAMPLE = (1, 2, 5, 10)   # indexing-feature subsampling drawn per batch: the skimmer learns sparse features too
+
+
 def train_skim(store: FeatureStore, runs: Path, model: str = "skim", epochs: int = 25, batch_size: int = 256,
-               lr: float = 1e-2, milestones: tuple[int, ...] = (15, 20), steps: int = 10, freeze_fusion: bool = False,
-               device: str = "cpu", seed: int = 0, report: Callable[[dict], None] | None = None
-               ) -> tuple[torch.nn.Module, list[dict]]:
+               lr: float = 1e-2, milestones: tuple[int, ...] = (15, 20), steps: int = 10,
+               finetune_fusion: bool = False, device: str = "cpu", seed: int = 0,
+               report: Callable[[dict], None] | None = None, sized: bool = True) -> Trained:
     """Train on the training split and save ``<runs>/<model>.pt``; videos of different length are padded and
-    masked, never truncated. NON-RECURRENT is the skimmer trained with a single query step (``steps`` is forced
-    to 1)."""
+    masked, never truncated. The schedule is sized to the split (:func:`~pipelines.train.sized_schedule`) unless
+    ``sized`` is False.
+
+    The skimmer keeps the student's Psi frozen (as the authors' release) unless ``finetune_fusion``; each batch
+    draws its indexing features' subsampling factor from TRAIN_SUBSAMPLE (sparse features at inference), and the
+    loss adds, to the cross-entropy of m over the T inputs (Eq. 9), the mean cross-entropy of every shorter prefix
+    m_t (early stopping at inference). NON-RECURRENT is the skimmer trained with a single query (T = 2: the mean
+    start and one looked-at moment). The LSTM baseline clips its gradient norm at 5.
+    """
     names = _needs(model)
     data = load_split(store, "train", names)
     torch.manual_seed(seed)
     fusion = student_fusion(store)
     net = build_skim_model(model, fusion, len(data.classes)).to(device)
-    if freeze_fusion:
+    if not finetune_fusion:
         for p in fusion.parameters():
             p.requires_grad_(False)
-    t_steps = 1 if model == "non-recurrent" else steps
+    t_steps = 2 if model == "non-recurrent" else steps
     seqs = {n: data.tensors(n) for n in names}
     labels = data.labels
+    sched = sized_schedule(len(labels), batch_size, epochs, milestones, sized)
+    skimmer = model != "lstm"
 
     def collate(idx, gen):
         idx = idx.tolist()
+        s = TRAIN_SUBSAMPLE[int(torch.randint(len(TRAIN_SUBSAMPLE), (1,), generator=gen))] if skimmer else 1
         padded = [pad([seqs[n][j] for j in idx]) for n in names]
-        return [p[0].to(device) for p in padded], padded[0][1].to(device), labels[idx].to(device)
+        sparse = [pad([interpolate_features(seqs[n][j], s) for j in idx])[0] for n in names] if s > 1 else None
+        feats = [p[0].to(device) for p in padded]
+        indexing = [z.to(device) for z in sparse] if sparse else feats
+        return feats, indexing, padded[0][1].to(device), labels[idx].to(device)
 
-    def loss_fn(feats, mask, y):
-        if model == "lstm":
+    def loss_fn(real, feats, mask, y):
+        if not skimmer:
             logits = net(feats[0], mask)
-        elif model == "skim-single":
-            logits = net(None, None, mask, t_steps, z_fused=feats[0]).logits
+            return F.cross_entropy(logits, y), logits, y
+        if model == "skim-single":
+            out = net(None, None, mask, t_steps, z_fused=feats[0], lookup=real)
         else:
-            logits = net(feats[0], feats[1], mask, t_steps).logits
-        return F.cross_entropy(logits, y), logits, y
+            out = net(feats[0], feats[1], mask, t_steps, lookup=real)
+        loss = F.cross_entropy(out.logits, y)
+        if t_steps > 1:
+            prefixes = out.prefix_means()[:, :-1]
+            prefix_logits = net.classify(prefixes.reshape(-1, prefixes.shape[-1]))
+            loss = loss + F.cross_entropy(prefix_logits, y.repeat_interleave(prefixes.shape[1]))
+        return loss, out.logits, y
 
-    history = fit(net, minibatches(len(labels), batch_size, collate), loss_fn, epochs, lr, milestones, seed, report)
+    history = fit(net, minibatches(len(labels), sched.batch_size, collate), loss_fn, sched.epochs, lr,
+                  sched.milestones, seed, report, clip_grad=None if skimmer else 5.0)
     net.eval().cpu()
-    save_checkpoint(runs, model, model, net, store,
-                    {"model": model, "steps": t_steps, "num_classes": len(data.classes), "freeze_fusion": freeze_fusion,
-                     "epochs": epochs, "batch_size": batch_size, "lr": lr, "milestones": list(milestones)}, history)
-    return net, history
+    path = save_checkpoint(runs, model, model, net, store,
+                           {"model": model, "steps": t_steps, "num_classes": len(data.classes),
+                            "finetune_fusion": finetune_fusion, "epochs": sched.epochs,
+                            "batch_size": sched.batch_size, "lr": lr, "milestones": list(sched.milestones),
+                            "train_subsample": list(TRAIN_SUBSAMPLE) if skimmer else [1]}, history)
+    return Trained(net, history, path, sched)
 
 
 def load_skim_model(store: FeatureStore, runs: Path, model: str) -> tuple[torch.nn.Module, dict]:

@@ -16,7 +16,8 @@ FIXTURE = Path(__file__).resolve().parent / "fixtures" / "bench_rows.json"
 
 
 def compute_rows(tmp: Path) -> dict[str, dict[str, dict]]:
-    """{method row name: {video_id: {"steps", "scores", "gflops"}}} for every method of ``fs bench``."""
+    """{method row name: {video_id: {"steps", "scores", "gflops"}}} for every method of ``fs bench``, plus
+    ``"__order__"``: the row names in table order."""
     from pipelines.methods import METHODS, BenchContext, build_selectors
     from pipelines.data import load_split
     from pipelines.train_avgn import train_avgn
@@ -29,17 +30,18 @@ def compute_rows(tmp: Path) -> dict[str, dict[str, dict]]:
     runs = tmp / "runs"
     quiet = lambda *_: None  # noqa: E731
     for model in SKIM_MODELS:
-        train_skim(store, runs, model, epochs=3, batch_size=6, lr=0.05, milestones=(2,), seed=0)
+        train_skim(store, runs, model, epochs=3, batch_size=6, lr=0.05, milestones=(2,), seed=0, sized=False)
     for modality, loss in (("visual", "ac"), ("audio", "sal-rank"), ("av", "sal-cl")):
-        train_sampler(store, runs, modality, loss, epochs=2, batch_size=4, seed=0, say=quiet)
+        train_sampler(store, runs, modality, loss, epochs=2, batch_size=4, seed=0, say=quiet, sized=False)
     for audio_tokens, mask_loss in ((True, True), (False, True), (True, False)):
         train_avgn(store, runs, layers=1, heads=2, dim=32, t=8, k=2, epochs=2, batch_size=4,
-                   audio_tokens=audio_tokens, mask_loss=mask_loss, seed=0)
+                   audio_tokens=audio_tokens, mask_loss=mask_loss, seed=0, sized=False)
     names = ("image", "audio", "fused", "r2p1d")
     data = load_split(store, "test", names)
-    rows: dict[str, dict[str, dict]] = {}
+    rows: dict = {"__order__": []}
     for sel in build_selectors(BenchContext(store, runs, subsample=5, steps=3, say=quiet), tuple(METHODS)):
         rows[sel.name] = {}
+        rows["__order__"].append(sel.name)
         for video in data.videos:
             out = sel.select(video)
             rows[sel.name][video.video_id] = {"steps": np.asarray(out.steps).tolist(),

@@ -102,7 +102,7 @@ def test_sparse_early_stopped_skimming_costs_what_it_computes(store):
 
 
 def test_checkpoint_refuses_a_store_with_other_classes(tmp_path, store):
-    train_skim(store, tmp_path, epochs=1, batch_size=8)
+    train_skim(store, tmp_path, epochs=1, batch_size=8, sized=False)
     other = FeatureStore(tmp_path / "o.zarr", mode="a")
     other.initialise("fab", ["x", "y", "z"], ["image", "audio", "fused"], store.attrs["provenance"])
     from pipelines.train_skim import load_skim_model
@@ -164,6 +164,44 @@ def test_samplers_every_loss_modality_and_combination_through_the_bench(tmp_path
         table.loc["SCS audio SAL-RANK -> student", "gflops_per_video"] + 10 * 70
 
 
-def test_sampler_without_r2p1d_is_refused_in_one_line(store):
-    res = CliRunner().invoke(main, ["train-sampler", "--store", str(store.path), "--loss", "sal-cl"])
-    assert res.exit_code != 0 and "no r2p1d descriptors" in res.output
+def test_sampler_without_r2p1d_takes_the_student_head_as_f_and_says_so(store, tmp_path):
+    res = CliRunner().invoke(main, ["train-sampler", "--store", str(store.path), "--runs", str(tmp_path), "--loss",
+                                    "sal-cl", "--epochs", "1", "--batch-size", "4"])
+    assert res.exit_code == 0, res.output
+    assert "no r2p1d descriptors" in res.output and "per-step head on fused" in res.output
+    assert torch.load(tmp_path / "sampler-audio-sal-cl.pt", weights_only=False)["config"]["clip_classifier"] == "fused"
+
+
+def test_bootstrap_interval_on_a_hand_made_case():
+    from pipelines.bench import bootstrap_intervals
+    labels = np.array([0, 1, 0, 1])
+    perfect = np.eye(2)[labels]
+    (lo, hi), (mlo, mhi) = bootstrap_intervals(perfect, labels)
+    assert (lo, hi) == (1.0, 1.0) and (mlo, mhi) == (1.0, 1.0)       # every resample is all correct
+    half = np.eye(2)[[0, 0, 0, 0]]                                   # right on the two 0s, wrong on the 1s
+    (lo, hi), _ = bootstrap_intervals(half, labels, draws=4000)
+    # the number right in a resample of 4 is Binomial(4, 1/2): P(0 right) = P(4 right) = 1/16 > 2.5 %
+    assert lo == 0.0 and hi == 1.0
+    (lo, hi), _ = bootstrap_intervals(np.eye(2)[[0] * 40], np.array([0, 1] * 20), draws=4000)
+    assert 0.3 < lo < 0.5 < hi < 0.7                                  # about 0.5 +- 1.96 * sqrt(0.25 / 40)
+
+
+def test_one_class_rows_are_flagged_and_a_small_test_split_is_said(store):
+    from pipelines.bench import bench_notes, evaluate, format_table
+    from pipelines.data import load_split
+
+    class Stubborn:
+        name = "ALWAYS-A"
+
+        def select(self, video):
+            from models.selection import Selection
+            return Selection(np.array([0]), np.array([1.0, 0.0, 0.0]), 1.0)
+
+    data = load_split(store, "test", ("t", "fused"))
+    row = evaluate(Stubborn(), data, load_split(store, "train", ("t", "fused")))
+    assert row.one_class and row.top1 == pytest.approx(np.mean(data.labels.numpy() == 0))
+    table = pd.DataFrame([row.__dict__])
+    assert "ALWAYS-A !" in format_table(table)
+    notes = bench_notes(table, len(data.videos))
+    assert any("predicts one class" in n for n in notes)
+    assert any(f"test split has {len(data.videos)} videos" in n for n in notes)

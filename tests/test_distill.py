@@ -20,7 +20,7 @@ def test_l1_and_kl_terms_follow_the_equation_on_hand_made_tensors():
     lt = torch.tensor([[0.0, 0.0], [2.0, 0.0]])
     ls = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
     total, l1, kl = distillation_loss(z_t, lt, z_s, ls, lam=100.0)
-    assert l1.item() == pytest.approx((1 + 1 + 1 + 3) / 4)
+    assert l1.item() == pytest.approx(((1 + 1) + (1 + 3)) / 2)      # Eq. 3: summed over dimensions, batch mean
     p_t = np.array([[0.5, 0.5], [np.exp(2) / (np.exp(2) + 1), 1 / (np.exp(2) + 1)]])
     p_s = np.array([[np.e / (np.e + 1), 1 / (np.e + 1)], [0.5, 0.5]])
     want_kl = (p_t * np.log(p_t / p_s)).sum(1).mean()

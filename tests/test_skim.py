@@ -56,10 +56,11 @@ def test_masking_never_reselects_and_early_stop_uses_exactly_t_steps(skimmer, ha
     z_i, z_a = torch.randn(3, 40, 256), torch.randn(3, 40, 256)
     for t in (1, 3, 10):
         out = run(skimmer, z_i, z_a, mask, t, hard)
-        assert out.steps.shape == (3, t) and out.fused.shape[1] == t
+        # T inputs: the mean start and T - 1 looked-at moments (Eq. 5, 9)
+        assert out.steps.shape == (3, t - 1) and out.fused.shape[1] == t
         for i, n in enumerate(lengths):
             chosen = out.steps[i].tolist()
-            assert len(set(chosen)) == t                 # no step chosen twice
+            assert len(set(chosen)) == t - 1             # no step chosen twice
             assert all(0 <= j < n for j in chosen)       # never a padded step
 
 
@@ -75,6 +76,29 @@ def test_padding_does_not_change_a_videos_result(skimmer):
     padded = run(skimmer, pad_i, pad_a, mask, 5, fused=pad_f)
     assert padded.steps.tolist() == alone.steps.tolist()
     torch.testing.assert_close(padded.logits, alone.logits, rtol=1e-4, atol=1e-5)
+
+
+def test_eq9_by_hand_on_a_two_step_example():
+    """m = (Psi(z~_1) + Psi(z~_2)) / 2: z~_1 the mean features, z~_2 from the first attention by Eq. 6-8."""
+    torch.manual_seed(3)
+    sk = ImgAudSkimmer(Fusion(), 3).eval()
+    z_i, z_a = torch.randn(1, 6, 256), torch.randn(1, 6, 256)
+    mask = torch.ones(1, 6, dtype=torch.bool)
+    with torch.no_grad():
+        out = sk(z_i, z_a, mask, steps=2)
+        x1 = sk.fusion(z_i.mean(1), z_a.mean(1))
+        h, _ = sk.lstm(x1)
+        w_i = torch.softmax((sk.key_i(z_i, mask)[0] @ sk.query_i(h)[0]) / 512 ** 0.5, 0)
+        w_a = torch.softmax((sk.key_a(z_a, mask)[0] @ sk.query_a(h)[0]) / 512 ** 0.5, 0)
+        s_i, s_a = torch.softmax(sk.modality(h)[0], 0)
+        zi2 = s_i * (w_i @ z_i[0]) + s_a * (w_a @ z_i[0])
+        za2 = s_i * (w_i @ z_a[0]) + s_a * (w_a @ z_a[0])
+        x2 = sk.fusion(zi2[None], za2[None])
+        m = (x1 + x2) / 2
+        torch.testing.assert_close(out.fused[0], torch.cat([x1, x2]), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(out.logits, sk.classifier(m), rtol=1e-4, atol=1e-5)
+        assert out.steps[0].tolist() == [int(torch.argmax(s_i * w_i + s_a * w_a))]
+        torch.testing.assert_close(out.prefix_means()[0, 0], x1[0])
 
 
 def test_short_video_cycles_through_its_steps_when_t_exceeds_n():
