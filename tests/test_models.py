@@ -60,3 +60,16 @@ def test_bad_weight_files_are_clear_errors(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"junk")
     with pytest.raises(WeightsError, match="cannot read"):
         load_student(str(tmp_path / "junk.pth"))
+
+
+def test_audio_stream_takes_an_rgb_resnet_with_conv1_averaged_over_colours():
+    from torchvision.models import resnet18
+
+    from models.imgaud import AudioNet, audio_trunk_state
+    torch.manual_seed(0)
+    rgb = resnet18().state_dict()
+    audio = AudioNet()
+    audio.trunk.load_state_dict(audio_trunk_state(rgb))
+    torch.testing.assert_close(audio.trunk[0].weight, rgb["conv1.weight"].mean(1, keepdim=True))
+    torch.testing.assert_close(audio.trunk[7][1].conv2.weight, rgb["layer4.1.conv2.weight"])
+    torch.testing.assert_close(audio.trunk[1].running_var, rgb["bn1.running_var"])

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The video-level benchmark of the README on one extracted store: every trainer with its default (sized) schedule,
+# then `fs bench` with the intervals, segment_hit and the s x T sweep.
+#
+#   bash benchmarks/video_bench.sh STORE RUNS [SUBSAMPLE] [STEPS]       # defaults: 5 10
+#
+# Regimes used in the README (seeds the tests do not use):
+#   fs synth --out fs-data/long240 --videos 240 --classes 8 --seconds 24:40 --seed 4242 --test-fraction 0.3334 \
+#            --actions 1:2 --action-seconds 6:14 --action-share 0.6           # long actions, as in ActivityNet
+#   fs synth --out fs-data/sparse240 --videos 240 --classes 8 --seconds 24:40 --seed 5151 --test-fraction 0.3334
+#   fs extract --manifest fs-data/long240/manifest.csv --store fs-data/long240.zarr --descriptors image,audio,fused
+set -euo pipefail
+STORE=$1
+RUNS=$2
+SUBSAMPLE=${3:-5}
+STEPS=${4:-10}
+FS=${FS:-fs}
+common=(--store "$STORE" --runs "$RUNS")
+mkdir -p "$RUNS"
+{
+  $FS train-head "${common[@]}"
+  $FS train-skim "${common[@]}" --model all
+  $FS train-sampler "${common[@]}" --modality visual --loss ac
+  $FS train-sampler "${common[@]}" --modality audio --loss sal-rank
+  $FS train-sampler "${common[@]}" --modality av --loss sal-rank
+  $FS train-avgn "${common[@]}"
+  $FS train-avgn "${common[@]}" --no-audio-tokens
+  $FS train-avgn "${common[@]}" --no-mask-loss
+  $FS bench "${common[@]}" --subsample "$SUBSAMPLE" --steps "$STEPS"
+} 2> "$RUNS/train.log" | tee "$RUNS/summary.txt"
