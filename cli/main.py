@@ -37,20 +37,19 @@ def _fail(e: Exception) -> None:
     raise click.ClickException(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
 
 
-def _seconds_range(ctx, param, value: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in value.split(":"))
-    except ValueError:
-        raise click.BadParameter(f"expected MIN:MAX in seconds, got {value!r}") from None
-    return lo, hi
+def _range(cast: type, what: str):
+    """A click callback parsing MIN:MAX into a pair of ``cast``."""
+    def parse(ctx, param, value: str) -> tuple:
+        try:
+            lo, hi = (cast(v) for v in value.split(":"))
+        except ValueError:
+            raise click.BadParameter(f"expected MIN:MAX {what}, got {value!r}") from None
+        return lo, hi
+    return parse
 
 
-def _count_range(ctx, param, value: str) -> tuple[int, int]:
-    try:
-        lo, hi = (int(v) for v in value.split(":"))
-    except ValueError:
-        raise click.BadParameter(f"expected MIN:MAX counts, got {value!r}") from None
-    return lo, hi
+_seconds_range = _range(float, "in seconds")
+_count_range = _range(int, "counts")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120,
