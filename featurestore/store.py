@@ -97,6 +97,10 @@ class FeatureStore:
     def attrs(self) -> dict:
         return dict(self.root.attrs)
 
+    def has_descriptor(self, name: str) -> bool:
+        """Whether the store's videos hold descriptor ``name`` (image, audio, fused, r2p1d)."""
+        return name in self.attrs.get("descriptors", [])
+
     def _check_schema(self) -> None:
         found = self.root.attrs.get("schema_version")
         if found is not None and found != SCHEMA_VERSION:

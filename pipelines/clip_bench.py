@@ -31,7 +31,7 @@ def clip_level_bench(store: FeatureStore, student_ckpt: Path | None, out: Path,
                      say: Callable[[str], None] = print) -> pd.DataFrame:
     """Accuracy and counted GFLOPs per clip for each representation; writes ``clip_bench.csv`` into ``out``."""
     require_arrays(store, KEPT_INPUTS, "extract it with --keep-inputs")
-    has_teacher = "r2p1d" in store.attrs.get("descriptors", [])
+    has_teacher = store.has_descriptor("r2p1d")
     names = ("t", "frames", "mel") + (("r2p1d",) if has_teacher else ())
     splits = {s: load_split(store, s, names) for s in ("train", "test")}
     students = {"undistilled": load_student("imagenet", 0)[0].eval()}

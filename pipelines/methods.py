@@ -51,7 +51,7 @@ class BenchContext:
 
     @property
     def has_r2p1d(self) -> bool:
-        return "r2p1d" in self.store.attrs.get("descriptors", [])
+        return self.store.has_descriptor("r2p1d")
 
     def head(self, feature: str = "fused") -> torch.nn.Module:
         """The per-step head on ``feature`` (R(2+1)D's is SCSampler's clip classifier f); trained on first use."""

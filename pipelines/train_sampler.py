@@ -24,7 +24,7 @@ from pipelines.train_head import step_head
 
 def clip_feature(store: FeatureStore) -> str:
     """The stored descriptor SCSampler's clip classifier f reads: ``r2p1d``, else ``fused``."""
-    return "r2p1d" if "r2p1d" in store.attrs.get("descriptors", []) else "fused"
+    return "r2p1d" if store.has_descriptor("r2p1d") else "fused"
 
 
 def clip_classifier(store: FeatureStore, runs: Path, say: Callable[[str], None] = print):
