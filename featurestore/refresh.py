@@ -60,7 +60,7 @@ def refresh(store_path: str | Path, student: str | None = None, teacher: str | N
         ids = store.video_ids()
         changed = 0
         for i, vid in enumerate(ids):
-            attrs = store.video_attrs(vid)
+            attrs = store.group_attrs(vid)
             vprov = attrs.get("provenance", {})
             todo = [n for n in models if vprov.get("models", {}).get(n, {}).get("sha256") != models[n][1]["sha256"]]
             if todo:
@@ -77,7 +77,8 @@ def refresh(store_path: str | Path, student: str | None = None, teacher: str | N
                     arrays["r2p1d"], arrays["r2p1d_logits"] = z_v.astype(np.float16), logits.astype(np.float16)
                 for n in todo:
                     vprov.setdefault("models", {})[n] = models[n][1]
-                attrs.pop("complete", None)
+                for key in ("complete", "tag"):
+                    attrs.pop(key, None)
                 store.replace_video(vid, arrays, {**attrs, "provenance": vprov})
                 changed += 1
             if progress:

@@ -8,9 +8,12 @@ Layout::
         frames (N,112,112,3) u1 · mel (N,40,101) f2 [--keep-inputs] · clips (N,16,112,112,3) u1 [--keep-clips]
     <store>/partial/<video_id>-<tag>/ groups being written (never read)
     <store>/failures.csv              video_id, path, stage, error
+    <store>/index.jsonl               one line per published video (featurestore.index): what listings read
+    <store>/packed/<split>/           the packed training views (featurestore.packed), rebuilt when the index changes
 
 A video is written under ``partial/``, its ``complete`` attribute set last, and the finished directory renamed
-into ``videos/`` in one atomic step, so a crash never leaves a half-written video where readers look.
+into ``videos/`` in one atomic step, so a crash never leaves a half-written video where readers look; its index
+line is appended after the rename, so the index never lists a video that is not complete.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import os
 import shutil
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -31,6 +35,7 @@ from zarr.codecs import BloscCodec
 
 from featurestore import SCHEMA_VERSION, __version__
 from featurestore.constants import DESCRIPTORS, stored_arrays
+from featurestore.index import StoreIndex, directory_bytes, entry_of
 
 FAILURE_COLUMNS = ["video_id", "path", "stage", "error"]
 COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
@@ -91,6 +96,8 @@ class FeatureStore:
         else:
             raise ValueError(f"mode must be 'r' or 'a', not {mode!r}")
         self.mode = mode
+        self.index = StoreIndex(self.path)
+        self._entries: tuple[tuple, dict[str, dict]] | None = None
 
     # --- root metadata -------------------------------------------------------------------------------------
     @property
@@ -132,13 +139,54 @@ class FeatureStore:
         d = self.path / sub
         return sorted(p for p in d.iterdir() if (p / "zarr.json").is_file()) if d.is_dir() else []
 
-    def video_ids(self) -> list[str]:
-        """Ids of every complete video, sorted."""
-        ids = []
-        for p in self._video_dirs():
-            if zarr.open_group(str(p), mode="r").attrs.get("complete") is True:
-                ids.append(p.name)
-        return ids
+    def _group_entry(self, p: Path) -> dict | None:
+        """The index entry of the group at ``p`` read from the group itself, or None when it is not complete."""
+        if not (p / "zarr.json").is_file():
+            return None
+        attrs = dict(zarr.open_group(str(p), mode="r").attrs)
+        if attrs.get("complete") is not True:
+            return None
+        tag = attrs.get("tag") or f"mtime-{(p / 'zarr.json').stat().st_mtime_ns}"
+        return entry_of({**attrs, "video_id": p.name}, tag, directory_bytes(p)[0])
+
+    def entries(self) -> dict[str, dict]:
+        """Index entries of every complete video, by id: the index, checked against the directories under
+        ``videos/`` (one listing). A complete group the index lacks (a crash between publishing and indexing, or a
+        store older than the index) is read from its group and, in append mode, indexed."""
+        try:
+            st = self.index.path.stat()
+            key = (st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:
+            key = None
+        if self._entries is not None and self._entries[0] == key:
+            return self._entries[1]
+        indexed = self.index.entries() if key else {}
+        vdir = self.path / "videos"
+        names = set(_subdirs(vdir))
+        entries = {v: e for v, e in indexed.items() if v in names}
+        missing = sorted(names - set(indexed))
+        found = [e for e in _threaded(lambda v: self._group_entry(vdir / v), missing) if e is not None]
+        entries.update((e["video_id"], e) for e in found)
+        if found and self.mode == "a":
+            self.index.append(found)
+            st = self.index.path.stat()
+            key = (st.st_size, st.st_mtime_ns)
+        entries = dict(sorted(entries.items()))
+        self._entries = (key, entries)
+        return entries
+
+    def video_ids(self, split: str | None = None) -> list[str]:
+        """Ids of every complete video (of ``split`` when given), sorted; read from the index."""
+        return [v for v, e in self.entries().items() if split is None or e.get("split") == split]
+
+    def reindex(self, progress=None) -> int:
+        """Rebuild the index from the groups under ``videos/`` (``fs verify --reindex``); returns the videos indexed."""
+        vdir = self.path / "videos"
+        names = sorted(_subdirs(vdir))
+        found = [e for e in _threaded(lambda v: self._group_entry(vdir / v), names, progress) if e is not None]
+        self.index.replace_all(found)
+        self._entries = None
+        return len(found)
 
     def partial_ids(self) -> list[str]:
         """Groups left under ``partial/`` by an interrupted writer."""
@@ -159,17 +207,20 @@ class FeatureStore:
         src, dst = self.path / "partial" / tag, self.path / "videos" / video_id
         if dst.exists() and not self.has_video(video_id):
             shutil.rmtree(dst)           # an incomplete leftover under the final name (older layouts)
+        nbytes = directory_bytes(src)[0]
         try:
             os.rename(src, dst)
         except OSError:
             shutil.rmtree(src, ignore_errors=True)
             return False
+        self.index.append([entry_of({**attrs, "video_id": video_id, "complete": True}, tag, nbytes)])
         return True
 
     def _write_partial(self, video_id: str, arrays: dict[str, np.ndarray], attrs: dict) -> str:
         """Write a complete copy of a video under ``partial/`` (completion marker last); returns its tag."""
         tag = f"{video_id}-{uuid.uuid4().hex[:8]}"
-        group = self.root["partial"].create_group(tag, attributes={**attrs, "video_id": video_id, "complete": False})
+        group = self.root["partial"].create_group(tag, attributes={**attrs, "video_id": video_id, "tag": tag,
+                                                                   "complete": False})
         n = None
         for name, data in arrays.items():
             n = n if n is not None else len(data)
@@ -187,9 +238,11 @@ class FeatureStore:
         if not self.has_video(video_id):
             raise StoreError(f"video {video_id!r} is not a complete video of store {self.path}")
         tag = self._write_partial(video_id, arrays, attrs)
+        nbytes = directory_bytes(self.path / "partial" / tag)[0]
         old = self.path / "partial" / f"{tag}-old"
         os.rename(self.path / "videos" / video_id, old)
         os.rename(self.path / "partial" / tag, self.path / "videos" / video_id)
+        self.index.append([entry_of({**attrs, "video_id": video_id, "complete": True}, tag, nbytes)])
         shutil.rmtree(old, ignore_errors=True)
 
     def read_video(self, video_id: str, names: Iterable[str] | None = None) -> VideoFeatures:
@@ -201,6 +254,16 @@ class FeatureStore:
         return VideoFeatures(video_id, dict(g.attrs), {k: g[k][...] for k in names})
 
     def video_attrs(self, video_id: str) -> dict:
+        """A complete video's attributes from the index (all but its provenance: see :meth:`read_video`)."""
+        entry = self.entries().get(video_id)
+        if entry is None:
+            raise StoreError(f"video {video_id!r} is not a complete video of store {self.path}")
+        return dict(entry)
+
+    def group_attrs(self, video_id: str) -> dict:
+        """A complete video's attributes as its group holds them, provenance included."""
+        if not self.has_video(video_id):
+            raise StoreError(f"video {video_id!r} is not a complete video of store {self.path}")
         return dict(zarr.open_group(str(self.path / "videos" / video_id), mode="r").attrs)
 
     def clear_partials(self) -> int:
@@ -214,6 +277,9 @@ class FeatureStore:
             target = self.path / "videos" / str(vid)
             if vid and attrs.get("complete") is True and not target.exists():
                 os.rename(p, target)
+                entry = self._group_entry(target)
+                if entry is not None:
+                    self.index.append([entry])
             else:
                 shutil.rmtree(p, ignore_errors=True)
         return len(dirs)
@@ -266,19 +332,20 @@ class FeatureStore:
     # --- summary ---------------------------------------------------------------------------------------------
     def info(self) -> dict:
         """Counts, sizes and provenance for ``fs info``."""
-        ids = self.video_ids()
+        entries = self.entries()
+        ids = list(entries)
         per_split: dict[str, int] = {}
         steps = 0
         seconds = 0.0
         no_audio = short = 0
-        for vid in ids:
-            a = self.video_attrs(vid)
+        for a in entries.values():
             per_split[a["split"]] = per_split.get(a["split"], 0) + 1
             steps += int(a["n_steps"])
             seconds += float(a["duration"])
             no_audio += not a["has_audio"]
             short += bool(a.get("short", False))
-        size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        packed = directory_bytes(self.path / "packed")[0] if (self.path / "packed").is_dir() else 0
+        size = sum(int(a.get("bytes", 0)) for a in entries.values()) + packed
         return {
             "path": str(self.path), "schema_version": self.attrs.get("schema_version"),
             "dataset": self.attrs.get("dataset"), "classes": len(self.attrs.get("classes", [])),
@@ -286,6 +353,7 @@ class FeatureStore:
             "videos": len(ids), "per_split": per_split,
             "steps": steps, "video_minutes": seconds / 60, "no_audio": no_audio, "short": short,
             "partial": len(self.partial_ids()), "failures": len(self.failures()), "bytes": size,
+            "packed_bytes": packed,
             "bytes_per_video_minute": size / (seconds / 60) if seconds else float("nan"),
             "provenance": self.attrs.get("provenance", {}),
         }
@@ -330,26 +398,70 @@ def check_video(video: VideoFeatures, root_attrs: dict, names: Iterable[str] | N
     return problems
 
 
-def verify(store: "FeatureStore", progress=None) -> tuple[list[str], list[str]]:
-    """(problems, notes) for the whole store; ``fs verify`` exits non-zero when there are problems."""
+INDEXED_KEYS = ("label", "split", "n_steps", "tag")    # what verify compares between the index and each group
+
+
+def verify(store: "FeatureStore", progress=None, reindex: bool = False) -> tuple[list[str], list[str]]:
+    """(problems, notes) for the whole store; ``fs verify`` exits non-zero when there are problems. With
+    ``reindex`` the index is first rebuilt from the groups. Videos are read on a few threads (decompression
+    releases the GIL)."""
     problems, notes = [], []
+    if reindex:
+        notes.append(f"index rebuilt from {store.reindex()} complete groups")
     attrs = store.attrs
     if attrs.get("schema_version") != SCHEMA_VERSION:
         problems.append(f"store schema version {attrs.get('schema_version')}, expected {SCHEMA_VERSION}")
-    complete = store.video_ids()
-    for p in store._video_dirs():
-        if p.name not in complete:
-            problems.append(f"{p.name}: group under videos/ without its completion marker")
-    for i, vid in enumerate(complete):
-        problems += check_video(store.read_video(vid), attrs)
-        if progress:
-            progress(i + 1, len(complete))
+    if not store.index.exists():
+        notes.append("the store has no index yet: listings open every group (fs verify --reindex writes it)")
+    entries = store.entries()
+    vdir = store.path / "videos"
+    for name in sorted(set(_subdirs(vdir)) - set(entries)):
+        problems.append(f"{name}: group under videos/ without its completion marker")
+
+    def check(vid: str) -> list[str]:
+        video = store.read_video(vid)
+        found = check_video(video, attrs)
+        entry = entries[vid]
+        for key in INDEXED_KEYS:
+            if key in video.attrs and entry.get(key) != video.attrs.get(key):
+                found.append(f"{vid}: index says {key}={entry.get(key)!r}, the group {video.attrs.get(key)!r} "
+                             f"(fs verify --reindex rebuilds the index)")
+        return found
+
+    for found in _threaded(check, list(entries), progress):
+        problems += found
     if store.partial_ids():
         notes.append(f"{len(store.partial_ids())} unfinished groups under partial/ (invisible; cleared by the next run)")
     if len(store.failures()):
         notes.append(f"{len(store.failures())} videos in the failures table (fs info STORE --failures)")
-    notes.append(f"{len(complete)} complete videos checked")
+    notes.append(f"{len(entries)} complete videos checked")
     return problems, notes
+
+
+def _subdirs(path: Path) -> list[str]:
+    """Names of the directories directly under ``path`` (one scandir; none when it is absent)."""
+    if not path.is_dir():
+        return []
+    with os.scandir(path) as it:
+        return [e.name for e in it if e.is_dir(follow_symlinks=False)]
+
+
+def _threaded(fn, items: list, progress=None, threads: int = 4) -> list:
+    """``[fn(x) for x in items]`` on a few threads, in order, calling ``progress(done, total)`` as results come."""
+    if len(items) < 8:
+        out = []
+        for i, x in enumerate(items):
+            out.append(fn(x))
+            if progress:
+                progress(i + 1, len(items))
+        return out
+    with ThreadPoolExecutor(threads) as pool:
+        out = []
+        for i, r in enumerate(pool.map(fn, items)):
+            out.append(r)
+            if progress:
+                progress(i + 1, len(items))
+        return out
 
 
 def _short(value: object, limit: int = 60) -> str:

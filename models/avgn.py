@@ -47,8 +47,12 @@ class Standardize(nn.Module):
 
     def set_statistics(self, x: torch.Tensor) -> None:
         """Take the mean and standard deviation of rows ``x`` (N, dim)."""
-        self.mean.copy_(x.mean(0))
-        self.std.copy_(x.std(0).clamp(min=1e-3))
+        self.set_moments(x.mean(0), x.std(0))
+
+    def set_moments(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Take a mean and (unbiased) standard deviation computed elsewhere, e.g. streamed over a large split."""
+        self.mean.copy_(mean)
+        self.std.copy_(std.clamp(min=1e-3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std

@@ -21,7 +21,7 @@ from featurestore.constants import KEPT_CLIPS
 from featurestore.store import FeatureStore, require_arrays
 from models.imgaud import distillation_loss
 from pipelines.checkpoints import save_checkpoint
-from pipelines.data import load_split, store_model
+from pipelines.data import load_split, resolve_device, store_model
 from pipelines.train import Schedule, Trained, fit, minibatches
 
 
@@ -33,13 +33,14 @@ def _steps(data, names: tuple[str, ...]) -> tuple[list[torch.Tensor], torch.Tens
 
 
 def train_teacher(store: FeatureStore, runs: Path, epochs: int = 10, batch_size: int = 8, lr: float = 1e-3,
-                  milestones: tuple[int, ...] = (6,), seed: int = 0, device: str = "cpu",
+                  milestones: tuple[int, ...] = (6,), seed: int = 0, device: str = "auto",
                   report: Callable[[dict], None] | None = None, clips_per_video: int = 0) -> Trained:
     """Fine-tune the store's R(2+1)D-18 on the dataset's classes from stored clips (the SCSampler setting: f trained on
     the training split); every clip is labelled with its video's label. ``clips_per_video`` > 0 draws that many
     clips of each video afresh every epoch (a CPU-sized epoch); 0 uses every clip. Saves ``<runs>/teacher.pt``.
     The schedule is the one asked for: rows are clips, plenty even for small stores, and each costs a 3D CNN pass."""
     require_arrays(store, KEPT_CLIPS, "extract it with --keep-clips")
+    device = resolve_device(device)
     data = load_split(store, "train", ("clips",))
     (clips,), labels = _steps(data, ("clips",))
     torch.manual_seed(seed)
@@ -71,11 +72,12 @@ def train_teacher(store: FeatureStore, runs: Path, epochs: int = 10, batch_size:
 
 def train_distill(store: FeatureStore, runs: Path, epochs: int = 60, batch_size: int = 16, lr: float = 1e-3,
                   milestones: tuple[int, ...] = (30, 50), lam: float = 100.0, finetune_epochs: int = 0,
-                  seed: int = 0, device: str = "cpu", report: Callable[[dict], None] | None = None) -> Trained:
+                  seed: int = 0, device: str = "auto", report: Callable[[dict], None] | None = None) -> Trained:
     """Distil the stored teacher (descriptor z^V and logits) into the student from stored frames and log-mels, then
     (``finetune_epochs`` > 0) fine-tune it on the target labels with a fresh C-way classifier. Saves
     ``<runs>/student.pt``."""
     require_arrays(store, ("frames", "mel", "r2p1d"), "extract it with --keep-inputs and r2p1d in --descriptors")
+    device = resolve_device(device)
     data = load_split(store, "train", ("frames", "mel", "r2p1d", "r2p1d_logits"))
     (frames, mel, z_v, logits_v), labels = _steps(data, ("frames", "mel", "r2p1d", "r2p1d_logits"))
     mel, z_v, logits_v = mel.float(), z_v.float(), logits_v.float()

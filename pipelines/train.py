@@ -5,6 +5,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+import time
+
 import torch
 
 
@@ -115,7 +117,8 @@ def fit(model: torch.nn.Module, batches: Callable[[torch.Generator], Iterable[tu
     ``optimizer``: "sgd" (the papers' recipe) or "adamw" (for the transformer of AVGN); ``clip_grad`` clips the
     gradient norm. After the last epoch the BatchNorm statistics are recomputed on the training data and the final
     row gains ``final_loss`` and ``final_train_acc``: the training split evaluated in eval mode, as the bench does.
-    Per-epoch ``train_acc`` is the running accuracy in train mode."""
+    Per-epoch ``train_acc`` is the running accuracy in train mode; ``data_seconds`` is the time spent waiting for
+    batches (reading, collating), ``compute_seconds`` the forward, backward and optimiser steps."""
     gen = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer == "adamw":
@@ -127,7 +130,11 @@ def fit(model: torch.nn.Module, batches: Callable[[torch.Generator], Iterable[tu
     for epoch in range(1, epochs + 1):
         model.train()
         total = correct = seen = 0.0
+        data_s = compute_s = 0.0
+        t0 = time.perf_counter()
         for batch in batches(gen):
+            t1 = time.perf_counter()
+            data_s += t1 - t0
             loss, logits, labels = loss_fn(*batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -137,9 +144,11 @@ def fit(model: torch.nn.Module, batches: Callable[[torch.Generator], Iterable[tu
             total += loss.item() * len(labels)
             correct += (logits.argmax(-1) == labels).sum().item()
             seen += len(labels)
+            t0 = time.perf_counter()
+            compute_s += t0 - t1
         sched.step()
         row = {"epoch": epoch, "loss": total / max(seen, 1), "train_acc": correct / max(seen, 1),
-               "lr": opt.param_groups[0]["lr"]}
+               "lr": opt.param_groups[0]["lr"], "data_seconds": data_s, "compute_seconds": compute_s}
         history.append(row)
         if report:
             report(row)

@@ -17,7 +17,7 @@ from featurestore.constants import FEATURE_DIMS
 from featurestore.store import FeatureStore
 from models.scsampler import MODALITY_FEATURE, JointSampler, SaliencySampler, sal_cl_loss, sal_rank_loss
 from pipelines.checkpoints import checkpoint_path, load_model, save_checkpoint
-from pipelines.data import load_split
+from pipelines.data import load_split, resolve_device
 from pipelines.train import Trained, fit, minibatches, sized_schedule
 from pipelines.train_head import step_head
 
@@ -54,7 +54,7 @@ def checkpoint_name(modality: str, loss: str) -> str:
 def train_sampler(store: FeatureStore, runs: Path, modality: str, loss: str, margin: float = 1.0,
                   epochs: int = 15, batch_size: int = 16, lr: float = 0.01, milestones: tuple[int, ...] = (10,),
                   seed: int = 0, report: Callable[[dict], None] | None = None,
-                  say: Callable[[str], None] = print, sized: bool = True) -> Trained:
+                  say: Callable[[str], None] = print, sized: bool = True, device: str = "auto") -> Trained:
     """Train one sampler (``modality`` visual, audio, or av = AV-joint-training) with ``loss``; batches are videos,
     since SAL-CL labels and SAL-RANK pairs are defined within a video, and the sampler runs once over all steps of
     a batch's videos (its BatchNorm sees the same mix of videos in training as its running statistics will hold).
@@ -62,13 +62,15 @@ def train_sampler(store: FeatureStore, runs: Path, modality: str, loss: str, mar
     missing) and fine-tunes both through their averaged output."""
     feats = tuple(MODALITY_FEATURE[m] for m in modalities(modality))
     f_feature = clip_feature(store)
-    data = load_split(store, "train", feats + (f_feature,))
+    device = resolve_device(device)
+    data = load_split(store, "train", feats + (f_feature,), device)
     if f_feature != "r2p1d" and loss != "ac":
         say(f"store {store.path} has no r2p1d descriptors: SCSampler's clip classifier f is the student's per-step "
             f"head on fused (extract with --descriptors ...,r2p1d for the R(2+1)D head)")
-    f = clip_classifier(store, runs, say)
+    f = clip_classifier(store, runs, say).to(device)
     with torch.no_grad():
         f_true = [F.softmax(f(z), 1)[:, int(y)] for z, y in zip(data.tensors(f_feature), data.labels)]
+    f.cpu()
     seqs = {n: data.tensors(n) for n in feats}
     torch.manual_seed(seed)
     if modality == "av":
@@ -77,11 +79,14 @@ def train_sampler(store: FeatureStore, runs: Path, modality: str, loss: str, mar
             if not checkpoint_path(runs, checkpoint_name(m, loss)).is_file():
                 say(f"AV-joint-training starts from the {m} sampler: training it first (fs train-sampler "
                     f"--modality {m} --loss {loss})")
-                train_sampler(store, runs, m, loss, margin, epochs, batch_size, lr, milestones, seed, None, say, sized)
+                train_sampler(store, runs, m, loss, margin, epochs, batch_size, lr, milestones, seed, None, say, sized,
+                              device)
             parts.append(load_sampler(store, runs, checkpoint_name(m, loss))[0])
         model = JointSampler(*parts)
     else:
         model = build_sampler(modality, loss, len(data.classes))
+    model.to(device)
+    labels = data.labels.to(device)
     sched = sized_schedule(len(data.labels), batch_size, epochs, milestones, sized)
 
     def loss_fn(idx):
@@ -90,7 +95,8 @@ def train_sampler(store: FeatureStore, runs: Path, modality: str, loss: str, mar
         out = model(*[torch.cat([seqs[n][j] for j in idx]) for n in feats])      # one pass: BN over the batch
         outs = list(torch.split(out, lengths))
         if loss == "ac":
-            steps_y = torch.cat([torch.full((n,), int(data.labels[j])) for n, j in zip(lengths, idx)])
+            steps_y = torch.cat([torch.full((n,), int(data.labels[j]), device=labels.device)
+                                 for n, j in zip(lengths, idx)])
             return F.cross_entropy(out, steps_y), out, steps_y
         if loss == "sal-cl":
             total = torch.stack([sal_cl_loss(o, f_true[j]) for o, j in zip(outs, idx)]).mean()
@@ -100,9 +106,9 @@ def train_sampler(store: FeatureStore, runs: Path, modality: str, loss: str, mar
         hits = torch.tensor([float(f_true[j][o.argmax()] >= f_true[j].median()) for o, j in zip(outs, idx)])
         return total, torch.stack([1 - hits, hits], 1), torch.ones(len(idx), dtype=torch.long)
 
-    history = fit(model, minibatches(len(data.labels), sched.batch_size), loss_fn, sched.epochs, lr, sched.milestones,
+    history = fit(model, minibatches(data.order, sched.batch_size), loss_fn, sched.epochs, lr, sched.milestones,
                   seed, report)
-    model.eval()
+    model.eval().cpu()
     path = save_checkpoint(runs, checkpoint_name(modality, loss), "sampler", model, store,
                            {"modality": modality, "loss": loss, "margin": margin, "num_classes": len(data.classes),
                             "clip_classifier": f_feature}, history)

@@ -12,7 +12,7 @@ from models.baselines import LSTMBaseline
 from models.imgaud import Fusion
 from models.skim import ImgAudSkimmer, interpolate_features
 from pipelines.checkpoints import load_model, save_checkpoint
-from pipelines.data import load_split, pad, student_fusion
+from pipelines.data import load_split, pad, resolve_device, student_fusion
 from pipelines.train import Trained, fit, minibatches, sized_schedule
 
 # model name -> (indexing mode of the skimmer, or None for the LSTM baseline)
@@ -37,7 +37,7 @@ TRAIN_SUBSAMPLE = (1, 2, 5, 10)   # indexing-feature subsampling drawn per batch
 
 def train_skim(store: FeatureStore, runs: Path, model: str = "skim", epochs: int = 25, batch_size: int = 256,
                lr: float = 1e-2, milestones: tuple[int, ...] = (15, 20), steps: int = 10,
-               finetune_fusion: bool = False, device: str = "cpu", seed: int = 0,
+               finetune_fusion: bool = False, device: str = "auto", seed: int = 0,
                report: Callable[[dict], None] | None = None, sized: bool = True) -> Trained:
     """Train on the training split and save ``<runs>/<model>.pt``; videos of different length are padded and
     masked, never truncated. The schedule is sized to the split (:func:`~pipelines.train.sized_schedule`) unless
@@ -50,7 +50,8 @@ def train_skim(store: FeatureStore, runs: Path, model: str = "skim", epochs: int
     start and one looked-at moment). The LSTM baseline clips its gradient norm at 5.
     """
     names = _needs(model)
-    data = load_split(store, "train", names)
+    device = resolve_device(device)
+    data = load_split(store, "train", names, device)
     torch.manual_seed(seed)
     fusion = student_fusion(store)
     net = build_skim_model(model, fusion, len(data.classes)).to(device)
@@ -66,8 +67,9 @@ def train_skim(store: FeatureStore, runs: Path, model: str = "skim", epochs: int
     def collate(idx, gen):
         idx = idx.tolist()
         s = TRAIN_SUBSAMPLE[int(torch.randint(len(TRAIN_SUBSAMPLE), (1,), generator=gen))] if skimmer else 1
-        padded = [pad([seqs[n][j] for j in idx]) for n in names]
-        sparse = [pad([interpolate_features(seqs[n][j], s) for j in idx])[0] for n in names] if s > 1 else None
+        videos = {n: [seqs[n][j] for j in idx] for n in names}
+        padded = [pad(videos[n]) for n in names]
+        sparse = [pad([interpolate_features(v, s) for v in videos[n]])[0] for n in names] if s > 1 else None
         feats = [p[0].to(device) for p in padded]
         indexing = [z.to(device) for z in sparse] if sparse else feats
         return feats, indexing, padded[0][1].to(device), labels[idx].to(device)
@@ -87,7 +89,7 @@ def train_skim(store: FeatureStore, runs: Path, model: str = "skim", epochs: int
             loss = loss + F.cross_entropy(prefix_logits, y.repeat_interleave(prefixes.shape[1]))
         return loss, out.logits, y
 
-    history = fit(net, minibatches(len(labels), sched.batch_size, collate), loss_fn, sched.epochs, lr,
+    history = fit(net, minibatches(data.order, sched.batch_size, collate), loss_fn, sched.epochs, lr,
                   sched.milestones, seed, report, clip_grad=None if skimmer else 5.0)
     net.eval().cpu()
     path = save_checkpoint(runs, model, model, net, store,

@@ -1,0 +1,95 @@
+"""Packed training views: equal to the groups, rebuilt when the store changes, read with bounded memory."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from featurestore import packed as packed_mod
+from featurestore.packed import open_packed, pack_state
+from featurestore.store import FeatureStore
+from pipelines.data import SplitData, load_split, resolve_device, step_batches
+
+
+def _write(store: FeatureStore, i: int, n: int, split: str = "train") -> None:
+    rng = np.random.default_rng(i)
+    store.write_video(f"v{i:03d}", {"t": np.arange(n, dtype=np.float32) + i,
+                                    "image": rng.normal(size=(n, 6)).astype(np.float16),
+                                    "fused": rng.normal(size=(n, 4)).astype(np.float16)},
+                      {"label": "ab"[i % 2], "split": split, "n_steps": n, "duration": n * 16 / 30,
+                       "has_audio": True})
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setattr(packed_mod, "CHUNK_BYTES", 64)      # chunks of a few rows: many blocks on a tiny store
+    s = FeatureStore(tmp_path / "s.zarr", mode="a")
+    s.initialise("d", ["a", "b"], ["image", "fused"], {})
+    for i in range(30):
+        _write(s, i, 5 + (7 * i) % 13)
+    return FeatureStore(s.path)
+
+
+def test_packed_rows_equal_every_videos_arrays(store):
+    view = open_packed(store, "train", ("t", "image", "fused"))
+    assert view.video_ids == store.video_ids("train")
+    for name in ("t", "image", "fused"):
+        reader = view.reader(name)
+        for i, vid in enumerate(view.video_ids):
+            np.testing.assert_array_equal(reader.video(i), store.read_video(vid, [name])[name])
+    assert view.array("fused").dtype == np.float16
+
+
+def test_the_view_is_rebuilt_after_the_store_changes_and_extended_for_new_arrays(store):
+    open_packed(store, "train", ("fused",))
+    assert pack_state(store, "train") == ("current", ["fused"])
+    open_packed(store, "train", ("image",))
+    assert pack_state(store, "train") == ("current", ["fused", "image"])
+    writer = FeatureStore(store.path, mode="a")
+    _write(writer, 99, 9)
+    assert pack_state(FeatureStore(store.path), "train")[0] == "stale"
+    view = open_packed(FeatureStore(store.path), "train", ("fused",))
+    assert view.video_ids[-1] == "v099" and view.names == ["fused", "image"]
+    np.testing.assert_array_equal(view.reader("image").video(len(view) - 1), writer.read_video("v099")["image"])
+
+
+def test_a_streamed_split_reads_each_block_about_once_an_epoch_with_a_bounded_cache(store):
+    budget = 40 * (6 + 4) * 2                                        # about 40 rows of image + fused
+    data = SplitData(store, "train", ("image", "fused"), budget=budget)
+    assert not data.fits()
+    order = data.order(torch.Generator().manual_seed(0))
+    assert sorted(order.tolist()) == list(range(len(data)))
+    assert order.tolist() != sorted(order.tolist())
+    image = data.tensors("image")
+    reader = data.sources["image"]
+    for j in order.tolist():
+        np.testing.assert_array_equal(image[j].numpy(), store.read_video(data.video_ids[j])["image"].astype(np.float32))
+    blocks = -(-int(data.n_steps.sum()) // reader.block_rows)
+    windows = len(np.unique((data.packed.offsets[:-1]) // data.window_rows)) + 1
+    assert reader.blocks_read <= blocks + 2 * windows                 # not once per video
+    assert data.cache_bytes() <= 4 * budget
+
+
+def test_a_split_within_the_budget_is_shuffled_as_a_whole(store):
+    data = load_split(store, "train", ("fused",))
+    assert data.fits()
+    gen = torch.Generator().manual_seed(3)
+    assert data.order(gen).tolist() == torch.randperm(len(data), generator=torch.Generator().manual_seed(3)).tolist()
+
+
+def test_streamed_step_batches_cover_every_step_once(store):
+    data = SplitData(store, "train", ("fused",), budget=30 * 4 * 2)
+    seen = []
+    for x, y in step_batches(data, "fused", 7)(torch.Generator().manual_seed(1)):
+        assert len(x) == len(y) <= 7
+        seen.append(len(x))
+    assert sum(seen) >= int(data.n_steps.sum()) - len(seen)          # only single-row remainders are dropped
+
+
+def test_device_auto_takes_a_visible_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(ValueError, match="sees no GPU"):
+        resolve_device("cuda")
