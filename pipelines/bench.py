@@ -65,25 +65,36 @@ class Predictions:
     gflops: float
     seconds: float
     steps: float
+    annotated: bool = False       # some video of the split has ground-truth action segments
+
+
+def run_selectors(selectors: list[Selector], data: SplitData) -> list[Predictions]:
+    """Run every selector over every video of ``data`` in one pass over the split (each video is read once, whatever
+    the number of selectors); indices outside [0, N) are an error, not a number."""
+    scores, gflops, seconds, n_steps, hits = ([[] for _ in selectors] for _ in range(5))
+    annotated = False
+    for video in data.videos:
+        n = video.n_steps
+        inside = action_mask(video)
+        annotated |= inside is not None
+        for k, selector in enumerate(selectors):
+            t0 = time.perf_counter()
+            sel = selector.select(video)
+            seconds[k].append(time.perf_counter() - t0)
+            if len(sel.steps) and (sel.steps.min() < 0 or sel.steps.max() >= n):
+                raise RuntimeError(f"{selector.name} chose steps outside [0, {n}) for {video.video_id}")
+            scores[k].append(sel.scores)
+            gflops[k].append(sel.gflops)
+            n_steps[k].append(len(sel.steps))
+            hits[k].append(inside[np.asarray(sel.steps, int)] if inside is not None else np.zeros(0, bool))
+    labels = data.labels.numpy()
+    return [Predictions(np.stack(scores[k]), labels, hits[k], float(np.mean(gflops[k])), float(np.mean(seconds[k])),
+                        float(np.mean(n_steps[k])), annotated) for k in range(len(selectors))]
 
 
 def run_selector(selector: Selector, data: SplitData) -> Predictions:
-    """Run one selector over every video of ``data``; indices outside [0, N) are an error, not a number."""
-    scores, gflops, seconds, n_steps, hits = [], [], [], [], []
-    for video in data.videos:
-        t0 = time.perf_counter()
-        sel = selector.select(video)
-        seconds.append(time.perf_counter() - t0)
-        n = video.n_steps
-        if len(sel.steps) and (sel.steps.min() < 0 or sel.steps.max() >= n):
-            raise RuntimeError(f"{selector.name} chose steps outside [0, {n}) for {video.video_id}")
-        scores.append(sel.scores)
-        gflops.append(sel.gflops)
-        n_steps.append(len(sel.steps))
-        inside = action_mask(video)
-        hits.append(inside[np.asarray(sel.steps, int)] if inside is not None else np.zeros(0, bool))
-    return Predictions(np.stack(scores), data.labels.numpy(), hits, float(np.mean(gflops)), float(np.mean(seconds)),
-                       float(np.mean(n_steps)))
+    """One selector's :class:`Predictions` over ``data``."""
+    return run_selectors([selector], data)[0]
 
 
 def average_precisions(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
@@ -115,35 +126,41 @@ def top1_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((scores.argmax(1) == labels).mean())
 
 
+def evaluate_all(selectors: list[Selector], data: SplitData, train: SplitData | None = None,
+                 intervals: bool = True) -> list[MethodResult]:
+    """Each selector's row: top-1 and mAP on ``data`` with bootstrap intervals, cost, segment_hit, the one-class
+    flag, and its top-1 on ``train`` when given; one pass over each split for all of them."""
+    rows = []
+    for selector, p in zip(selectors, run_selectors(selectors, data)):
+        hits = np.concatenate(p.hits) if p.hits else np.zeros(0, bool)
+        r = MethodResult(selector.name, top1_accuracy(p.scores, p.labels), mean_average_precision(p.scores, p.labels),
+                         p.gflops, p.seconds, p.steps,
+                         segment_hit=float(hits.mean()) if p.annotated and len(hits) else float("nan"),
+                         one_class=bool(len(np.unique(p.labels)) > 1 and len(np.unique(p.scores.argmax(1))) == 1))
+        if intervals:
+            (r.top1_lo, r.top1_hi), (r.mAP_lo, r.mAP_hi) = bootstrap_intervals(p.scores, p.labels)
+        rows.append(r)
+    if train is not None:
+        for r, t in zip(rows, run_selectors(selectors, train)):
+            r.train_top1 = top1_accuracy(t.scores, t.labels)
+    return rows
+
+
 def evaluate(selector: Selector, data: SplitData, train: SplitData | None = None,
              intervals: bool = True) -> MethodResult:
-    """A selector's row: top-1 and mAP on ``data`` with bootstrap intervals, cost, segment_hit, the one-class flag,
-    and its top-1 on ``train`` when given."""
-    p = run_selector(selector, data)
-    hits = np.concatenate(p.hits) if p.hits else np.zeros(0, bool)
-    with_segments = [h for h, v in zip(p.hits, data.videos) if action_mask(v) is not None]
-    r = MethodResult(selector.name, top1_accuracy(p.scores, p.labels), mean_average_precision(p.scores, p.labels),
-                     p.gflops, p.seconds, p.steps,
-                     segment_hit=float(hits.mean()) if with_segments and len(hits) else float("nan"),
-                     one_class=bool(len(np.unique(p.labels)) > 1 and len(np.unique(p.scores.argmax(1))) == 1))
-    if intervals:
-        (r.top1_lo, r.top1_hi), (r.mAP_lo, r.mAP_hi) = bootstrap_intervals(p.scores, p.labels)
-    if train is not None:
-        t = run_selector(selector, train)
-        r.train_top1 = top1_accuracy(t.scores, t.labels)
-    return r
+    """One selector's row (see :func:`evaluate_all`)."""
+    return evaluate_all([selector], data, train, intervals)[0]
 
 
 def sweep(ctx: BenchContext, data: SplitData) -> pd.DataFrame:
     """The skimmer over subsampling factors x early-stop steps (the papers' Fig. 6), plus UNIFORM for reference."""
     net = ctx.skim_model("skim")
-    rows = []
-    for s in SWEEP_SUBSAMPLE:
-        for t in SWEEP_STEPS:
-            r = evaluate(SkimSelector("skim", net, ctx.costs, steps=t, subsample=s), data, intervals=False)
-            rows.append({"subsample": s, "steps": t, "top1": r.top1, "mAP": r.mAP,
-                         "gflops_per_video": r.gflops_per_video, "segment_hit": r.segment_hit})
-    return pd.DataFrame(rows)
+    grid = [(s, t) for s in SWEEP_SUBSAMPLE for t in SWEEP_STEPS]
+    results = evaluate_all([SkimSelector("skim", net, ctx.costs, steps=t, subsample=s) for s, t in grid], data,
+                           intervals=False)
+    return pd.DataFrame([{"subsample": s, "steps": t, "top1": r.top1, "mAP": r.mAP,
+                          "gflops_per_video": r.gflops_per_video, "segment_hit": r.segment_hit}
+                         for (s, t), r in zip(grid, results)])
 
 
 def plot_tradeoff(table: pd.DataFrame, path: Path, title: str) -> None:
@@ -254,8 +271,9 @@ def run_bench(store: FeatureStore, runs: Path, out: Path, methods: tuple[str, ..
     if not selectors:
         raise StoreError("no method could be evaluated (see the lines above)")
     rows = []
-    for sel in selectors:
-        r = evaluate(sel, data, train)
+    say(f"evaluating {len(selectors)} selectors on {len(data)} test and {len(train)} training videos (one pass over "
+        f"each split)")
+    for r in evaluate_all(selectors, data, train):
         rows.append(r.__dict__)
         say(f"  {r.method:<40} top1 {100 * r.top1:5.1f}% [{100 * r.top1_lo:3.0f}-{100 * r.top1_hi:3.0f}]  "
             f"train {100 * r.train_top1:5.1f}%  mAP {100 * r.mAP:5.1f}%  {r.gflops_per_video:9.1f} GFLOPs"
