@@ -6,6 +6,10 @@ from dataclasses import dataclass, replace
 from featurestore.constants import DESCRIPTORS, KEPT_CLIPS, KEPT_INPUTS, STUDENT_DESCRIPTORS, stored_arrays
 from featurestore.weights import STUDENT_DEFAULT, TEACHER_DEFAULT, is_random_source
 
+VIDEO_TIMEOUT_MIN = 60.0          # default --video-timeout: max(VIDEO_TIMEOUT_MIN, VIDEO_TIMEOUT_PER_SECOND × duration)
+VIDEO_TIMEOUT_PER_SECOND = 4.0
+VIDEO_TIMEOUT_UNKNOWN = 600.0     # ... and this when the container states no duration
+
 
 @dataclass(frozen=True)
 class ExtractConfig:
@@ -23,8 +27,11 @@ class ExtractConfig:
     weights_sha256: tuple[tuple[str, str], ...] = ()   # (model, sha256) the client loaded; workers must match
     hwaccel: str = ""           # ffmpeg hardware decoding ("cuda"); software decoding when empty or unusable
     decode_threads: int = 0     # ffmpeg decoder threads per video; 0 lets ffmpeg choose
+    video_timeout: float | None = None   # seconds of ffmpeg time per video; None: video_time_limit's default; 0: none
 
     def __post_init__(self) -> None:
+        if self.video_timeout is not None and not self.video_timeout >= 0:
+            raise ValueError(f"--video-timeout must be at least 0 seconds (0: no limit), got {self.video_timeout}")
         unknown = set(self.descriptors) - set(DESCRIPTORS)
         if unknown or not self.descriptors:
             raise ValueError(f"--descriptors must name some of {', '.join(DESCRIPTORS)}; got "
@@ -49,6 +56,19 @@ class ExtractConfig:
                        student_weights="random" if fell_back.get("student") else self.student_weights,
                        weights_sha256=tuple(sorted((name, rec["sha256"]) for name, rec in models.items()
                                                    if rec.get("sha256"))))
+
+    def video_time_limit(self, duration: float | None) -> float:
+        """Seconds of ffmpeg time a video of ``duration`` seconds (None: unknown) may take, 0 for no limit.
+
+        ``video_timeout`` when set; by default ``max(60, 4 × duration)``, and 600 s when the container states no
+        duration. A healthy decode to 112×112 frames runs far faster than real time, so only a hung or looping
+        decoder reaches it.
+        """
+        if self.video_timeout is not None:
+            return float(self.video_timeout)
+        if duration is None:
+            return VIDEO_TIMEOUT_UNKNOWN
+        return max(VIDEO_TIMEOUT_MIN, VIDEO_TIMEOUT_PER_SECOND * duration)
 
     @property
     def inputs(self) -> tuple[str, ...]:

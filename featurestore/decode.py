@@ -6,11 +6,13 @@ file is decoded exactly once. Frames are streamed; only the (small) audio is hel
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import shutil
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, TypeVar
 
@@ -24,6 +26,11 @@ T = TypeVar("T")
 
 class DecodeError(RuntimeError):
     """A video (or its audio) could not be decoded; the message says why in one line."""
+
+
+class DecodeTimeout(DecodeError):
+    """ffmpeg (or ffprobe) ran past the video's time limit and was killed; the message says which file, how long
+    and which process."""
 
 
 def ffmpeg_exe() -> str:
@@ -59,9 +66,18 @@ class ProbeInfo:
     height: int | None
 
 
-def _probe_with_ffmpeg(path: str) -> ProbeInfo:
+def _run_probe(cmd: list[str], path: str, timeout: float) -> subprocess.CompletedProcess:
+    """Run a probe command; past ``timeout`` seconds (0: no limit) it is killed and DecodeTimeout raised."""
+    try:
+        return subprocess.run(cmd, capture_output=True, timeout=timeout or None)
+    except subprocess.TimeoutExpired:     # subprocess.run has killed and reaped it
+        raise DecodeTimeout(f"timeout: probing {os.path.basename(path)} gave no answer in {timeout:g} s "
+                            f"(--video-timeout): killed {os.path.basename(cmd[0])}") from None
+
+
+def _probe_with_ffmpeg(path: str, timeout: float = 0) -> ProbeInfo:
     """Header facts from ``ffmpeg -i`` when no ffprobe is installed (imageio-ffmpeg ships ffmpeg only)."""
-    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path], capture_output=True)
+    proc = _run_probe([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path], path, timeout)
     text = proc.stderr.decode(errors="replace")
     if "Invalid data found" in text or "No such file" in text or "moov atom not found" in text:
         raise DecodeError(text.strip().splitlines()[-1])
@@ -73,20 +89,23 @@ def _probe_with_ffmpeg(path: str) -> ProbeInfo:
         width=int(size[1]) if size else None, height=int(size[2]) if size else None)
 
 
-def probe(path: str) -> ProbeInfo:
-    """Read stream and duration facts from the container headers."""
+def probe(path: str, timeout: float = 0) -> ProbeInfo:
+    """Read stream and duration facts from the container headers.
+
+    A probe still running after ``timeout`` seconds (0: no limit) is killed and raises :class:`DecodeTimeout`.
+    """
     if not os.path.exists(path):
         raise DecodeError(f"file not found: {path}")
     if os.path.getsize(path) == 0:
         raise DecodeError("empty file (0 bytes)")
     exe = ffprobe_exe()
     if exe is None:
-        return _probe_with_ffmpeg(path)
-    try:
-        meta = ffmpeg.probe(path, cmd=exe)
-    except ffmpeg.Error as e:
-        lines = e.stderr.decode(errors="replace").strip().splitlines() if e.stderr else []
-        raise DecodeError(f"ffprobe: {lines[-1] if lines else 'unreadable file'}") from None
+        return _probe_with_ffmpeg(path, timeout)
+    proc = _run_probe([exe, "-show_format", "-show_streams", "-of", "json", path], path, timeout)
+    if proc.returncode != 0:              # what ffmpeg.probe(path, cmd=exe) runs, with a time limit
+        lines = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise DecodeError(f"ffprobe: {lines[-1] if lines else 'unreadable file'}")
+    meta = json.loads(proc.stdout.decode("utf-8"))
     streams = meta.get("streams", [])
     video = next((s for s in streams if s.get("codec_type") == "video"
                   and not s.get("disposition", {}).get("attached_pic")), None)
@@ -135,14 +154,26 @@ class DecodedVideo:
     """One running decode of a video. Iterate :meth:`frames` first, then read :meth:`audio`.
 
     Use as a context manager so the ffmpeg process is always reaped.
+
+    ``timeout`` (seconds, 0: none) limits ffmpeg's own time on the video: the time spent waiting for its frames and
+    for it to exit, summed over the decode. Time ffmpeg spends blocked because the reader is busy elsewhere (the
+    models behind) does not count. A watchdog thread kills ffmpeg once the limit is used up, and the read ends in
+    :class:`DecodeTimeout`.
     """
 
     def __init__(self, path: str, with_audio: bool, fps: int = FPS, crop: int = CROP,
-                 short_side: int = SHORT_SIDE, sample_rate: int = SAMPLE_RATE, hwaccel: str = "", threads: int = 0):
+                 short_side: int = SHORT_SIDE, sample_rate: int = SAMPLE_RATE, hwaccel: str = "", threads: int = 0,
+                 timeout: float = 0):
         self.path, self.with_audio, self.fps, self.crop, self.sample_rate = path, with_audio, fps, crop, sample_rate
+        self.timeout = timeout
         self.n_frames = 0
         self._audio = bytearray()
         self._stderr = b""
+        self._waited = 0.0                 # seconds spent waiting on ffmpeg, finished waits
+        self._wait_start: float | None = None   # monotonic start of the wait in progress
+        self._wait_lock = threading.Lock()
+        self._done = threading.Event()
+        self._timed_out = ""               # the DecodeTimeout message once the watchdog killed ffmpeg
         read_fd = write_fd = None
         if with_audio:
             read_fd, write_fd = os.pipe()
@@ -157,6 +188,34 @@ class DecodedVideo:
             self._threads.append(threading.Thread(target=self._drain_audio, args=(read_fd,), daemon=True))
         for t in self._threads:
             t.start()
+        if timeout > 0:
+            threading.Thread(target=self._watchdog, daemon=True, name=f"ffmpeg-watchdog-{self._proc.pid}").start()
+
+    def _waiting(self, on: bool) -> None:
+        """Mark the start (``on``) or end of a wait for ffmpeg (its next frames, or its exit)."""
+        with self._wait_lock:
+            now = time.monotonic()
+            if on:
+                self._wait_start = now
+            elif self._wait_start is not None:
+                self._waited += now - self._wait_start
+                self._wait_start = None
+
+    def used_seconds(self) -> float:
+        """ffmpeg's own time on this video so far: the seconds spent waiting for it."""
+        with self._wait_lock:
+            return self._waited + (time.monotonic() - self._wait_start if self._wait_start is not None else 0.0)
+
+    def _watchdog(self) -> None:
+        poll = min(0.5, max(0.01, self.timeout / 20))
+        while not self._done.wait(poll):
+            used = self.used_seconds()
+            if used >= self.timeout and self._proc.poll() is None:
+                self._timed_out = (
+                    f"timeout: ffmpeg (pid {self._proc.pid}) decoding {os.path.basename(self.path)} used {used:.1f} s, "
+                    f"the limit of {self.timeout:g} s (--video-timeout), after {self.n_frames} frames: killed it")
+                self._proc.kill()
+                return
 
     def _drain_stderr(self) -> None:
         self._stderr = self._proc.stderr.read()
@@ -171,7 +230,11 @@ class DecodedVideo:
         frame_bytes = self.crop * self.crop * 3
         out = self._proc.stdout
         while True:
-            buf = out.read(frame_bytes * chunk)
+            self._waiting(True)
+            try:
+                buf = out.read(frame_bytes * chunk)
+            finally:
+                self._waiting(False)
             if not buf:
                 break
             k = len(buf) // frame_bytes
@@ -182,9 +245,16 @@ class DecodedVideo:
         self._finish()
 
     def _finish(self) -> None:
-        rc = self._proc.wait()
-        for t in self._threads:
-            t.join()
+        self._waiting(True)
+        try:
+            rc = self._proc.wait()
+            for t in self._threads:
+                t.join()
+        finally:
+            self._waiting(False)
+            self._done.set()
+        if self._timed_out:
+            raise DecodeTimeout(self._timed_out)
         if rc != 0:
             lines = self._stderr.decode(errors="replace").strip().splitlines()
             raise DecodeError(f"ffmpeg exited {rc}: {lines[-1] if lines else 'no message'}")
@@ -199,6 +269,8 @@ class DecodedVideo:
         return np.frombuffer(bytes(self._audio[: n * 4]), "<f4").copy()
 
     def close(self) -> None:
+        """Stop the watchdog, kill ffmpeg if it still runs, and reap it."""
+        self._done.set()
         if self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait()
@@ -233,12 +305,15 @@ def decode_with_fallback(decode: Callable[[str], T], hwaccel: str,
 
     When the software decode of the same file succeeds, the hwaccel is what failed: it is given up for the rest of
     this process (:func:`hwaccel_failure` says why), so later files do not pay a failing ffmpeg start each.
-    ``can_retry`` says whether the failed attempt left nothing behind that a second decode would duplicate.
+    ``can_retry`` says whether the failed attempt left nothing behind that a second decode would duplicate. A
+    :class:`DecodeTimeout` is not retried: the time limit is the video's, not one attempt's.
     """
     if not hwaccel or hwaccel in _HWACCEL_FAILED:
         return decode(""), "software"
     try:
         return decode(hwaccel), hwaccel
+    except DecodeTimeout:
+        raise
     except DecodeError as e:
         if not can_retry():
             raise

@@ -1,5 +1,5 @@
 """The extraction run: one Dask task per video (decode once, compute, write one store group) and the client-side
-driver that submits them, shows progress and alone writes the failures table."""
+driver that submits them a bounded number at a time, shows progress and alone writes the failures table."""
 from __future__ import annotations
 
 import os
@@ -7,9 +7,12 @@ import time
 import traceback
 import warnings
 from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
+
+import pandas as pd
 
 from featurestore.config import ExtractConfig
-from featurestore.decode import DecodeError, hwaccel_failure
+from featurestore.decode import DecodeError, DecodeTimeout, hwaccel_failure
 from featurestore.extractor import get_extractor
 from featurestore.launch import worker_device
 from featurestore.store import FeatureStore
@@ -50,7 +53,8 @@ def extract_video_task(row: dict, store_path: str, config: ExtractConfig) -> Vid
                            details={"hwaccel_error": hwaccel_failure(config.hwaccel)} if config.hwaccel else {})
     except Exception as e:  # noqa: BLE001 - every failure becomes a failures-table row, never a crashed run
         msg = f"{type(e).__name__}: {e}" if not isinstance(e, DecodeError) else str(e)
-        return VideoResult(vid, path, False, stage=stage[0], error=msg.strip().splitlines()[0] if msg.strip() else
+        return VideoResult(vid, path, False, stage="timeout" if isinstance(e, DecodeTimeout) else stage[0],
+                           error=msg.strip().splitlines()[0] if msg.strip() else
                            type(e).__name__, seconds=time.perf_counter() - t0,
                            details={"traceback": traceback.format_exc(limit=3)})
 
@@ -77,16 +81,103 @@ class ExtractionSummary:
                 f"video-minutes in {self.wall_seconds:.1f} s{rate}")
 
 
-def run_extraction(manifest, store: FeatureStore, config: ExtractConfig, client, dataset: str,
-                   classes: list[str], retry_failed: bool = False, progress: bool = True) -> ExtractionSummary:
+T = TypeVar("T")
+IN_FLIGHT_PER_THREAD = 2        # tasks in flight per worker thread: the video it decodes and the next one, queued
+BOUND_REFRESH_SECONDS = 10.0    # how often the default bound reads the workers again (a cluster may grow)
+
+
+def default_max_in_flight(client) -> int:
+    """Tasks to keep in flight on ``client``'s cluster: ``IN_FLIGHT_PER_THREAD`` (2) × each worker's threads, summed
+    over the workers connected now (at least 2 while none is)."""
+    threads = sum(client.nthreads().values())     # every worker (scheduler_info() may list only the first few)
+    return IN_FLIGHT_PER_THREAD * max(1, threads)
+
+
+def _refreshed(read: Callable[[], int], every: float) -> Callable[[], int]:
+    """``read()``, called again at most every ``every`` seconds; a failed re-read keeps the last value."""
+    state: list = [0.0, None]
+
+    def value() -> int:
+        now = time.monotonic()
+        if state[1] is None or now - state[0] >= every:
+            try:
+                state[1] = read()
+            except Exception:   # noqa: BLE001 - a scheduler hiccup keeps the bound, it does not stop the run
+                if state[1] is None:
+                    raise
+            state[0] = now
+        return state[1]
+    return value
+
+
+def iter_rows(manifest: pd.DataFrame | Iterable[Mapping[str, Any]]) -> Iterator[dict]:
+    """The manifest's rows as dicts, one at a time: a DataFrame is walked with ``itertuples``, never turned into a
+    list of all its rows; any other iterable of mappings is read lazily."""
+    if isinstance(manifest, pd.DataFrame):
+        columns = list(manifest.columns)
+        for values in manifest.itertuples(index=False, name=None):
+            yield dict(zip(columns, values))
+    else:
+        for row in manifest:
+            yield dict(row)
+
+
+def as_completed_bounded(submit: Callable[[T], Any], items: Iterable[T], max_in_flight: int | Callable[[], int],
+                         completed: Any = None) -> Iterator[tuple[T, Any]]:
+    """``submit(item)`` for each of ``items``, read lazily, with at most ``max_in_flight`` futures submitted and not
+    yet returned; yields (item, future) as each completes, having first submitted the next item in its place.
+
+    ``max_in_flight`` may be a callable, read again after each completion (a growing cluster gets more work).
+    ``completed`` is the as_completed-like collection (``add`` and iteration) that tracks the futures; default a
+    new ``distributed.as_completed``. The caller releases each future it is given.
+    """
+    if completed is None:
+        from distributed import as_completed
+        completed = as_completed()
+    bound = max_in_flight if callable(max_in_flight) else (lambda: max_in_flight)
+    rest = iter(items)
+    pending: dict[int, tuple[Any, T]] = {}     # id(future) -> (future, item): the futures in flight
+    exhausted = False
+
+    def fill() -> None:
+        nonlocal exhausted
+        limit = max(1, int(bound()))
+        while not exhausted and len(pending) < limit:
+            try:
+                item = next(rest)
+            except StopIteration:
+                exhausted = True
+                return
+            fut = submit(item)
+            pending[id(fut)] = (fut, item)
+            completed.add(fut)
+
+    fill()
+    for fut in completed:
+        _, item = pending.pop(id(fut))
+        fill()
+        yield item, fut
+
+
+def run_extraction(manifest: pd.DataFrame | Iterable[Mapping[str, Any]], store: FeatureStore, config: ExtractConfig,
+                   client, dataset: str, classes: list[str], retry_failed: bool = False, progress: bool = True,
+                   max_in_flight: int | None = None,
+                   task: Callable[[dict, str, ExtractConfig], VideoResult] = extract_video_task) -> ExtractionSummary:
     """Extract every manifest row not yet in ``store``, one Dask task per video, with a progress bar.
 
     Completed videos are skipped; videos that failed before are skipped unless ``retry_failed``. Each failure is
     appended to the store's failures table as soon as it is reported, so an interrupted run loses nothing.
+
+    The manifest (a DataFrame or any iterable of row mappings) is read lazily and at most ``max_in_flight`` tasks
+    are in flight at once, a new one submitted as each result arrives, so the client and the scheduler hold as
+    few tasks for a million rows as for a thousand. Default: :func:`default_max_in_flight` (2 per worker thread),
+    read again every ``BOUND_REFRESH_SECONDS``. ``task(row, store_path, config)`` runs one video on a worker.
     """
     from distributed import as_completed
     from tqdm import tqdm
 
+    if max_in_flight is not None and max_in_flight < 1:
+        raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
     with store.writer_lock("fs extract"):
         local = get_extractor(config, "cpu")
         store.initialise(dataset, classes, config.descriptors, local.provenance(), config.inputs)
@@ -94,24 +185,34 @@ def run_extraction(manifest, store: FeatureStore, config: ExtractConfig, client,
         store.clear_partials()
         summary = ExtractionSummary()
         done = set(store.video_ids())
-        failed_before = set() if retry_failed else set(store.failures()["video_id"])
-        rows = []
-        for row in manifest.to_dict("records"):
-            if row["video_id"] in done:
-                summary.skipped_done += 1
-            elif row["video_id"] in failed_before:
-                summary.skipped_failed += 1
-            else:
-                rows.append(row)
+        failed_ids = set(store.failures()["video_id"])     # rows to forget once stored
+        failed_before = set() if retry_failed else set(failed_ids)
+        total = None
+        if isinstance(manifest, pd.DataFrame):
+            ids = manifest["video_id"]
+            is_done = ids.isin(done)
+            total = int((~is_done & ~ids.isin(failed_before)).sum())
+
+        def todo() -> Iterator[dict]:
+            for row in iter_rows(manifest):
+                if row["video_id"] in done:
+                    summary.skipped_done += 1
+                elif row["video_id"] in failed_before:
+                    summary.skipped_failed += 1
+                else:
+                    summary.submitted += 1
+                    yield row
+
+        store_path, pid = str(store.path), os.getpid()
+
+        def submit(row: dict):
+            return client.submit(task, row, store_path, config, pure=False, key=f"extract-{row['video_id']}-{pid}")
+
+        bound = max_in_flight or _refreshed(lambda: default_max_in_flight(client), BOUND_REFRESH_SECONDS)
         t0 = time.perf_counter()
-        futures = [client.submit(extract_video_task, row, str(store.path), config, pure=False,
-                                 key=f"extract-{row['video_id']}-{os.getpid()}") for row in rows]
-        by_key = {f.key: row for f, row in zip(futures, rows)}
-        summary.submitted = len(futures)
-        stored_ids = []
-        bar = tqdm(total=len(futures), unit="video", desc="extract", disable=not progress, dynamic_ncols=True)
-        for fut in as_completed(futures):
-            row = by_key[fut.key]
+        stored_ids = []       # only those with a failure row to forget: the list stays as short as the failures
+        bar = tqdm(total=total, unit="video", desc="extract", disable=not progress, dynamic_ncols=True)
+        for row, fut in as_completed_bounded(submit, todo(), bound, as_completed(loop=client.loop)):
             try:
                 res: VideoResult = fut.result()
             except Exception as e:  # noqa: BLE001 - a dead worker (OOM, segfault) fails its video, not the run
@@ -124,9 +225,11 @@ def run_extraction(manifest, store: FeatureStore, config: ExtractConfig, client,
                 summary.stored += 1
                 summary.steps += res.n_steps
                 summary.video_seconds += res.duration
-                stored_ids.append(res.video_id)
+                if res.video_id in failed_ids:
+                    stored_ids.append(res.video_id)
             else:
                 summary.failed += 1
+                failed_ids.add(res.video_id)
                 store.record_failure(res.video_id, res.path, res.stage, res.error)
                 bar.write(f"failed {res.video_id} ({res.stage}): {res.error}")
             bar.set_postfix(stored=summary.stored, failed=summary.failed)

@@ -115,10 +115,11 @@ class Extractor:
         worth of rows per model, which bounds host memory when the models are slower than decoding.
         """
         stage[0] = "probe"
-        info = probe(path)
+        info = probe(path, timeout=self.config.video_time_limit(0.0))   # the limit's floor: durations come later
         if not info.has_video:
             raise DecodeError("no video stream")
         cfg, batcher = self.config, self.batcher
+        time_limit = cfg.video_time_limit(info.duration)
         image_futs: list[Future] = []
         clip_futs: list[Future] = []
         first_frames, clips = [], []
@@ -134,7 +135,8 @@ class Extractor:
 
         def decode(hwaccel: str) -> tuple[int, np.ndarray, int]:
             n = 0
-            with DecodedVideo(path, with_audio=info.has_audio, hwaccel=hwaccel, threads=cfg.decode_threads) as dec:
+            with DecodedVideo(path, with_audio=info.has_audio, hwaccel=hwaccel, threads=cfg.decode_threads,
+                              timeout=time_limit) as dec:
                 for k, first, clip in iter_steps(dec.frames()):
                     n = k + 1
                     if cfg.keep_inputs:

@@ -41,10 +41,11 @@ def default_in_flight(gpus: int) -> int:
 def launch(gpus: int = 0, workers: int = 1, scheduler: str | None = None, in_flight: int = 0, batch_size: int = 16,
            descriptors: str = ",".join(DESCRIPTORS), teacher_weights: str = TEACHER_DEFAULT,
            student_weights: str = STUDENT_DEFAULT, seed: int = 0, hwaccel: str = "", decode_threads: int = 0,
-           keep_inputs: bool = False, keep_clips: bool = False):
+           keep_inputs: bool = False, keep_clips: bool = False, video_timeout: float | None = None):
     """(ExtractConfig, Dask client) for the options of ``fs extract`` / ``fs bench-extract``.
 
-    A ``hwaccel`` this ffmpeg lacks warns and decodes in software; ``in_flight`` 0 takes :func:`default_in_flight`.
+    A ``hwaccel`` this ffmpeg lacks warns and decodes in software; ``in_flight`` 0 takes :func:`default_in_flight`;
+    ``video_timeout`` None takes :meth:`ExtractConfig.video_time_limit`'s default, 0 sets no limit.
     """
     from featurestore.cluster import make_client   # Dask is the client's concern; workers import this module too
 
@@ -59,7 +60,8 @@ def launch(gpus: int = 0, workers: int = 1, scheduler: str | None = None, in_fli
         descriptors=tuple(d.strip() for d in descriptors.split(",") if d.strip()), batch_size=batch_size,
         device="cuda" if gpus else "cpu", teacher_weights=teacher_weights, student_weights=student_weights, seed=seed,
         threads=0 if gpus else max(1, (os.cpu_count() or 1) // max(1, workers)),
-        keep_inputs=keep_inputs, keep_clips=keep_clips, hwaccel=hwaccel, decode_threads=decode_threads)
+        keep_inputs=keep_inputs, keep_clips=keep_clips, hwaccel=hwaccel, decode_threads=decode_threads,
+        video_timeout=video_timeout)
     client = make_client(gpus=gpus, workers=workers, scheduler=scheduler,
                          threads_per_worker=in_flight or default_in_flight(gpus))
     return config, client
