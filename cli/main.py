@@ -166,6 +166,10 @@ def extraction_options(f):
                                                    "warning) when this ffmpeg or machine cannot."),
         click.option("--decode-threads", type=int, default=0, show_default="ffmpeg's choice",
                      help="ffmpeg decoder threads per video."),
+        click.option("--video-timeout", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+                     show_default="max(60, 4 x the video's duration)",
+                     help="Kill a video's ffmpeg once it has taken this long (time waiting for its frames, summed); "
+                          "the video gets a failures row at stage 'timeout'. 0: no limit."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -234,10 +238,10 @@ def bench_extract_cmd(limit, out, **options) -> None:
         click.echo(f"wrote {out}")
 
 
-def _print_info(path) -> None:
+def _print_info(path, info: dict | None = None) -> None:
     from featurestore.store import FeatureStore
 
-    info = FeatureStore(path).info()
+    info = info if info is not None else FeatureStore(path).info()
     models = info["provenance"].get("models", {})
     click.echo(f"store        {info['path']} (schema v{info['schema_version']}, dataset {info['dataset']}, "
                f"{info['classes']} classes)")
@@ -249,7 +253,8 @@ def _print_info(path) -> None:
     click.echo(f"descriptors  {', '.join(info['descriptors'])}" +
                (f"; inputs kept: {', '.join(info['inputs'])}" if info["inputs"] else ""))
     click.echo(f"bytes        {info['bytes'] / 1e6:.2f} MB ({info['bytes_per_video_minute'] / 1e3:.1f} kB per "
-               f"video-minute)")
+               f"video-minute)" + (f", of which packed views {info['packed_bytes'] / 1e6:.2f} MB"
+                                   if info.get("packed_bytes") else ""))
     for name, rec in models.items():
         click.echo(f"{name:<12} {rec.get('source')} sha256:{rec.get('sha256')}")
 
@@ -270,7 +275,7 @@ def info(store, as_json, failures) -> None:
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
     else:
-        _print_info(store)
+        _print_info(store, summary)
     if failures:
         df = fs.failures()
         click.echo(df.to_string(index=False) if len(df) else "no failures")
@@ -278,12 +283,21 @@ def info(store, as_json, failures) -> None:
 
 @main.command()
 @click.argument("store", default=_store_default, required=False)
-def verify(store) -> None:
-    """Check every complete video: all arrays, equal step counts, finite values, provenance and schema of the store."""
+@click.option("--reindex", is_flag=True, help="First rebuild the store index from the video groups.")
+def verify(store, reindex) -> None:
+    """Check every complete video: all arrays, equal step counts, finite values, provenance and schema of the store,
+    and that the index agrees with the groups."""
+    from tqdm import tqdm
+
     from featurestore.store import FeatureStore, StoreError, verify as verify_store
 
     try:
-        problems, notes = verify_store(FeatureStore(store))
+        fs = FeatureStore(store)
+        with tqdm(unit="video", desc="verify", dynamic_ncols=True, leave=False) as bar:
+            def progress(i: int, n: int) -> None:
+                bar.total = n
+                bar.update(i - bar.n)
+            problems, notes = verify_store(fs, progress, reindex=reindex)
     except StoreError as e:
         _fail(e)
     for line in notes:
@@ -293,6 +307,40 @@ def verify(store) -> None:
     if problems:
         raise click.ClickException(f"{len(problems)} problem(s) in {store}")
     click.echo(f"{store}: no problems")
+
+
+@main.command()
+@click.argument("store", default=_store_default, required=False)
+@click.option("--arrays", default="t,image,audio,fused", show_default=True,
+              help="Comma list of the descriptors to pack (r2p1d, r2p1d_logits too when the store holds them).")
+def pack(store, arrays) -> None:
+    """Build the packed per-split training views the trainers and the bench read (they also build them on first
+    use, and rebuild them after the store changed)."""
+    import time
+
+    from tqdm import tqdm
+
+    from featurestore.packed import pack_store
+    from featurestore.store import FeatureStore, StoreError, require_arrays
+
+    names = tuple(a.strip() for a in arrays.split(",") if a.strip())
+    t0 = time.perf_counter()
+    try:
+        fs = FeatureStore(store)
+        require_arrays(fs, names)
+        bars: dict = {}
+
+        def progress(split: str, i: int, n: int) -> None:
+            bar = bars.setdefault(split, tqdm(total=n, unit="video", desc=f"pack {split}", dynamic_ncols=True))
+            bar.update(i - bar.n)
+        done = pack_store(fs, names, progress=progress)
+        for bar in bars.values():
+            bar.close()
+    except StoreError as e:
+        _fail(e)
+    for split, what in done.items():
+        click.echo(f"{split:<6} {what}")
+    click.echo(f"packed views of {store} up to date for {', '.join(names)} in {time.perf_counter() - t0:.1f} s")
 
 
 def _milestones(ctx, param, value: str) -> tuple[int, ...]:
@@ -332,7 +380,8 @@ def training_options(epochs: int, batch_size: int, lr: float, milestones: str, s
 def _epoch_reporter(label: str):
     def report(row: dict) -> None:
         click.echo(f"{label} epoch {row['epoch']:>3}  loss {row['loss']:.4f}  train acc {100 * row['train_acc']:5.1f}%"
-                   f"  lr {row['lr']:.0e}", err=True)
+                   f"  lr {row['lr']:.0e}  data {row.get('data_seconds', 0):.2f} s  compute "
+                   f"{row.get('compute_seconds', 0):.2f} s", err=True)
     return report
 
 
@@ -342,15 +391,17 @@ def _epoch_reporter(label: str):
 @click.option("--features", type=click.Choice(["fused", "r2p1d", "image", "audio"]), default="fused",
               show_default=True, help="Stored descriptor the head classifies.")
 @training_options(epochs=15, batch_size=256, lr=0.01, milestones="10", sized=True)
+@click.option("--device", default="auto", show_default=True,
+              help="auto (the first GPU when one is visible, else the CPU), cpu, or cuda[:N].")
 @click.option("--seed", type=int, default=0, show_default=True)
-def train_head_cmd(store, runs, features, epochs, batch_size, lr, milestones, seed, sized) -> None:
+def train_head_cmd(store, runs, features, epochs, batch_size, lr, milestones, device, seed, sized) -> None:
     """Train the per-step classifier the baselines average (every training step labelled with its video's label)."""
     from featurestore.store import FeatureStore, StoreError
     from pipelines.train_head import train_head
 
     try:
         trained = train_head(FeatureStore(store), runs, features, epochs, batch_size, lr, milestones, seed,
-                             _epoch_reporter("head"), sized)
+                             _epoch_reporter("head"), sized, device)
     except (StoreError, ValueError) as e:
         _fail(e)
     click.echo(trained.summary() + " (accuracy per step)")
@@ -365,7 +416,8 @@ def train_head_cmd(store, runs, features, epochs, batch_size, lr, milestones, se
 @click.option("--steps", type=int, default=10, show_default=True, help="Skimming steps T during training.")
 @click.option("--finetune-fusion", is_flag=True, help="Fine-tune the student's fusion Psi too (kept fixed by default, "
                                                        "as the authors' release).")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (the first GPU when one is visible, else the CPU), cpu, or cuda[:N].")
 @click.option("--seed", type=int, default=0, show_default=True)
 def train_skim_cmd(store, runs, model, epochs, batch_size, lr, milestones, steps, finetune_fusion, device,
                    seed, sized) -> None:
@@ -389,7 +441,8 @@ def train_skim_cmd(store, runs, model, epochs, batch_size, lr, milestones, steps
 @training_options(epochs=10, batch_size=8, lr=1e-3, milestones="6")
 @click.option("--clips-per-video", type=int, default=0, show_default=True,
               help="Clips drawn per video each epoch (0: all).")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="auto", show_default=True,
+              help="auto (the first GPU when one is visible, else the CPU), cpu, or cuda[:N].")
 @click.option("--seed", type=int, default=0, show_default=True)
 def train_teacher_cmd(store, runs, epochs, batch_size, lr, milestones, clips_per_video, device, seed) -> None:
     """Fine-tune the R(2+1)D-18 teacher on the dataset's classes from stored clips (needs --keep-clips)."""
@@ -413,7 +466,8 @@ def train_teacher_cmd(store, runs, epochs, batch_size, lr, milestones, clips_per
 @click.option("--lambda", "lam", type=float, default=100.0, show_default=True, help="Weight of the KL term.")
 @click.option("--finetune", "finetune_epochs", type=int, default=0, show_default=True,
               help="Epochs of fine-tuning on the target labels after distillation.")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="auto", show_default=True,
+              help="auto (the first GPU when one is visible, else the CPU), cpu, or cuda[:N].")
 @click.option("--seed", type=int, default=0, show_default=True)
 def train_distill_cmd(store, runs, epochs, batch_size, lr, milestones, lam, finetune_epochs, device, seed) -> None:
     """Distil the stored teacher into the ImgAud2Vid student from stored frames and log-mels (L1 + lambda KL)."""
@@ -463,9 +517,11 @@ def refresh(store, student, teacher) -> None:
 @training_options(epochs=30, batch_size=16, lr=1e-3, milestones="20", sized=True)
 @click.option("--no-audio-tokens", is_flag=True, help="Ablation: AV-TeST sees no audio tokens.")
 @click.option("--no-mask-loss", is_flag=True, help="Ablation: train without L_mask.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (the first GPU when one is visible, else the CPU), cpu, or cuda[:N].")
 @click.option("--seed", type=int, default=0, show_default=True)
 def train_avgn_cmd(store, runs, layers, heads, dim, t_steps, k, epochs, batch_size, lr, milestones, no_audio_tokens,
-                   no_mask_loss, seed, sized) -> None:
+                   no_mask_loss, device, seed, sized) -> None:
     """Train AVGN's AV-TeST temporal glance on the store's image and audio descriptors."""
     from featurestore.store import FeatureStore, StoreError
     from pipelines.train_avgn import checkpoint_name, train_avgn
@@ -473,7 +529,8 @@ def train_avgn_cmd(store, runs, layers, heads, dim, t_steps, k, epochs, batch_si
     name = checkpoint_name(not no_audio_tokens, not no_mask_loss)
     try:
         trained = train_avgn(FeatureStore(store), runs, layers, heads, dim, t_steps, k, epochs, batch_size, lr,
-                             milestones, not no_audio_tokens, not no_mask_loss, seed, _epoch_reporter(name), sized)
+                             milestones, not no_audio_tokens, not no_mask_loss, seed, _epoch_reporter(name), sized,
+                             device)
     except (StoreError, ValueError) as e:
         _fail(e)
     click.echo(trained.summary())
@@ -487,8 +544,11 @@ def train_avgn_cmd(store, runs, layers, heads, dim, t_steps, k, epochs, batch_si
 @click.option("--loss", type=click.Choice(["ac", "sal-cl", "sal-rank", "all"]), default="sal-rank", show_default=True)
 @click.option("--margin", type=float, default=1.0, show_default=True, help="SAL-RANK margin eta.")
 @training_options(epochs=15, batch_size=16, lr=0.01, milestones="10", sized=True)
+@click.option("--device", default="auto", show_default=True,
+              help="auto (the first GPU when one is visible, else the CPU), cpu, or cuda[:N].")
 @click.option("--seed", type=int, default=0, show_default=True)
-def train_sampler_cmd(store, runs, modality, loss, margin, epochs, batch_size, lr, milestones, seed, sized) -> None:
+def train_sampler_cmd(store, runs, modality, loss, margin, epochs, batch_size, lr, milestones, device, seed,
+                      sized) -> None:
     """Train an SCSampler ranker (AC, SAL-CL or SAL-RANK) on one modality's stored descriptors."""
     from featurestore.store import FeatureStore, StoreError
     from pipelines.train_sampler import checkpoint_name, train_sampler
@@ -499,7 +559,7 @@ def train_sampler_cmd(store, runs, modality, loss, margin, epochs, batch_size, l
         for lo in losses:
             trained = train_sampler(fs, runs, modality, lo, margin, epochs, batch_size, lr, milestones, seed,
                                     _epoch_reporter(checkpoint_name(modality, lo)),
-                                    say=lambda m: click.echo(m, err=True), sized=sized)
+                                    say=lambda m: click.echo(m, err=True), sized=sized, device=device)
             click.echo(trained.summary())
     except (StoreError, ValueError) as e:
         _fail(e)

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from models.imgaud import AUDIO_DIM, FUSED_DIM, IMAGE_DIM
-from models.teacher import DESCRIPTOR_DIM
+from models.widths import AUDIO_DIM, DESCRIPTOR_DIM, FUSED_DIM, IMAGE_DIM
 
 # --- decoding ------------------------------------------------------------------------------------------------------
 FPS = 30                 # frames are resampled to this rate

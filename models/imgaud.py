@@ -7,9 +7,7 @@ from torchvision.models import resnet18
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_DIM = 256      # z^I
-AUDIO_DIM = 256      # z^A
-FUSED_DIM = 512      # Psi(z^I, z^A), the estimate of the clip descriptor z^V
+from models.widths import AUDIO_DIM, FUSED_DIM, IMAGE_DIM  # noqa: F401 - re-exported beside the modules
 
 
 class ImageNet(nn.Module):

@@ -8,7 +8,7 @@ from torchvision.models.video import r2plus1d_18
 # Kinetics-400 normalisation used by torchvision's video models
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
-DESCRIPTOR_DIM = 512     # z^V, the pooled R(2+1)D-18 feature
+from models.widths import DESCRIPTOR_DIM  # noqa: F401 - re-exported beside the module
 
 
 class R2Plus1DTeacher(nn.Module):

@@ -17,7 +17,7 @@ from manifests.schema import parse_segments
 from models.imgaud import Fusion
 
 INPUT_ARRAYS = KEPT_INPUTS + KEPT_CLIPS     # kept inputs are read from the groups; descriptors from the packed view
-READ_BUDGET_BYTES = int(os.environ.get("FS_READ_BUDGET_MB", "1024")) << 20
+READ_BUDGET_BYTES = int(os.environ.get("FS_READ_BUDGET_MB", "512")) << 20
 """Rows a streamed split keeps decoded, over all its arrays: the memory bound of a trainer's or the bench's reads."""
 
 
@@ -50,7 +50,7 @@ class _ResidentRows:
 
     def __init__(self, packed: PackedSplit, name: str, device: str):
         arr = packed.array(name)
-        dtype = torch.float16 if arr.dtype.kind == "f" else torch.from_numpy(np.zeros(0, arr.dtype)).dtype
+        dtype = torch.from_numpy(np.zeros(0, arr.dtype)).dtype          # float16 descriptors stay float16, t float32
         self.data = torch.empty(arr.shape, dtype=dtype, device=device)
         step = int(arr.chunks[0]) * 8
         for i in range(0, arr.shape[0], step):
@@ -139,8 +139,9 @@ class SplitData:
         self.device = device
         self.resident = resident
         self.names = names
-        row_bytes = sum(self.packed.reader(n).row_bytes for n in packed_names) or 1
-        self.window_rows = max(int(self.n_steps.max()), budget // row_bytes)
+        self.row_bytes = sum(self.packed.reader(n).row_bytes for n in packed_names) or 1
+        self.budget = budget
+        self.window_rows = max(int(self.n_steps.max()), budget // self.row_bytes)
         self.sources: dict = {}
         for n in names:
             if n in INPUT_ARRAYS:
@@ -173,14 +174,18 @@ class SplitData:
                (groups[int(k)] for k in torch.randperm(len(groups), generator=gen))]
         return torch.cat(out)
 
-    def fits(self) -> bool:
-        """Whether the whole split fits the read budget (then it is read once and shuffled as a whole)."""
-        return self.resident or int(self.packed.offsets[-1]) <= self.window_rows
+    def fits(self, float32_copy: bool = False) -> bool:
+        """Whether the whole split fits the read budget (then it is read once and shuffled as a whole); with
+        ``float32_copy``, whether a float32 copy of all its rows does too (then a trainer may concatenate them)."""
+        rows = int(self.packed.offsets[-1])
+        if float32_copy:
+            return rows * self.row_bytes * 2 <= self.budget // 2
+        return self.resident or rows <= self.window_rows
 
     def moments(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and unbiased standard deviation of array ``name`` over every step of the split (on the CPU): from
         the rows at once when the split fits the budget, else accumulated video by video in float64."""
-        if self.fits():
+        if self.fits(float32_copy=True):
             x = torch.cat(list(self.tensors(name))).cpu()
             return x.mean(0), x.std(0)
         total = total_sq = None

@@ -29,7 +29,7 @@ def fit_step_classifier(x: torch.Tensor | SplitData, y: torch.Tensor | None, num
     torch.manual_seed(seed)
     if isinstance(x, SplitData):
         data = x
-        if data.fits():
+        if data.fits(float32_copy=True):
             x = torch.cat(list(data.tensors(features)))
             y = torch.cat([torch.full((int(n),), int(lab)) for n, lab in zip(data.n_steps, data.labels)])
     in_memory = isinstance(x, torch.Tensor)

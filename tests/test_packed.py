@@ -93,3 +93,14 @@ def test_device_auto_takes_a_visible_gpu(monkeypatch):
     assert resolve_device("auto") == "cpu"
     with pytest.raises(ValueError, match="sees no GPU"):
         resolve_device("cuda")
+
+
+def test_a_resident_split_holds_float16_rows_and_serves_the_same_tensors(store):
+    streamed = SplitData(store, "train", ("t", "image"), budget=40 * 10 * 2)
+    resident = SplitData(store, "train", ("t", "image"), device="cpu", resident=True)
+    assert resident.sources["image"].data.dtype == torch.float16 and resident.sources["t"].data.dtype == torch.float32
+    assert resident.sources["image"].data.shape == (int(streamed.n_steps.sum()), 6)
+    for j in range(len(streamed)):
+        assert torch.equal(resident.tensors("image")[j], streamed.tensors("image")[j])
+        assert torch.equal(resident.tensors("t")[j], streamed.tensors("t")[j])
+    assert resident.fits()
