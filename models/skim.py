@@ -54,6 +54,26 @@ def interpolate_features(z: torch.Tensor, subsample: int) -> torch.Tensor:
     return torch.where(exact.unsqueeze(1), z[pos], out)
 
 
+def interpolate_padded(z: torch.Tensor, lengths: torch.Tensor, subsample: int) -> torch.Tensor:
+    """:func:`interpolate_features` of every video of a padded batch at once: z (B, N, D), ``lengths`` (B,) valid
+    steps per video; padded steps come back as zeros. Equal to interpolating each video alone."""
+    if subsample == 1:
+        return z
+    b, n = z.shape[:2]
+    lengths = lengths.to(z.device).long()
+    pos = torch.arange(n, device=z.device).expand(b, n)
+    last = (lengths - 1).clamp(min=0)[:, None]
+    a = (pos // subsample) * subsample                       # the kept step at or before pos
+    bnext = torch.minimum(a + subsample, last)                # the next kept step: s on, or the last valid one
+    exact = (pos % subsample == 0) | (pos == last) | (lengths[:, None] <= 2)
+    a, bnext = a.clamp(max=n - 1), bnext.clamp(min=0)
+    frac = ((pos - a).float() / (bnext - a).clamp(min=1).float()).unsqueeze(2).to(z.dtype)
+    za = torch.gather(z, 1, a.unsqueeze(2).expand(b, n, z.shape[2]))
+    zb = torch.gather(z, 1, bnext.unsqueeze(2).expand(b, n, z.shape[2]))
+    out = torch.where(exact.unsqueeze(2), z, za + frac * (zb - za))
+    return out * (pos < lengths[:, None]).unsqueeze(2).to(z.dtype)
+
+
 def masked_mean(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over valid steps. z (B, N, D), mask (B, N) -> (B, D)."""
     m = mask.unsqueeze(-1).to(z.dtype)

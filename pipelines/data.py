@@ -182,6 +182,28 @@ class SplitData:
             return rows * self.row_bytes * 2 <= self.budget // 2
         return self.resident or rows <= self.window_rows
 
+    def padded(self, name: str, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Array ``name`` of the videos ``idx`` as one zero-padded float32 batch (B, max N, D) on the split's device
+        and its (B, max N) validity mask: filled in the stored dtype, converted once (no per-video float32 copies)."""
+        lengths = torch.as_tensor(self.n_steps[idx], dtype=torch.long)
+        n = int(lengths.max())
+        src = self.sources[name]
+        if isinstance(src, _ResidentRows):
+            out = src.data.new_zeros((len(idx), n) + tuple(src.data.shape[1:]))
+            for i, j in enumerate(idx):
+                rows = src.video(j)
+                out[i, :len(rows)] = rows
+            out = out.float()
+        else:
+            first = src.video(idx[0])
+            buf = np.zeros((len(idx), n) + first.shape[1:], first.dtype)
+            for i, j in enumerate(idx):
+                rows = src.video(j)
+                buf[i, :len(rows)] = rows
+            out = torch.from_numpy(buf).to(self.device).float()
+        mask = torch.arange(n, device=out.device)[None, :] < lengths.to(out.device)[:, None]
+        return out, mask
+
     def moments(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and unbiased standard deviation of array ``name`` over every step of the split (on the CPU): from
         the rows at once when the split fits the budget, else accumulated video by video in float64."""

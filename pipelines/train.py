@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
+import queue
+import threading
 import time
 
 import torch
@@ -73,6 +75,46 @@ def sized_schedule(rows: int, batch_size: int, epochs: int, milestones: tuple[in
     return sched
 
 
+def prefetched(batches: Iterable[tuple], depth: int = 1) -> Iterator[tuple]:
+    """``batches``, produced on a background thread up to ``depth`` ahead (torch releases the GIL while it copies
+    and pads), so collating the next batch overlaps training on this one. An error there is raised here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if not put(batch):
+                    return
+            put(done)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            put(e)
+
+    worker = threading.Thread(target=produce, daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+
+
 def _batchnorms(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
@@ -111,7 +153,7 @@ def evaluate_fit(model: torch.nn.Module, batches: Iterable[tuple], loss_fn: Call
 def fit(model: torch.nn.Module, batches: Callable[[torch.Generator], Iterable[tuple]], loss_fn: Callable,
         epochs: int, lr: float, milestones: tuple[int, ...], seed: int,
         report: Callable[[dict], None] | None = None, optimizer: str = "sgd",
-        clip_grad: float | None = None) -> list[dict]:
+        clip_grad: float | None = None, prefetch: bool = True) -> list[dict]:
     """Train ``model`` for ``epochs``; ``batches(gen)`` yields loss_fn argument tuples. Returns per-epoch history.
 
     ``optimizer``: "sgd" (the papers' recipe) or "adamw" (for the transformer of AVGN); ``clip_grad`` clips the
@@ -132,7 +174,7 @@ def fit(model: torch.nn.Module, batches: Callable[[torch.Generator], Iterable[tu
         total = correct = seen = 0.0
         data_s = compute_s = 0.0
         t0 = time.perf_counter()
-        for batch in batches(gen):
+        for batch in (prefetched(batches(gen)) if prefetch else batches(gen)):
             t1 = time.perf_counter()
             data_s += t1 - t0
             loss, logits, labels = loss_fn(*batch)

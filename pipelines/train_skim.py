@@ -10,9 +10,9 @@ from torch.nn import functional as F
 from featurestore.store import FeatureStore
 from models.baselines import LSTMBaseline
 from models.imgaud import Fusion
-from models.skim import ImgAudSkimmer, interpolate_features
+from models.skim import ImgAudSkimmer, interpolate_padded
 from pipelines.checkpoints import load_model, save_checkpoint
-from pipelines.data import load_split, pad, resolve_device, student_fusion
+from pipelines.data import load_split, resolve_device, student_fusion
 from pipelines.train import Trained, fit, minibatches, sized_schedule
 
 # model name -> (indexing mode of the skimmer, or None for the LSTM baseline)
@@ -59,20 +59,18 @@ def train_skim(store: FeatureStore, runs: Path, model: str = "skim", epochs: int
         for p in fusion.parameters():
             p.requires_grad_(False)
     t_steps = 2 if model == "non-recurrent" else steps
-    seqs = {n: data.tensors(n) for n in names}
-    labels = data.labels
+    labels = data.labels.to(device)
     sched = sized_schedule(len(labels), batch_size, epochs, milestones, sized)
     skimmer = model != "lstm"
 
     def collate(idx, gen):
         idx = idx.tolist()
         s = TRAIN_SUBSAMPLE[int(torch.randint(len(TRAIN_SUBSAMPLE), (1,), generator=gen))] if skimmer else 1
-        videos = {n: [seqs[n][j] for j in idx] for n in names}
-        padded = [pad(videos[n]) for n in names]
-        sparse = [pad([interpolate_features(v, s) for v in videos[n]])[0] for n in names] if s > 1 else None
-        feats = [p[0].to(device) for p in padded]
-        indexing = [z.to(device) for z in sparse] if sparse else feats
-        return feats, indexing, padded[0][1].to(device), labels[idx].to(device)
+        padded = [data.padded(n, idx) for n in names]
+        lengths = padded[0][1].sum(1)
+        feats = [p[0] for p in padded]
+        indexing = [interpolate_padded(z, lengths, s) for z in feats] if s > 1 else feats
+        return feats, indexing, padded[0][1], labels[idx]
 
     def loss_fn(real, feats, mask, y):
         if not skimmer:

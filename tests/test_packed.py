@@ -104,3 +104,14 @@ def test_a_resident_split_holds_float16_rows_and_serves_the_same_tensors(store):
         assert torch.equal(resident.tensors("image")[j], streamed.tensors("image")[j])
         assert torch.equal(resident.tensors("t")[j], streamed.tensors("t")[j])
     assert resident.fits()
+
+
+@pytest.mark.parametrize("resident", [False, True])
+def test_a_padded_batch_equals_the_videos_padded_one_by_one(store, resident):
+    from pipelines.data import pad
+
+    data = SplitData(store, "train", ("image",), resident=resident, budget=40 * 6 * 2)
+    idx = [4, 0, 7, 2]
+    got, mask = data.padded("image", idx)
+    want, want_mask = pad([data.tensors("image")[j] for j in idx])
+    assert got.dtype == torch.float32 and torch.equal(got, want) and torch.equal(mask, want_mask)

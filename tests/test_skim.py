@@ -111,3 +111,18 @@ def test_short_video_cycles_through_its_steps_when_t_exceeds_n():
 def test_unknown_indexing_mode_is_refused():
     with pytest.raises(ValueError, match="indexing"):
         ImgAudSkimmer(Fusion(), 3, indexing="telepathy")
+
+
+def test_batched_interpolation_equals_each_video_interpolated_alone():
+    from models.skim import interpolate_features, interpolate_padded
+    from pipelines.data import pad
+
+    gen = torch.Generator().manual_seed(0)
+    lengths = [1, 2, 3, 5, 6, 10, 11, 17]
+    videos = [torch.randn(n, 4, generator=gen) for n in lengths]
+    batch, mask = pad(videos)
+    for s in (2, 5, 10):
+        want, _ = pad([interpolate_features(v, s) for v in videos])
+        got = interpolate_padded(batch, mask.sum(1), s)
+        assert torch.equal(got, want), s
+    assert torch.equal(interpolate_padded(batch, mask.sum(1), 1), batch)

@@ -33,3 +33,23 @@ def test_batchnorm_statistics_equal_the_datas_after_a_short_schedule():
     with torch.no_grad():
         acc = (net.eval()(x).argmax(1) == y).float().mean().item()
     assert history[-1]["final_train_acc"] == acc          # measured in eval mode, the way the bench evaluates
+
+
+def test_prefetched_batches_come_in_order_and_errors_reach_the_consumer():
+    import pytest
+
+    from pipelines.train import prefetched
+
+    assert list(prefetched(iter(range(50)))) == list(range(50))
+
+    def broken():
+        yield 1
+        raise RuntimeError("collate failed")
+    got = []
+    with pytest.raises(RuntimeError, match="collate failed"):
+        for x in prefetched(broken()):
+            got.append(x)
+    assert got == [1]
+    it = prefetched(iter(range(10**6)))
+    assert next(it) == 0
+    it.close()                                   # a consumer that stops early does not hang the producer
