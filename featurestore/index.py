@@ -96,7 +96,8 @@ class StoreIndex:
             return
         with self._locked():
             with open(self.path, "ab") as f:
-                if f.tell() > 0:
+                before = f.tell()
+                if before > 0:
                     with open(self.path, "rb") as r:
                         r.seek(-1, os.SEEK_END)
                         if r.read(1) != b"\n":
@@ -104,9 +105,12 @@ class StoreIndex:
                 f.write(text.encode())
                 f.flush()
                 os.fsync(f.fileno())
-            entries_now, lines = self._lines()
-            if lines > 2 * len(entries_now) + 1000:
-                self._write(entries_now.values())
+                after = f.tell()
+            # count superseded lines only when the table crosses a power-of-two size: appends stay O(1) amortised
+            if after >= 1 << 20 and before.bit_length() != after.bit_length():
+                entries_now, lines = self._lines()
+                if lines > 2 * len(entries_now) + 1000:
+                    self._write(entries_now.values())
 
     def replace_all(self, entries: Iterable[dict]) -> None:
         """Write the whole table anew (crash-safe: a temporary file renamed over the old one)."""

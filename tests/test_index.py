@@ -87,3 +87,21 @@ def test_verify_reports_an_index_that_disagrees_with_the_groups(tmp_path):
     assert problems == ["v1: index says label='a', the group 'b' (fs verify --reindex rebuilds the index)"]
     problems, notes = verify(FeatureStore(s.path), reindex=True)
     assert problems == [] and notes[0] == "index rebuilt from 2 complete groups"
+
+
+def test_superseded_lines_are_compacted_away_and_appends_do_not_reread_the_table(tmp_path, monkeypatch):
+    from featurestore.index import StoreIndex
+
+    index = StoreIndex(tmp_path)
+    reads = []
+    original = StoreIndex._lines
+    monkeypatch.setattr(StoreIndex, "_lines", lambda self: reads.append(1) or original(self))
+    pad = "x" * 400
+    for rnd in range(12):                                     # 12 x 500 lines of the same 50 videos, ~2.7 MB
+        index.append([{"video_id": f"v{i % 50}", "tag": f"{rnd}-{i}", "pad": pad} for i in range(500)])
+    lines = index.path.read_text().splitlines()
+    assert len(reads) <= 3                                    # only where the size crossed a power of two
+    assert len(lines) < 6000                                  # compacted at least once
+    entries = index.entries()
+    assert sorted(entries) == sorted(f"v{i}" for i in range(50))
+    assert entries["v49"]["tag"] == "11-499"                  # the last line of each video survives
