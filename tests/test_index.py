@@ -105,3 +105,22 @@ def test_superseded_lines_are_compacted_away_and_appends_do_not_reread_the_table
     entries = index.entries()
     assert sorted(entries) == sorted(f"v{i}" for i in range(50))
     assert entries["v49"]["tag"] == "11-499"                  # the last line of each video survives
+
+
+def test_fs_verify_reindex_and_fs_pack_from_the_command_line(tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    s = _store(tmp_path, 4)
+    (s.path / INDEX_FILE).unlink()
+    out = CliRunner().invoke(main, ["verify", str(s.path), "--reindex"])
+    assert out.exit_code == 0, out.output
+    assert "index rebuilt from 4 complete groups" in out.output and (s.path / INDEX_FILE).is_file()
+    out = CliRunner().invoke(main, ["pack", str(s.path), "--arrays", "t,fused"])
+    assert out.exit_code == 0, out.output
+    assert "train  built" in out.output and "test   built" in out.output
+    again = CliRunner().invoke(main, ["pack", str(s.path), "--arrays", "t,fused"])
+    assert "train  current" in again.output
+    bad = CliRunner().invoke(main, ["pack", str(s.path), "--arrays", "r2p1d"])
+    assert bad.exit_code != 0 and "has no r2p1d descriptors" in bad.output
