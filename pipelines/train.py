@@ -115,6 +115,20 @@ def prefetched(batches: Iterable[tuple], depth: int = 1) -> Iterator[tuple]:
         worker.join(timeout=5)
 
 
+@dataclass
+class MicroBatches:
+    """One optimiser step's batch cut into parts (each a loss_fn argument tuple) that go forward and backward one
+    at a time, their gradients accumulated in proportion to their rows: the same step in a fraction of the memory
+    (BatchNorm normalises each part with its own statistics). ``rows``: the batch's rows in all."""
+
+    parts: list[tuple]
+    rows: int
+
+
+def _parts(batch) -> list[tuple]:
+    return batch.parts if isinstance(batch, MicroBatches) else [batch]
+
+
 def _batchnorms(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
@@ -132,7 +146,8 @@ def recalibrate_batchnorm(model: torch.nn.Module, batches: Iterable[tuple], loss
         m.momentum = None
     model.train()
     for batch in batches:
-        loss_fn(*batch)
+        for part in _parts(batch):
+            loss_fn(*part)
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
 
@@ -143,10 +158,11 @@ def evaluate_fit(model: torch.nn.Module, batches: Iterable[tuple], loss_fn: Call
     model.eval()
     total = correct = seen = 0.0
     for batch in batches:
-        loss, logits, labels = loss_fn(*batch)
-        total += loss.item() * len(labels)
-        correct += (logits.argmax(-1) == labels).sum().item()
-        seen += len(labels)
+        for part in _parts(batch):
+            loss, logits, labels = loss_fn(*part)
+            total += loss.item() * len(labels)
+            correct += (logits.argmax(-1) == labels).sum().item()
+            seen += len(labels)
     return {"loss": total / max(seen, 1), "acc": correct / max(seen, 1)}
 
 
@@ -159,7 +175,8 @@ def fit(model: torch.nn.Module, batches: Callable[[torch.Generator], Iterable[tu
     ``optimizer``: "sgd" (the papers' recipe) or "adamw" (for the transformer of AVGN); ``clip_grad`` clips the
     gradient norm. After the last epoch the BatchNorm statistics are recomputed on the training data and the final
     row gains ``final_loss`` and ``final_train_acc``: the training split evaluated in eval mode, as the bench does.
-    Per-epoch ``train_acc`` is the running accuracy in train mode; ``data_seconds`` is the time spent waiting for
+    A batch may be :class:`MicroBatches` (parts accumulated into one step). Per-epoch ``train_acc`` is the running
+    accuracy in train mode; ``data_seconds`` is the time spent waiting for
     batches (reading, collating), ``compute_seconds`` the forward, backward and optimiser steps."""
     gen = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -177,15 +194,18 @@ def fit(model: torch.nn.Module, batches: Callable[[torch.Generator], Iterable[tu
         for batch in (prefetched(batches(gen)) if prefetch else batches(gen)):
             t1 = time.perf_counter()
             data_s += t1 - t0
-            loss, logits, labels = loss_fn(*batch)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            parts = _parts(batch)
+            for part in parts:
+                loss, logits, labels = loss_fn(*part)
+                weight = len(labels) / batch.rows if isinstance(batch, MicroBatches) else 1.0
+                (loss * weight if len(parts) > 1 else loss).backward()
+                total += loss.item() * len(labels)
+                correct += (logits.argmax(-1) == labels).sum().item()
+                seen += len(labels)
             if clip_grad:
                 torch.nn.utils.clip_grad_norm_(params, clip_grad)
             opt.step()
-            total += loss.item() * len(labels)
-            correct += (logits.argmax(-1) == labels).sum().item()
-            seen += len(labels)
             t0 = time.perf_counter()
             compute_s += t0 - t1
         sched.step()

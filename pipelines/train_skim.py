@@ -7,13 +7,14 @@ from typing import Callable
 import torch
 from torch.nn import functional as F
 
+from featurestore.constants import FEATURE_DIMS
 from featurestore.store import FeatureStore
 from models.baselines import LSTMBaseline
 from models.imgaud import Fusion
 from models.skim import ImgAudSkimmer, interpolate_padded
 from pipelines.checkpoints import load_model, save_checkpoint
 from pipelines.data import load_split, resolve_device, student_fusion
-from pipelines.train import Trained, fit, minibatches, sized_schedule
+from pipelines.train import MicroBatches, Trained, fit, minibatches, sized_schedule
 
 # model name -> (indexing mode of the skimmer, or None for the LSTM baseline)
 SKIM_MODELS = {"skim": "audio-visual", "skim-visual": "visual", "skim-single": "single",
@@ -32,7 +33,25 @@ def build_skim_model(model: str, fusion: Fusion, num_classes: int) -> torch.nn.M
     return ImgAudSkimmer(fusion, num_classes, indexing=SKIM_MODELS[model])
 
 
-TRAIN_SUBSAMPLE = (1, 2, 5, 10)   # indexing-feature subsampling drawn per batch: the skimmer learns sparse features too
+TRAIN_SUBSAMPLE = (1, 2, 5, 10)
+CPU_PART_ELEMENTS = 16 << 20   # on the CPU a batch goes forward in parts of at most 16 M padded feature values
+
+
+def micro_batches(idx: list[int], n_steps, width: int, device: str) -> list[list[int]]:
+    """``idx`` cut into consecutive parts whose padded features (rows x longest video x ``width``) stay under
+    CPU_PART_ELEMENTS on the CPU, so that the activations of a batch of 256 five-minute videos fit a small machine;
+    one part on a GPU."""
+    if device.startswith("cuda"):
+        return [idx]
+    parts, cur, longest = [], [], 0
+    for j in idx:
+        n = int(n_steps[j])
+        if cur and (len(cur) + 1) * max(longest, n) * width > CPU_PART_ELEMENTS:
+            parts.append(cur)
+            cur, longest = [], 0
+        cur.append(j)
+        longest = max(longest, n)
+    return parts + [cur]   # indexing-feature subsampling drawn per batch: the skimmer learns sparse features too
 
 
 def train_skim(store: FeatureStore, runs: Path, model: str = "skim", epochs: int = 25, batch_size: int = 256,
@@ -63,14 +82,22 @@ def train_skim(store: FeatureStore, runs: Path, model: str = "skim", epochs: int
     sched = sized_schedule(len(labels), batch_size, epochs, milestones, sized)
     skimmer = model != "lstm"
 
-    def collate(idx, gen):
-        idx = idx.tolist()
-        s = TRAIN_SUBSAMPLE[int(torch.randint(len(TRAIN_SUBSAMPLE), (1,), generator=gen))] if skimmer else 1
+    width = sum(FEATURE_DIMS[n] for n in names)
+
+    def part(idx: list[int], s: int) -> tuple:
         padded = [data.padded(n, idx) for n in names]
         lengths = padded[0][1].sum(1)
         feats = [p[0] for p in padded]
         indexing = [interpolate_padded(z, lengths, s) for z in feats] if s > 1 else feats
         return feats, indexing, padded[0][1], labels[idx]
+
+    def collate(idx, gen):
+        idx = idx.tolist()
+        s = TRAIN_SUBSAMPLE[int(torch.randint(len(TRAIN_SUBSAMPLE), (1,), generator=gen))] if skimmer else 1
+        parts = micro_batches(idx, data.n_steps, width, device)
+        if len(parts) == 1:
+            return part(idx, s)
+        return MicroBatches([part(p, s) for p in parts], len(idx))
 
     def loss_fn(real, feats, mask, y):
         if not skimmer:

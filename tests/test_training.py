@@ -53,3 +53,41 @@ def test_prefetched_batches_come_in_order_and_errors_reach_the_consumer():
     it = prefetched(iter(range(10**6)))
     assert next(it) == 0
     it.close()                                   # a consumer that stops early does not hang the producer
+
+
+def test_micro_batches_take_the_same_step_as_the_whole_batch():
+    import torch
+    from torch.nn import functional as F
+
+    from pipelines.train import MicroBatches, fit
+
+    x, y = torch.randn(24, 5, generator=torch.Generator().manual_seed(0)), torch.arange(24) % 3
+
+    def run(split: bool):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(5, 3)
+
+        def batches(gen):
+            for idx in (torch.arange(0, 12), torch.arange(12, 24)):
+                parts = [(x[p], y[p]) for p in (idx[:5], idx[5:])]
+                yield MicroBatches(parts, len(idx)) if split else (x[idx], y[idx])
+
+        def loss_fn(xb, yb):
+            logits = model(xb)
+            return F.cross_entropy(logits, yb), logits, yb
+        history = fit(model, batches, loss_fn, 2, 0.1, (), 0, prefetch=False)
+        return model.weight.detach().clone(), history[-1]["loss"]
+    (w_whole, loss_whole), (w_split, loss_split) = run(False), run(True)
+    assert torch.allclose(w_whole, w_split, atol=1e-6)
+    assert abs(loss_whole - loss_split) < 1e-6
+
+
+def test_a_cpu_batch_of_long_videos_is_cut_into_parts_and_a_gpu_batch_is_not():
+    from pipelines.train_skim import CPU_PART_ELEMENTS, micro_batches
+
+    n_steps = [563] * 256
+    parts = micro_batches(list(range(256)), n_steps, 512, "cpu")
+    assert sum(parts, []) == list(range(256)) and len(parts) > 1
+    assert all(len(p) * 563 * 512 <= CPU_PART_ELEMENTS for p in parts)
+    assert micro_batches(list(range(256)), n_steps, 512, "cuda") == [list(range(256))]
+    assert micro_batches([0, 1, 2], [20, 30, 40], 512, "cpu") == [[0, 1, 2]]
