@@ -119,14 +119,31 @@ def prefetched(batches: Iterable[tuple], depth: int = 1) -> Iterator[tuple]:
 class MicroBatches:
     """One optimiser step's batch cut into parts (each a loss_fn argument tuple) that go forward and backward one
     at a time, their gradients accumulated in proportion to their rows: the same step in a fraction of the memory
-    (BatchNorm normalises each part with its own statistics). ``rows``: the batch's rows in all."""
+    (BatchNorm normalises each part with its own statistics). ``parts`` may be lazy (a generator): each part is then
+    built only when it is needed (or prefetched), so at most a few parts exist at once. ``rows``: the batch's rows."""
 
-    parts: list[tuple]
+    parts: Iterable[tuple]
     rows: int
 
 
-def _parts(batch) -> list[tuple]:
-    return batch.parts if isinstance(batch, MicroBatches) else [batch]
+def _flatten(batches: Iterable) -> Iterator[tuple[tuple, int | None, bool]]:
+    """(loss_fn arguments, the batch's rows or None for a whole batch, whether the step ends here) per part."""
+    for batch in batches:
+        if isinstance(batch, MicroBatches):
+            pending = None
+            for part in batch.parts:
+                if pending is not None:
+                    yield pending, batch.rows, False
+                pending = part
+            if pending is not None:
+                yield pending, batch.rows, True
+        else:
+            yield batch, None, True
+
+
+def _parts(batches: Iterable) -> Iterator[tuple]:
+    for part, _, _ in _flatten(batches):
+        yield part
 
 
 def _batchnorms(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
@@ -145,9 +162,8 @@ def recalibrate_batchnorm(model: torch.nn.Module, batches: Iterable[tuple], loss
         m.reset_running_stats()
         m.momentum = None
     model.train()
-    for batch in batches:
-        for part in _parts(batch):
-            loss_fn(*part)
+    for part in _parts(batches):
+        loss_fn(*part)
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
 
@@ -157,12 +173,11 @@ def evaluate_fit(model: torch.nn.Module, batches: Iterable[tuple], loss_fn: Call
     """Loss and accuracy on ``batches`` in eval mode: the way the bench will use the model."""
     model.eval()
     total = correct = seen = 0.0
-    for batch in batches:
-        for part in _parts(batch):
-            loss, logits, labels = loss_fn(*part)
-            total += loss.item() * len(labels)
-            correct += (logits.argmax(-1) == labels).sum().item()
-            seen += len(labels)
+    for part in _parts(batches):
+        loss, logits, labels = loss_fn(*part)
+        total += loss.item() * len(labels)
+        correct += (logits.argmax(-1) == labels).sum().item()
+        seen += len(labels)
     return {"loss": total / max(seen, 1), "acc": correct / max(seen, 1)}
 
 
@@ -191,21 +206,22 @@ def fit(model: torch.nn.Module, batches: Callable[[torch.Generator], Iterable[tu
         total = correct = seen = 0.0
         data_s = compute_s = 0.0
         t0 = time.perf_counter()
-        for batch in (prefetched(batches(gen)) if prefetch else batches(gen)):
+        stream = _flatten(batches(gen))
+        opt.zero_grad(set_to_none=True)
+        for part, rows, last in (prefetched(stream) if prefetch else stream):
             t1 = time.perf_counter()
             data_s += t1 - t0
-            opt.zero_grad(set_to_none=True)
-            parts = _parts(batch)
-            for part in parts:
-                loss, logits, labels = loss_fn(*part)
-                weight = len(labels) / batch.rows if isinstance(batch, MicroBatches) else 1.0
-                (loss * weight if len(parts) > 1 else loss).backward()
-                total += loss.item() * len(labels)
-                correct += (logits.argmax(-1) == labels).sum().item()
-                seen += len(labels)
-            if clip_grad:
-                torch.nn.utils.clip_grad_norm_(params, clip_grad)
-            opt.step()
+            loss, logits, labels = loss_fn(*part)
+            (loss * (len(labels) / rows) if rows else loss).backward()
+            total += loss.item() * len(labels)
+            correct += (logits.argmax(-1) == labels).sum().item()
+            seen += len(labels)
+            del part, loss, logits
+            if last:
+                if clip_grad:
+                    torch.nn.utils.clip_grad_norm_(params, clip_grad)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
             t0 = time.perf_counter()
             compute_s += t0 - t1
         sched.step()

@@ -97,7 +97,7 @@ def train_skim(store: FeatureStore, runs: Path, model: str = "skim", epochs: int
         parts = micro_batches(idx, data.n_steps, width, device)
         if len(parts) == 1:
             return part(idx, s)
-        return MicroBatches([part(p, s) for p in parts], len(idx))
+        return MicroBatches((part(p, s) for p in parts), len(idx))     # built one part at a time
 
     def loss_fn(real, feats, mask, y):
         if not skimmer:
