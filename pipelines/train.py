@@ -75,6 +75,18 @@ def sized_schedule(rows: int, batch_size: int, epochs: int, milestones: tuple[in
     return sched
 
 
+def bound_heap(mmap_threshold: int = 1 << 20) -> bool:
+    """Ask glibc to serve allocations over ``mmap_threshold`` bytes with mmap, returned to the system when freed:
+    batches of varying padded shapes otherwise leave the heap fragmented and a trainer's RSS creeps up by GBs over
+    an epoch. No-op (False) where the C library is not glibc."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, int(mmap_threshold)))      # M_MMAP_THRESHOLD; also stops its dynamic growth
+    except (OSError, AttributeError):
+        return False
+
+
 def prefetched(batches: Iterable[tuple], depth: int = 1) -> Iterator[tuple]:
     """``batches``, produced on a background thread up to ``depth`` ahead (torch releases the GIL while it copies
     and pads), so collating the next batch overlaps training on this one. An error there is raised here."""
@@ -193,6 +205,7 @@ def fit(model: torch.nn.Module, batches: Callable[[torch.Generator], Iterable[tu
     A batch may be :class:`MicroBatches` (parts accumulated into one step). Per-epoch ``train_acc`` is the running
     accuracy in train mode; ``data_seconds`` is the time spent waiting for
     batches (reading, collating), ``compute_seconds`` the forward, backward and optimiser steps."""
+    bound_heap()
     gen = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer == "adamw":
