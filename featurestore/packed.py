@@ -152,6 +152,10 @@ def open_packed(store: FeatureStore, split: str, names: tuple[str, ...],
     want = fingerprint(entries)
     state, have = pack_state(store, split)
     if state != "current" or not set(names) <= set(have):
+        if not os.access(store.path, os.W_OK):
+            what = state if state != "current" else f"missing {', '.join(sorted(set(names) - set(have)))}"
+            raise StoreError(f"the packed view of {split} in {store.path} is {what} and the store is read-only here: "
+                             f"run fs pack {store.path} where it can be written")
         with _pack_lock(root):
             state, have = pack_state(store, split)        # another process may have packed it meanwhile
             if state != "current":

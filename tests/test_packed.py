@@ -115,3 +115,11 @@ def test_a_padded_batch_equals_the_videos_padded_one_by_one(store, resident):
     got, mask = data.padded("image", idx)
     want, want_mask = pad([data.tensors("image")[j] for j in idx])
     assert got.dtype == torch.float32 and torch.equal(got, want) and torch.equal(mask, want_mask)
+
+
+def test_a_stale_view_of_a_read_only_store_is_a_clear_error(store, monkeypatch):
+    from featurestore.store import StoreError
+
+    monkeypatch.setattr(packed_mod.os, "access", lambda path, mode: False)
+    with pytest.raises(StoreError, match="read-only here: run fs pack"):
+        open_packed(store, "train", ("fused",))
