@@ -23,6 +23,18 @@ LOCK_FILE = ".fs-index.lock"
 OMITTED_ATTRS = ("provenance",)     # per video and bulky; read from the group when needed
 
 
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created when absent), waiting for other holders."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 def entry_of(attrs: dict, tag: str, nbytes: int) -> dict:
     """The index entry of a published video: its attributes without the omitted ones, plus tag and bytes."""
     entry = {k: v for k, v in attrs.items() if k not in OMITTED_ATTRS}
@@ -55,15 +67,8 @@ class StoreIndex:
     def exists(self) -> bool:
         return self.path.is_file()
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+    def _locked(self):
+        return file_lock(self.root / LOCK_FILE)
 
     def _lines(self) -> tuple[dict[str, dict], int]:
         """(entries by video id, number of lines read)."""

@@ -14,8 +14,6 @@ reader's memory is its cache of blocks, whatever the split's size.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import math
 import os
 import shutil
@@ -29,7 +27,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from featurestore.index import fingerprint
+from featurestore.index import file_lock, fingerprint
 from featurestore.store import FeatureStore, StoreError, check_video
 
 PACK_DIR = "packed"
@@ -118,16 +116,9 @@ def _split_entries(store: FeatureStore, split: str) -> list[dict]:
     return [e for e in store.entries().values() if e.get("split") == split]
 
 
-@contextlib.contextmanager
-def _pack_lock(root: Path) -> Iterator[None]:
+def _pack_lock(root: Path):
     root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+    return file_lock(root / ".lock")
 
 
 def pack_state(store: FeatureStore, split: str) -> tuple[str, list[str]]:
