@@ -68,9 +68,11 @@ class Predictions:
     annotated: bool = False       # some video of the split has ground-truth action segments
 
 
-def run_selectors(selectors: list[Selector], data: SplitData) -> list[Predictions]:
+def run_selectors(selectors: list[Selector], data: SplitData,
+                  progress: Callable[[int, int], None] | None = None) -> list[Predictions]:
     """Run every selector over every video of ``data`` in one pass over the split (each video is read once, whatever
-    the number of selectors); indices outside [0, N) are an error, not a number."""
+    the number of selectors); indices outside [0, N) are an error, not a number. ``progress(done, total)`` after
+    each video."""
     scores, gflops, seconds, n_steps, hits = ([[] for _ in selectors] for _ in range(5))
     annotated = False
     for video in data.videos:
@@ -87,6 +89,8 @@ def run_selectors(selectors: list[Selector], data: SplitData) -> list[Prediction
             gflops[k].append(sel.gflops)
             n_steps[k].append(len(sel.steps))
             hits[k].append(inside[np.asarray(sel.steps, int)] if inside is not None else np.zeros(0, bool))
+        if progress:
+            progress(len(scores[0]) if selectors else 0, len(data))
     labels = data.labels.numpy()
     return [Predictions(np.stack(scores[k]), labels, hits[k], float(np.mean(gflops[k])), float(np.mean(seconds[k])),
                         float(np.mean(n_steps[k])), annotated) for k in range(len(selectors))]
@@ -127,11 +131,15 @@ def top1_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def evaluate_all(selectors: list[Selector], data: SplitData, train: SplitData | None = None,
-                 intervals: bool = True) -> list[MethodResult]:
+                 intervals: bool = True, progress: Callable[[str, int, int], None] | None = None
+                 ) -> list[MethodResult]:
     """Each selector's row: top-1 and mAP on ``data`` with bootstrap intervals, cost, segment_hit, the one-class
     flag, and its top-1 on ``train`` when given; one pass over each split for all of them."""
     rows = []
-    for selector, p in zip(selectors, run_selectors(selectors, data)):
+    def split_progress(name: str):
+        return (lambda i, n: progress(name, i, n)) if progress else None
+
+    for selector, p in zip(selectors, run_selectors(selectors, data, split_progress("test"))):
         hits = np.concatenate(p.hits) if p.hits else np.zeros(0, bool)
         r = MethodResult(selector.name, top1_accuracy(p.scores, p.labels), mean_average_precision(p.scores, p.labels),
                          p.gflops, p.seconds, p.steps,
@@ -141,7 +149,7 @@ def evaluate_all(selectors: list[Selector], data: SplitData, train: SplitData | 
             (r.top1_lo, r.top1_hi), (r.mAP_lo, r.mAP_hi) = bootstrap_intervals(p.scores, p.labels)
         rows.append(r)
     if train is not None:
-        for r, t in zip(rows, run_selectors(selectors, train)):
+        for r, t in zip(rows, run_selectors(selectors, train, split_progress("train"))):
             r.train_top1 = top1_accuracy(t.scores, t.labels)
     return rows
 
@@ -273,7 +281,18 @@ def run_bench(store: FeatureStore, runs: Path, out: Path, methods: tuple[str, ..
     rows = []
     say(f"evaluating {len(selectors)} selectors on {len(data)} test and {len(train)} training videos (one pass over "
         f"each split)")
-    for r in evaluate_all(selectors, data, train):
+    from tqdm import tqdm
+
+    bars: dict = {}
+
+    def progress(split: str, i: int, n: int) -> None:
+        bar = bars.setdefault(split, tqdm(total=n, unit="video", desc=f"bench {split}", dynamic_ncols=True,
+                                          leave=False, disable=n < 200))
+        bar.update(i - bar.n)
+    results = evaluate_all(selectors, data, train, progress=progress)
+    for bar in bars.values():
+        bar.close()
+    for r in results:
         rows.append(r.__dict__)
         say(f"  {r.method:<40} top1 {100 * r.top1:5.1f}% [{100 * r.top1_lo:3.0f}-{100 * r.top1_hi:3.0f}]  "
             f"train {100 * r.train_top1:5.1f}%  mAP {100 * r.mAP:5.1f}%  {r.gflops_per_video:9.1f} GFLOPs"
