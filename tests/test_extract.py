@@ -329,3 +329,31 @@ def test_a_worker_whose_weights_differ_from_the_clients_writes_nothing(tmp_path,
     assert not res.ok and res.stage == "load"
     assert "this worker loaded student weights sha256" in res.error and "nothing written" in res.error
     assert store.video_ids() == [] and store.partial_ids() == []
+
+
+def test_a_dask_cuda_worker_with_a_rotated_device_list_uses_its_first_gpu(monkeypatch):
+    import torch
+
+    from featurestore.launch import worker_device
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    for name in range(8):
+        rotated = ",".join(str((name + k) % 8) for k in range(8))      # what LocalCUDACluster gives worker `name`
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", rotated)
+        assert worker_device(ExtractConfig(device="cuda"), name) == "cuda:0"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert worker_device(ExtractConfig(device="cuda"), 3) == "cuda:3"     # one process seeing every GPU
+    assert worker_device(ExtractConfig(device="cpu"), 3) == "cpu"
+
+
+def test_negative_gpus_are_refused_and_in_flight_follows_the_usable_cpus(monkeypatch):
+    import os
+
+    from featurestore import launch
+
+    with pytest.raises(ValueError, match="--gpus must be 0"):
+        launch.launch(gpus=-1)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert launch.usable_cpus() == 4
+    assert launch.default_in_flight(2) == 2 and launch.default_in_flight(1) == 4
