@@ -19,7 +19,6 @@ import os
 import shutil
 import uuid
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -28,7 +27,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from featurestore.index import file_lock, fingerprint
-from featurestore.store import FeatureStore, StoreError, check_video
+from featurestore.store import FeatureStore, StoreError, check_video, threaded_map
 
 PACK_DIR = "packed"
 PACK_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")   # read speed first: trainers stream it each epoch
@@ -168,14 +167,7 @@ def _read_videos(store: FeatureStore, entries: list[dict], names: list[str],
             raise StoreError(f"{problems[0]} (fs verify {store.path} lists every problem)")
         return video.arrays
 
-    done = 0
-    with ThreadPoolExecutor(4) as pool:
-        for i in range(0, len(entries), PACK_BATCH):
-            for arrays in pool.map(read, entries[i:i + PACK_BATCH]):
-                done += 1
-                yield arrays
-            if progress:
-                progress(done, len(entries))
+    return threaded_map(read, entries, progress, ahead=PACK_BATCH)
 
 
 def _write_arrays(store: FeatureStore, entries: list[dict], group: zarr.Group, names: list[str], offsets: np.ndarray,

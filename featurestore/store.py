@@ -26,7 +26,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -165,7 +165,7 @@ class FeatureStore:
         names = set(_subdirs(vdir))
         entries = {v: e for v, e in indexed.items() if v in names}
         missing = sorted(names - set(indexed))
-        found = [e for e in _threaded(lambda v: self._group_entry(vdir / v), missing) if e is not None]
+        found = [e for e in threaded_map(lambda v: self._group_entry(vdir / v), missing) if e is not None]
         entries.update((e["video_id"], e) for e in found)
         if found and self.mode == "a":
             self.index.append(found)
@@ -183,7 +183,7 @@ class FeatureStore:
         """Rebuild the index from the groups under ``videos/`` (``fs verify --reindex``); returns the videos indexed."""
         vdir = self.path / "videos"
         names = sorted(_subdirs(vdir))
-        found = [e for e in _threaded(lambda v: self._group_entry(vdir / v), names, progress) if e is not None]
+        found = [e for e in threaded_map(lambda v: self._group_entry(vdir / v), names, progress) if e is not None]
         self.index.replace_all(found)
         self._entries = None
         return len(found)
@@ -213,8 +213,12 @@ class FeatureStore:
         except OSError:
             shutil.rmtree(src, ignore_errors=True)
             return False
-        self.index.append([entry_of({**attrs, "video_id": video_id, "complete": True}, tag, nbytes)])
+        self._index_published(video_id, attrs, tag, nbytes)
         return True
+
+    def _index_published(self, video_id: str, attrs: dict, tag: str, nbytes: int) -> None:
+        """Append the index line of a copy just renamed into ``videos/`` (never before the rename)."""
+        self.index.append([entry_of({**attrs, "video_id": video_id, "complete": True}, tag, nbytes)])
 
     def _write_partial(self, video_id: str, arrays: dict[str, np.ndarray], attrs: dict) -> str:
         """Write a complete copy of a video under ``partial/`` (completion marker last); returns its tag."""
@@ -242,7 +246,7 @@ class FeatureStore:
         old = self.path / "partial" / f"{tag}-old"
         os.rename(self.path / "videos" / video_id, old)
         os.rename(self.path / "partial" / tag, self.path / "videos" / video_id)
-        self.index.append([entry_of({**attrs, "video_id": video_id, "complete": True}, tag, nbytes)])
+        self._index_published(video_id, attrs, tag, nbytes)
         shutil.rmtree(old, ignore_errors=True)
 
     def read_video(self, video_id: str, names: Iterable[str] | None = None) -> VideoFeatures:
@@ -428,7 +432,7 @@ def verify(store: "FeatureStore", progress=None, reindex: bool = False) -> tuple
                              f"(fs verify --reindex rebuilds the index)")
         return found
 
-    for found in _threaded(check, list(entries), progress):
+    for found in threaded_map(check, list(entries), progress):
         problems += found
     if store.partial_ids():
         notes.append(f"{len(store.partial_ids())} unfinished groups under partial/ (invisible; cleared by the next run)")
@@ -446,22 +450,21 @@ def _subdirs(path: Path) -> list[str]:
         return [e.name for e in it if e.is_dir(follow_symlinks=False)]
 
 
-def _threaded(fn, items: list, progress=None, threads: int = 4) -> list:
-    """``[fn(x) for x in items]`` on a few threads, in order, calling ``progress(done, total)`` as results come."""
+def threaded_map(fn: Callable, items: list, progress: Callable[[int, int], None] | None = None, threads: int = 4,
+                 ahead: int = 64) -> Iterator:
+    """``fn(x)`` for each of ``items``, in order, computed on a few threads (zarr's decompression releases the GIL)
+    at most ``ahead`` items ahead, so that large results never pile up; ``progress(done, total)`` after each."""
     if len(items) < 8:
-        out = []
-        for i, x in enumerate(items):
-            out.append(fn(x))
-            if progress:
-                progress(i + 1, len(items))
-        return out
-    with ThreadPoolExecutor(threads) as pool:
-        out = []
-        for i, r in enumerate(pool.map(fn, items)):
-            out.append(r)
-            if progress:
-                progress(i + 1, len(items))
-        return out
+        threads = 0
+    with ThreadPoolExecutor(threads) if threads else contextlib.nullcontext() as pool:
+        done = 0
+        for i in range(0, len(items), ahead):
+            chunk = items[i:i + ahead]
+            for r in (pool.map(fn, chunk) if pool else map(fn, chunk)):
+                done += 1
+                yield r
+                if progress:
+                    progress(done, len(items))
 
 
 def _short(value: object, limit: int = 60) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from featurestore.constants import FEATURE_DIMS, KEPT_CLIPS, KEPT_INPUTS
-from featurestore.packed import BlockReader, PackedSplit, open_packed
+from featurestore.packed import BLOCK_CHUNKS, BlockReader, PackedSplit, open_packed
 from featurestore.store import FeatureStore, StoreError, VideoFeatures, require_arrays
 from featurestore.weights import WeightsError, load_recorded
 from manifests.schema import parse_segments
@@ -52,7 +52,7 @@ class _ResidentRows:
         arr = packed.array(name)
         dtype = torch.from_numpy(np.zeros(0, arr.dtype)).dtype          # float16 descriptors stay float16, t float32
         self.data = torch.empty(arr.shape, dtype=dtype, device=device)
-        step = int(arr.chunks[0]) * 8
+        step = int(arr.chunks[0]) * BLOCK_CHUNKS
         for i in range(0, arr.shape[0], step):
             self.data[i:i + step] = torch.from_numpy(np.ascontiguousarray(arr[i:i + step])).to(device, dtype)
         self.offsets = packed.offsets
@@ -185,24 +185,19 @@ class SplitData:
     def padded(self, name: str, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Array ``name`` of the videos ``idx`` as one zero-padded float32 batch (B, max N, D) on the split's device
         and its (B, max N) validity mask: filled in the stored dtype, converted once (no per-video float32 copies)."""
-        lengths = torch.as_tensor(self.n_steps[idx], dtype=torch.long)
-        n = int(lengths.max())
         src = self.sources[name]
         if isinstance(src, _ResidentRows):
-            out = src.data.new_zeros((len(idx), n) + tuple(src.data.shape[1:]))
-            for i, j in enumerate(idx):
-                rows = src.video(j)
-                out[i, :len(rows)] = rows
-            out = out.float()
-        else:
-            first = src.video(idx[0])
-            buf = np.zeros((len(idx), n) + first.shape[1:], first.dtype)
-            for i, j in enumerate(idx):
-                rows = src.video(j)
-                buf[i, :len(rows)] = rows
-            out = torch.from_numpy(buf).to(self.device).float()
-        mask = torch.arange(n, device=out.device)[None, :] < lengths.to(out.device)[:, None]
-        return out, mask
+            out, mask = pad([src.video(j) for j in idx])
+            return out.float(), mask
+        lengths = torch.as_tensor(self.n_steps[idx], dtype=torch.long)
+        n = int(lengths.max())
+        first = src.video(idx[0])
+        buf = np.zeros((len(idx), n) + first.shape[1:], first.dtype)
+        for i, j in enumerate(idx):
+            rows = src.video(j)
+            buf[i, :len(rows)] = rows
+        out = torch.from_numpy(buf).to(self.device).float()
+        return out, torch.arange(n, device=out.device)[None, :] < lengths.to(out.device)[:, None]
 
     def moments(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and unbiased standard deviation of array ``name`` over every step of the split (on the CPU): from
@@ -281,7 +276,6 @@ def action_mask(video: VideoFeatures) -> np.ndarray | None:
         return None
     t = video.arrays["t"]
     return np.any([(t >= s) & (t < e) for s, e in segs], axis=0)
-
 
 
 def pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

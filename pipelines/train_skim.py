@@ -33,7 +33,7 @@ def build_skim_model(model: str, fusion: Fusion, num_classes: int) -> torch.nn.M
     return ImgAudSkimmer(fusion, num_classes, indexing=SKIM_MODELS[model])
 
 
-TRAIN_SUBSAMPLE = (1, 2, 5, 10)
+TRAIN_SUBSAMPLE = (1, 2, 5, 10)   # indexing-feature subsampling drawn per batch: the skimmer learns sparse features too
 CPU_PART_ELEMENTS = 16 << 20   # on the CPU a batch goes forward in parts of at most 16 M padded feature values
 
 
@@ -51,7 +51,7 @@ def micro_batches(idx: list[int], n_steps, width: int, device: str) -> list[list
             cur, longest = [], 0
         cur.append(j)
         longest = max(longest, n)
-    return parts + [cur]   # indexing-feature subsampling drawn per batch: the skimmer learns sparse features too
+    return parts + [cur]
 
 
 def train_skim(store: FeatureStore, runs: Path, model: str = "skim", epochs: int = 25, batch_size: int = 256,
