@@ -146,6 +146,36 @@ def decode_command(path: str, audio_fd: int | None, fps: int = FPS, crop: int = 
             .compile(cmd=ffmpeg_exe()))
 
 
+def frames_at(path: str, times: list[float], timeout: float = 30.0, crop: int = CROP,
+              short_side: int = SHORT_SIDE) -> np.ndarray:
+    """The frames shown at ``times`` (seconds), scaled and cropped as extraction does: (k, crop, crop, 3) uint8.
+
+    For display only (``fs show``): each frame is one short ffmpeg run that seeks to its time, so a long video is
+    not decoded whole. Raises :class:`DecodeError` when the file is gone or a frame cannot be read.
+    """
+    if not os.path.exists(path):
+        raise DecodeError(f"file not found: {path}")
+    out = np.zeros((len(times), crop, crop, 3), np.uint8)
+    for i, t in enumerate(times):
+        cmd = (ffmpeg.input(path, ss=f"{max(float(t), 0.0):.3f}")
+               .video
+               .filter("scale", f"if(lt(iw,ih),{short_side},-2)", f"if(lt(iw,ih),-2,{short_side})")
+               .filter("crop", crop, crop)
+               .output("pipe:1", vframes=1, format="rawvideo", pix_fmt="rgb24")
+               .global_args("-hide_banner", "-nostdin", "-loglevel", "error")
+               .compile(cmd=ffmpeg_exe()))
+        try:
+            proc = subprocess.run(cmd, capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise DecodeTimeout(f"timeout: reading the frame at {t:.2f} s of {os.path.basename(path)} took over "
+                                f"{timeout:g} s") from None
+        if proc.returncode != 0 or len(proc.stdout) < out[i].nbytes:
+            err = proc.stderr.decode(errors="replace").strip().splitlines()
+            raise DecodeError(f"no frame at {t:.2f} s of {os.path.basename(path)}" + (f": {err[-1]}" if err else ""))
+        out[i] = np.frombuffer(proc.stdout[:out[i].nbytes], np.uint8).reshape(crop, crop, 3)
+    return out
+
+
 def _popen(cmd: list[str], pass_fds: tuple[int, ...]) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=pass_fds)
 

@@ -47,6 +47,8 @@ def extract_video_task(row: dict, store_path: str, config: ExtractConfig) -> Vid
         stage[0] = "write"
         attrs.update({"label": row["label"], "split": row["split"], "path": path,
                       "segments": row.get("segments", "") or "", "provenance": extractor.provenance()})
+        if row.get("distractors"):       # the synthetic manifest's other-class segments, drawn by ``fs show``
+            attrs["distractors"] = row["distractors"]
         written = FeatureStore(store_path, mode="a").write_video(vid, arrays, attrs)
         return VideoResult(vid, path, True, n_steps=attrs["n_steps"], duration=attrs["duration"],
                            seconds=time.perf_counter() - t0, written=written,
