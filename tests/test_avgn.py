@@ -1,3 +1,5 @@
+import math
+
 import pandas as pd
 import pytest
 import torch
@@ -37,19 +39,68 @@ def test_pseudo_labels_follow_eq_12_on_hand_made_logits():
 
 
 def test_glance_order_spans_the_video_first_and_covers_every_step():
-    order = glance_order(16)
-    assert sorted(order) == list(range(16)) and order[:4] == [0, 8, 4, 12]
-    assert sorted(sample_steps(100, 16).tolist()) == sample_steps(100, 16).sort().values.tolist()
+    assert glance_order(16) == [0, 8, 4, 12, 2, 6, 10, 14, 1, 3, 5, 7, 9, 11, 13, 15]
+    assert glance_order(1) == [0] and glance_order(4) == [0, 2, 1, 3]
 
 
-def test_losses_are_finite_and_mask_loss_only_with_hidden_tokens():
-    model = AVTeST(3, dim=16, layers=1, heads=2, max_len=8)
-    e_g, e_a, y = torch.randn(4, 8, 256), torch.randn(4, 8, 256), torch.tensor([0, 1, 2, 0])
-    losses = avgn_losses(model, e_g, e_a, y, t_g=3, k=2)
-    assert set(losses) == {"p", "v", "a", "s", "mask", "ord"} and all(torch.isfinite(v) for v in losses.values())
-    assert "mask" not in avgn_losses(model, e_g, e_a, y, t_g=8, k=2)
+def test_sample_steps_takes_the_bin_centres_in_glance_order():
+    # 16 bins of 100 / 16 = 6.25 steps: centres 3.125, 9.375, ..., 96.875, floored to 3, 9, 15, 21, 28, ...
+    centres = [int((i + 0.5) * 6.25) for i in range(16)]
+    assert centres[:5] == [3, 9, 15, 21, 28] and centres[-1] == 96
+    want = [3, 53, 28, 78, 15, 40, 65, 90, 9, 21, 34, 46, 59, 71, 84, 96]
+    assert want == [centres[i] for i in [0, 8, 4, 12, 2, 6, 10, 14, 1, 3, 5, 7, 9, 11, 13, 15]]
+    assert sample_steps(100, 16).tolist() == want
+    # a video shorter than t repeats steps: bins of 0.5, centres 0.25, 0.75, 1.25, ... -> 0, 0, 1, 1, ...
+    assert sample_steps(2, 4).tolist() == [0, 1, 0, 1]
+
+
+def _ce(logits, y):
+    """Mean cross-entropy written out: logsumexp - the true logit."""
+    return sum(torch.logsumexp(row, 0) - row[c] for row, c in zip(logits, y)) / len(y)
+
+
+def test_losses_s_mask_and_ord_by_hand(monkeypatch):
+    torch.manual_seed(0)
+    model = AVTeST(3, image_dim=4, audio_dim=4, dim=4, layers=1, heads=1, max_len=4).eval()   # no dropout
+    e_g, e_a, y = torch.randn(2, 4, 4), torch.randn(2, 4, 4), torch.tensor([0, 2])
+    t_g, k = 2, 2
+    # no Gumbel noise: the soft sample is the softmax of the saliency logits, so the top-k is fixed
+    monkeypatch.setattr(torch.nn.functional, "gumbel_softmax",
+                        lambda logits, tau=1.0, hard=False, dim=-1: torch.softmax(logits / tau, dim))
+    losses = avgn_losses(model, e_g, e_a, y, t_g=t_g, k=k)
+    with torch.no_grad():
+        visible = torch.tensor([[True, True, False, False]] * 2)
+        g = model.glance(e_g, e_a, visible)
+        fused = model.fused(e_g, e_a)
+        # L_s: mean |s_t - s~_t|, s~_t = max_c softmax(per-step logits) / its max over t (Eq. 12)
+        want_s, want_mask, want_ord = 0.0, 0.0, []
+        for b in range(2):
+            conf = []
+            for t in range(4):
+                logit = model.f_av.out(torch.relu(model.f_av.step[0](fused[b, t])))
+                e = [math.exp(v) for v in logit.tolist()]
+                conf.append(max(e) / sum(e))
+            for t in range(4):
+                want_s += abs(g.saliency[b, t].item() - conf[t] / max(conf)) / 8
+            # L_mask: squared error of the decoded hidden positions against their unmasked visual tokens
+            for t in range(t_g, 4):
+                rec = model.mask_decoder(g.tf_out[b, t])
+                tok = model.embed_v(model.norm_g(e_g[b, t]))
+                want_mask += ((rec - tok) ** 2).sum().item() / (2 * 2 * 4)
+            # L_ord: the k most salient steps, classified by f_av (max over the k steps)
+            top = sorted(range(4), key=lambda t: -g.saliency_logits[b, t].item())[:k]
+            h = torch.relu(model.f_av.step[0](fused[b, top])).max(0).values
+            want_ord.append(model.f_av.out(h))
+        want_ord = _ce(torch.stack(want_ord), y).item()
+    assert losses["s"].item() == pytest.approx(want_s, rel=1e-5)
+    assert losses["mask"].item() == pytest.approx(want_mask, rel=1e-5)
+    assert losses["ord"].item() == pytest.approx(want_ord, rel=1e-5)
+    assert "mask" not in avgn_losses(model, e_g, e_a, y, t_g=4, k=2)
+    assert "mask" not in avgn_losses(model, e_g, e_a, y, t_g=2, k=2, use_mask_loss=False)
+    model.train()
+    losses = avgn_losses(model, e_g, e_a, y, t_g=t_g, k=k)
     sum(losses.values()).backward()
-    assert model.fc_s.weight.grad is not None and model.mask_token.grad is not None
+    assert model.fc_s.weight.grad.abs().sum() > 0 and model.mask_token.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("k, t_g", [(1, 2), (4, 4), (10, None), (20, 1)])
