@@ -210,4 +210,5 @@ class AVGNSelector:
         logits, flops_head = counted(self.model.classify, image[chosen][None], e_a)
         n_visual = t_g + int((top >= t_g).sum())
         gflops = self.t * self.costs.audio + n_visual * self.costs.image + flops_glance + flops_head
-        return Selection(chosen.numpy(), F.softmax(logits[0], 0).numpy(), gflops)
+        return Selection(chosen.numpy(), F.softmax(logits[0], 0).numpy(), gflops,
+                         {"saliency": {"AV-TeST": (steps.numpy(), g.saliency[0].numpy())}})

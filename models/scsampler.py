@@ -181,4 +181,6 @@ class SamplerSelector:
             gflops += k * (sum(self.costs.of(f) for f in ("image", "audio") if f not in computed) + self.costs.fusion)
         else:
             gflops += k * self.costs.of(self.feature)
-        return Selection(np.asarray(steps), probs.numpy(), gflops + g)
+        every = np.arange(n_steps)
+        return Selection(np.asarray(steps), probs.numpy(), gflops + g,
+                         {"saliency": {m: (every, s) for m, s in scores.items()}})

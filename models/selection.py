@@ -5,7 +5,7 @@ benchmark compares them all in one loop and never special-cases one.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping, Protocol
 
 import numpy as np
@@ -30,6 +30,9 @@ class Selection:
     steps: np.ndarray      # chosen step indices, in the order chosen
     scores: np.ndarray     # (C,) video-level class scores (probabilities)
     gflops: float          # what this method actually computed for this video
+    details: dict = field(default_factory=dict)
+    """Why these steps, for display (``fs show``): the skimmer's ``attention`` (T - 1, N) and ``modality``
+    (T - 1, 2: s^I, s^A); a ranker's ``saliency``: {label: (steps, scores)} over the steps it scored."""
 
 
 @dataclass(frozen=True)

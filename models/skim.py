@@ -114,6 +114,7 @@ class SkimOutput:
     steps: torch.Tensor           # (B, T - 1) the step looked at by each skimming step whose feature enters m
     fused: torch.Tensor           # (B, T, 512) Psi(z~_1) .. Psi(z~_T): the LSTM inputs, z~_1 the mean features
     modality: torch.Tensor        # (B, T - 1, 2) s^I, s^A per skimming step
+    attention: torch.Tensor       # (B, T - 1, N) each skimming step's weights over the steps, s^I w^I + s^A w^A
 
     def prefix_means(self) -> torch.Tensor:
         """m_t = (1/t) sum_{j<=t} Psi(z~_j) for t = 1..T: what an early stop after t inputs classifies. (B, T, D)"""
@@ -172,7 +173,7 @@ class ImgAudSkimmer(nn.Module):
         h = z_image.new_zeros(mask.shape[0], self.hidden)
         c = torch.zeros_like(h)
         x = self.fusion(masked_mean(z_image, mask), masked_mean(z_audio, mask))   # z~_1: the mean features
-        fused, chosen, modality = [x], [], []
+        fused, chosen, modality, attention = [x], [], [], []
         for _ in range(steps - 1):
             h, c = self.lstm(x, (h, c))
             w_i = attend(k_i, self.query_i(h), avail_i)
@@ -195,14 +196,16 @@ class ImgAudSkimmer(nn.Module):
             fused.append(x)
             chosen.append(pick)
             modality.append(s)
-        return self._output(fused, chosen, modality, mask)
+            attention.append(combined.detach())
+        return self._output(fused, chosen, modality, attention, mask)
 
-    def _output(self, fused: list, chosen: list, modality: list, mask: torch.Tensor) -> SkimOutput:
+    def _output(self, fused: list, chosen: list, modality: list, attention: list, mask: torch.Tensor) -> SkimOutput:
         feats = torch.stack(fused, 1)
-        b = mask.shape[0]
+        b, n = mask.shape
         steps = torch.stack(chosen, 1) if chosen else torch.zeros(b, 0, dtype=torch.long, device=mask.device)
         mod = torch.stack(modality, 1) if modality else feats.new_zeros(b, 0, 2)
-        return SkimOutput(self.classify(feats.mean(1)), steps, feats, mod)
+        att = torch.stack(attention, 1) if attention else feats.new_zeros(b, 0, n)
+        return SkimOutput(self.classify(feats.mean(1)), steps, feats, mod, att)
 
     def first_query_weights(self, z_image: torch.Tensor, z_audio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The attention of the first skimming step alone (Eq. 6, 8): the LSTM state after the mean-feature input
@@ -226,17 +229,18 @@ class ImgAudSkimmer(nn.Module):
         h = z.new_zeros(mask.shape[0], self.hidden)
         c = torch.zeros_like(h)
         x = masked_mean(z, mask)
-        feats, chosen = [x], []
+        feats, chosen, attention = [x], [], []
         for _ in range(steps - 1):
             h, c = self.lstm(x, (h, c))
             w = attend(keys, self.query_f(h), avail)
+            attention.append(w.detach())
             pick = self._pick(w, mask, taken)
             x = real[b, pick] if hard else soft_index(w, z)
             avail = self._mask_out(avail, w.argmax(1), mask)
             feats.append(x)
             chosen.append(pick)
         modality = [torch.tensor([1.0, 0.0], device=z.device).expand(len(b), 2)] * len(chosen)
-        return self._output(feats, chosen, modality, mask)
+        return self._output(feats, chosen, modality, attention, mask)
 
     @staticmethod
     def _pick(weights: torch.Tensor, mask: torch.Tensor, taken: torch.Tensor) -> torch.Tensor:
@@ -281,7 +285,8 @@ class SkimSelector:
         computed = set(kept_steps(n, self.subsample).tolist())
         if looks_up:
             computed |= set(steps.tolist())      # the chosen steps' own features are computed and used
-        return Selection(steps, F.softmax(out.logits[0], 0).numpy(), len(computed) * self.pair_gflops + gflops)
+        return Selection(steps, F.softmax(out.logits[0], 0).numpy(), len(computed) * self.pair_gflops + gflops,
+                         {"attention": out.attention[0].numpy(), "modality": out.modality[0].numpy()})
 
 
 class NonRecurrentSelector:
