@@ -1,9 +1,11 @@
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from models.scsampler import (JointSampler, SaliencySampler, convex_list, convex_score, intersect_list,
-                              sal_cl_labels, sal_rank_loss, union_list)
+                              sal_cl_labels, sal_cl_loss, sal_rank_loss, union_list)
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 10, 31])
@@ -57,14 +59,54 @@ def test_convex_combinations_reduce_to_a_single_list_at_alpha_one():
     top = np.argsort(-v)[:5].tolist()
     assert convex_score(v, a, 5, alpha=1.0).tolist() == top
     assert convex_list(v, a, 5, alpha=1.0).tolist() == top
-    assert len(set(convex_list(v, a, 5, alpha=0.5).tolist())) == 5
+    assert convex_score(v, a, 5, alpha=0.0).tolist() == np.argsort(-a)[:5].tolist()
 
 
-def test_samplers_give_saliency_in_unit_interval():
-    z = torch.randn(12, 256)
-    for loss in ("ac", "sal-cl", "sal-rank"):
-        s = SaliencySampler(256, loss, 5).eval()
-        sal = s.saliency(z)
-        assert sal.shape == (12,) and (sal >= 0).all() and (sal <= 1).all()
-    joint = JointSampler(SaliencySampler(256, "sal-rank", 5), SaliencySampler(256, "sal-rank", 5)).eval()
-    assert joint.saliency(z, z).shape == (12,)
+def test_convex_combinations_by_hand_between_the_lists():
+    v, a = np.array([0.9, 0.1, 0.5, 0.2]), np.array([0.0, 0.8, 0.4, 0.9])
+    # score 0.75 v + 0.25 a = [0.675, 0.275, 0.475, 0.375]; 0.25 v + 0.75 a = [0.225, 0.625, 0.425, 0.725]
+    assert convex_score(v, a, 2, alpha=0.75).tolist() == [0, 2]
+    assert convex_score(v, a, 2, alpha=0.25).tolist() == [3, 1]
+    # ranks: visual [0, 3, 1, 2], audio [3, 1, 2, 0]; 0.8 / 0.2 -> [0.6, 2.6, 1.2, 1.6]; 0.3 / 0.7 -> [2.1, 1.6, 1.7, 0.6]
+    assert convex_list(v, a, 3, alpha=0.8).tolist() == [0, 2, 3]
+    assert convex_list(v, a, 3, alpha=0.3).tolist() == [3, 1, 2]
+
+
+def test_sal_rank_averages_its_hinges_over_ordered_pairs_and_skips_ties():
+    f = torch.tensor([3.0, 1.0, 2.0, 1.0])
+    s = torch.tensor([0.5, 0.0, 1.0, 0.2])
+    # (0,1) z=+1: 1 - 0.5 = 0.5; (0,2) +1: 1 - (0.5 - 1) = 1.5; (0,3) +1: 1 - 0.3 = 0.7; (1,2) z=-1: 1 + (0 - 1) = 0;
+    # (1,3) a tie in f: skipped; (2,3) +1: 1 - 0.8 = 0.2.  Mean over the 5 ordered pairs: 2.9 / 5
+    assert sal_rank_loss(s, f, margin=1.0).item() == pytest.approx(2.9 / 5)
+    assert sal_rank_loss(s[:2], f[:2], margin=0.25).item() == pytest.approx(0.0)
+    assert sal_rank_loss(s, torch.ones(4)).item() == 0.0                   # all ties: nothing to rank
+
+
+def test_sal_cl_labels_and_loss_by_hand():
+    f = torch.tensor([0.1, 0.9, 0.5, 0.7, 0.3])
+    assert sal_cl_labels(f).tolist() == [0, 1, 0, 1, 0]
+    logits = torch.tensor([0.0, 2.0, -1.0, 1.0, 3.0])
+    sig = [1 / (1 + math.exp(-x)) for x in logits.tolist()]
+    want = -sum(math.log(p) if y else math.log(1 - p) for p, y in zip(sig, [0, 1, 0, 1, 0])) / 5
+    assert sal_cl_loss(logits, f).item() == pytest.approx(want, rel=1e-6)
+
+
+def test_sampler_saliency_is_the_sigmoid_of_its_logit_or_the_top_class_probability():
+    torch.manual_seed(0)
+    z = torch.randn(12, 16) * 3
+    for loss in ("sal-cl", "sal-rank"):
+        s = SaliencySampler(16, loss, 5).eval()
+        with torch.no_grad():
+            want = [1 / (1 + math.exp(-x)) for x in s(z).tolist()]
+            assert s.saliency(z).tolist() == pytest.approx(want, rel=1e-5)
+    s = SaliencySampler(16, "ac", 5).eval()
+    with torch.no_grad():
+        rows = s(z).tolist()
+        want = [max(math.exp(x) for x in r) / sum(math.exp(x) for x in r) for r in rows]
+        assert s.saliency(z).tolist() == pytest.approx(want, rel=1e-5)
+    sv, sa = SaliencySampler(16, "sal-rank", 5).eval(), SaliencySampler(16, "sal-rank", 5).eval()
+    joint = JointSampler(sv, sa).eval()
+    with torch.no_grad():
+        # the two logits are averaged, then squashed (not the average of two sigmoids)
+        want = [1 / (1 + math.exp(-(x + y) / 2)) for x, y in zip(sv(z).tolist(), sa(-z).tolist())]
+        assert joint.saliency(z, -z).tolist() == pytest.approx(want, rel=1e-5)
