@@ -23,13 +23,10 @@ SWEEP_STEPS = tuple(range(1, 11))
 
 
 def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
-    """AP of one class: mean precision at the rank of each positive (scores sorted descending)."""
-    order = np.argsort(-scores, kind="stable")
-    hits = positive[order].astype(float)
-    if hits.sum() == 0:
-        return float("nan")
-    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    return float((precision * hits).sum() / hits.sum())
+    """AP of one class: mean precision at the rank of each positive (scores sorted descending); tied scores form
+    one group, the precision at its end (as scikit-learn's average_precision_score), whatever order they are in."""
+    ap = average_precisions(np.asarray(scores, float)[None], np.asarray(positive)[None])[0]
+    return float(ap)
 
 
 def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -106,7 +103,13 @@ def average_precisions(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
     positives). The vectorised form of :func:`average_precision`."""
     order = np.argsort(-scores, axis=1, kind="stable")
     hits = np.take_along_axis(positive, order, axis=1).astype(float)
-    precision = np.cumsum(hits, 1) / np.arange(1, hits.shape[1] + 1)
+    ranked = np.take_along_axis(scores, order, axis=1)
+    v = hits.shape[1]
+    # a tie group is ranked as a whole: each position takes the precision at the last position of its group
+    ends = np.where(np.concatenate([ranked[:, 1:] != ranked[:, :-1], np.ones((len(ranked), 1), bool)], 1),
+                    np.arange(v), v)
+    ends = np.minimum.accumulate(ends[:, ::-1], axis=1)[:, ::-1]
+    precision = np.take_along_axis(np.cumsum(hits, 1), ends, axis=1) / (ends + 1)
     n_pos = hits.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(n_pos > 0, (precision * hits).sum(1) / n_pos, np.nan)
