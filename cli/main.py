@@ -576,8 +576,12 @@ def train_sampler_cmd(store, runs, modality, loss, margin, epochs, batch_size, l
 @click.option("--clip-level", is_flag=True, help="Clip-level comparison instead: teacher vs image-only, audio-only, "
                                                   "image+audio undistilled and distilled (needs --keep-inputs).")
 @click.option("--student", default=None, help="With --clip-level: the distilled student (default <runs>/student.pt).")
-def bench(store, runs, subsample, steps, methods, out, no_sweep, clip_level, student) -> None:
-    """Compare every selector on the test split: top-1, mAP, GFLOPs, time, trade-off plot, sweep of s and T."""
+@click.option("--gallery", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also draw the fs show figure of this many test videos (the most and the least confident, right "
+                   "and wrong) into <out>/gallery and report.html.")
+def bench(store, runs, subsample, steps, methods, out, no_sweep, clip_level, student, gallery) -> None:
+    """Compare every selector on the test split: top-1, mAP, GFLOPs, time, trade-off plot, sweep of s and T;
+    report.html beside bench.csv holds them all (and the gallery) in one page."""
     from featurestore.store import FeatureStore, StoreError
     from pipelines.bench import METHODS, bench_notes, format_table, run_bench
     from pipelines.checkpoints import checkpoint_path
@@ -599,7 +603,7 @@ def bench(store, runs, subsample, steps, methods, out, no_sweep, clip_level, stu
     chosen = tuple(METHODS) if methods == "all" else tuple(m.strip().upper() for m in methods.split(",") if m.strip())
     try:
         table = run_bench(FeatureStore(store), runs, out_dir, chosen, subsample, steps, not no_sweep,
-                          say=lambda m: click.echo(m, err=True))
+                          say=lambda m: click.echo(m, err=True), gallery=gallery)
     except (StoreError, ValueError) as e:
         _fail(e)
     click.echo(format_table(table) + "\n(top1, mAP, train_top1, segment_hit in %; [95 % bootstrap interval over test "
@@ -608,7 +612,44 @@ def bench(store, runs, subsample, steps, methods, out, no_sweep, clip_level, stu
         click.echo(line)
     click.echo(f"wrote {out_dir / 'bench.csv'}, {out_dir / 'tradeoff.png'}" +
                ("" if no_sweep or not (out_dir / "sweep.csv").is_file() else
-                f", {out_dir / 'sweep.csv'}, {out_dir / 'sweep.png'}"))
+                f", {out_dir / 'sweep.csv'}, {out_dir / 'sweep.png'}") +
+               (f", {table.attrs.get('gallery', 0)} figures in {out_dir / 'gallery'}" if gallery else "") +
+               f" and {out_dir / 'report.html'}")
+
+
+@main.command()
+@click.argument("video_id")
+@store_option
+@runs_option
+@click.option("--methods", default="UNIFORM,SAMPLERS,AVGN,SKIM", show_default=True,
+              help="Comma list of bench methods (one row each: the best of a bench.csv when one exists) or exact "
+                   "bench row names.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Figure to write (default <runs>/show/VIDEO_ID.png).")
+@click.option("--subsample", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Skimmer's indexing subsampling factor s.")
+@click.option("--steps", type=click.IntRange(1, 10), default=10, show_default=True,
+              help="Skimmer's skimming steps T (T - 1 moments looked at).")
+def show(video_id, store, runs, methods, out, subsample, steps) -> None:
+    """Draw what each method chose in one video: timeline with the action segments, chosen steps, the skimmer's
+    attention and modality scores, a contact sheet of the chosen frames, predicted vs true class."""
+    from featurestore.store import FeatureStore, StoreError
+    from pipelines.methods import METHODS
+    from pipelines.show import show_video
+
+    chosen = tuple(m.upper() if m.upper() in METHODS else m for m in (m.strip() for m in methods.split(",")) if m)
+    try:
+        shown = show_video(FeatureStore(store), runs, video_id, Path(out) if out else None, chosen, subsample, steps,
+                           say=lambda m: click.echo(m, err=True))
+    except (StoreError, ValueError) as e:
+        _fail(e)
+    for m in shown.methods:
+        click.echo(f"  {m.name:<44} predicted {m.predicted} ({m.confidence:.2f}), true {m.true}: "
+                   f"{'right' if m.correct else 'WRONG'}; steps {m.steps}")
+    for note in shown.notes:
+        click.echo(note)
+    click.echo(f"wrote {shown.path} ({shown.size[0]}x{shown.size[1]}, {shown.tiles} frames from {shown.frames})"
+               if shown.tiles else f"wrote {shown.path} ({shown.size[0]}x{shown.size[1]}, no frames)")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,22 @@ def parse_segments(text: str) -> list[tuple[float, float]]:
     return out
 
 
+def parse_distractors(text: str) -> list[tuple[str, str, float, float]]:
+    """The synthetic manifest's ``distractors``: ``"visual:cls:1.5-3.0;audio:cls:9-11"`` ->
+    ``[("visual", "cls", 1.5, 3.0), ("audio", "cls", 9.0, 11.0)]`` (another class's picture or sound alone)."""
+    out = []
+    for part in str(text).split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        modality, cls, span = (part.split(":", 2) + ["", ""])[:3]
+        if modality not in ("visual", "audio") or not cls:
+            raise ValueError(f"distractor {part!r} is not visual|audio:class:start-end")
+        (s, e), = parse_segments(span)
+        out.append((modality, cls, s, e))
+    return out
+
+
 def _row_error(name: str, i: int, df: pd.DataFrame, msg: str) -> ManifestError:
     vid = df["video_id"].iloc[i] if "video_id" in df.columns else "?"
     return ManifestError(f"{name} line {i + 2} (video_id {vid!r}): {msg}")

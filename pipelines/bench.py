@@ -17,6 +17,8 @@ from models.skim import SkimSelector
 from pipelines.checkpoints import checkpoint_path
 from pipelines.data import SplitData, action_mask, load_split
 from pipelines.methods import METHODS, BenchContext, build_selectors, check_methods
+from pipelines.report import GalleryItem, gallery_videos, write_report
+from pipelines.show import SHOW_METHODS, render_video, show_selectors
 
 SWEEP_SUBSAMPLE = (1, 2, 5, 10)
 SWEEP_STEPS = tuple(range(1, 11))
@@ -134,15 +136,19 @@ def top1_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def evaluate_all(selectors: list[Selector], data: SplitData, train: SplitData | None = None,
-                 intervals: bool = True, progress: Callable[[str, int, int], None] | None = None
-                 ) -> list[MethodResult]:
+                 intervals: bool = True, progress: Callable[[str, int, int], None] | None = None,
+                 predictions: list[Predictions] | None = None) -> list[MethodResult]:
     """Each selector's row: top-1 and mAP on ``data`` with bootstrap intervals, cost, segment_hit, the one-class
-    flag, and its top-1 on ``train`` when given; one pass over each split for all of them."""
+    flag, and its top-1 on ``train`` when given; one pass over each split for all of them. The test split's
+    :class:`Predictions` are appended to ``predictions`` when given (the gallery picks videos from them)."""
     rows = []
     def split_progress(name: str):
         return (lambda i, n: progress(name, i, n)) if progress else None
 
-    for selector, p in zip(selectors, run_selectors(selectors, data, split_progress("test"))):
+    test = run_selectors(selectors, data, split_progress("test"))
+    if predictions is not None:
+        predictions.extend(test)
+    for selector, p in zip(selectors, test):
         hits = np.concatenate(p.hits) if p.hits else np.zeros(0, bool)
         r = MethodResult(selector.name, top1_accuracy(p.scores, p.labels), mean_average_precision(p.scores, p.labels),
                          p.gflops, p.seconds, p.steps,
@@ -269,8 +275,9 @@ def bench_notes(table: pd.DataFrame, n_test: int | None = None) -> list[str]:
 
 def run_bench(store: FeatureStore, runs: Path, out: Path, methods: tuple[str, ...] = tuple(METHODS),
               subsample: int = 5, steps: int = 3, do_sweep: bool = True,
-              say: Callable[[str], None] = print) -> pd.DataFrame:
-    """Evaluate, write ``bench.csv``, ``tradeoff.png`` (and ``sweep.csv``, ``sweep.png``) into ``out``."""
+              say: Callable[[str], None] = print, gallery: int = 0) -> pd.DataFrame:
+    """Evaluate, write ``bench.csv``, ``tradeoff.png`` (and ``sweep.csv``, ``sweep.png``), ``gallery/*.png`` for
+    ``gallery`` test videos (see :func:`write_gallery`) and ``report.html`` with all of them into ``out``."""
     check_methods(methods)
     if subsample < 1 or not 1 <= steps <= 10:
         raise ValueError("--subsample must be >= 1 and --steps within 1..10")
@@ -292,7 +299,8 @@ def run_bench(store: FeatureStore, runs: Path, out: Path, methods: tuple[str, ..
         bar = bars.setdefault(split, tqdm(total=n, unit="video", desc=f"bench {split}", dynamic_ncols=True,
                                           leave=False, disable=n < 200))
         bar.update(i - bar.n)
-    results = evaluate_all(selectors, data, train, progress=progress)
+    test_predictions: list[Predictions] = []
+    results = evaluate_all(selectors, data, train, progress=progress, predictions=test_predictions)
     for bar in bars.values():
         bar.close()
     for r in results:
@@ -307,9 +315,32 @@ def run_bench(store: FeatureStore, runs: Path, out: Path, methods: tuple[str, ..
     title = (f"{store.attrs.get('dataset')} test split: {len(data.videos)} videos, {len(data.classes)} classes "
              f"(bars: 95 % bootstrap intervals)")
     plot_tradeoff(table, out / "tradeoff.png", title)
+    figures = {"accuracy against GFLOPs per video": out / "tradeoff.png"}
+    sw = None
     if do_sweep and checkpoint_path(runs, "skim").is_file():
         sw = sweep(ctx, data)
         sw.to_csv(out / "sweep.csv", index=False)
         uni = table.loc[table["method"] == "UNIFORM", "top1"]
         plot_sweep(sw, float(uni.iloc[0]) if len(uni) else None, out / "sweep.png")
+        figures["the skimmer's sweep (Fig. 6): sparse indexing features and early stopping"] = out / "sweep.png"
+    items, ref = write_gallery(ctx, data, table, selectors, test_predictions, gallery, out / "gallery") \
+        if gallery > 0 else ([], "")
+    table.attrs["gallery"] = len(items)
+    write_report(out / "report.html", table, store.attrs, store.info(), bench_notes(table), figures, sw, items, ref)
     return table
+
+
+def write_gallery(ctx: BenchContext, data: SplitData, table: pd.DataFrame, selectors: list[Selector],
+                  predictions: list[Predictions], k: int, folder: Path) -> tuple[list[GalleryItem], str]:
+    """``fs show`` figures of ``k`` test videos, chosen by the skimmer's confidence (else the first row's): the most
+    and the least confident, right and wrong. Returns the items and the method whose confidence chose them."""
+    ref = next((i for i, s in enumerate(selectors) if s.name.startswith("IMGAUD-SKIM (")), 0)
+    shown = show_selectors(ctx, SHOW_METHODS, table)
+    items = []
+    scores = predictions[ref].scores
+    for i, bucket in gallery_videos(scores, predictions[ref].labels, k):
+        video = data.videos[i]
+        render_video(ctx.store, video, [(s.name, s.select(video)) for s in shown],
+                     folder / f"{video.video_id}.png", subtitle=f"{bucket}, by {selectors[ref].name}")
+        items.append(GalleryItem(video.video_id, bucket, float(scores[i].max()), folder / f"{video.video_id}.png"))
+    return items, selectors[ref].name

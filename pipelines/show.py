@@ -1,0 +1,326 @@
+"""``fs show``: what each method chose in one video, and why (Listen to Look, Fig. 8).
+
+One figure per video: the timeline of its steps with the ground-truth action segments (and the synthetic set's
+distractor segments), each method's chosen steps on that timeline with its prediction, the skimmer's attention per
+skimming step and its modality scores s^I / s^A, the rankers' saliency, and a contact sheet of the frames at the
+chosen steps, each captioned with its time and whether it falls inside an action segment.
+
+Frames come from the store's kept ``frames`` when it has them; otherwise from the video file, one seek per shown
+frame (display is the one place outside extraction that opens a video, and only for the frames it shows).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from featurestore.constants import FPS, STEP_FRAMES, STUDENT_DESCRIPTORS
+from featurestore.decode import DecodeError, frames_at
+from featurestore.store import FeatureStore, StoreError, VideoFeatures
+from manifests.schema import parse_distractors, parse_segments
+from models.selection import BUDGET, Selection, Selector
+from pipelines.methods import METHODS, BenchContext, check_methods
+
+SHOW_METHODS = ("UNIFORM", "SAMPLERS", "AVGN", "SKIM")
+"""The default rows of a figure: a blind baseline, the best SCSampler combination, AVGN and the skimmer."""
+
+PREFERRED_ROWS = {"SAMPLERS": "SCS AV-", "AVGN": "AVGN (k="}
+"""Of a method's many rows, the ones a figure may show: SCSampler's audio-visual combinations, AVGN without
+ablations."""
+
+DEFAULT_ROWS = {"SAMPLERS": "SCS AV-union-list", "AVGN": f"AVGN (k={BUDGET}, T_G=all)"}
+"""The row shown when no bench table ranks them: SCSampler's best combination in its Table 7 (AV-union-list,
+K' = 8), AVGN at the full budget."""
+
+TILE_COLUMNS = BUDGET
+
+
+@dataclass
+class ShownMethod:
+    """One method's row of a figure."""
+
+    name: str
+    steps: list[int]
+    predicted: str
+    true: str
+    confidence: float
+
+    @property
+    def correct(self) -> bool:
+        return self.predicted == self.true
+
+
+@dataclass
+class Shown:
+    """What a figure drew, read back from the figure itself (for the caller's summary and for tests)."""
+
+    path: Path
+    video_id: str
+    size: tuple[int, int]                          # (width, height) in pixels of the written PNG
+    methods: list[ShownMethod]
+    tiles: int                                     # frame tiles drawn
+    captions: list[str]                            # their captions, method by method
+    segments: list[tuple[str, float, float]]       # (kind, start, end) of the spans on the timeline
+    frames: str                                    # where the frames came from: "store", "video", or why none
+    notes: list[str] = field(default_factory=list)
+
+
+def pick_row(key: str, rows: list[Selector], table: pd.DataFrame | None = None) -> Selector | None:
+    """One of a method's rows for display: among its preferred rows, the best top-1 of ``table`` (a bench.csv),
+    else its default row, else its first."""
+    if not rows:
+        return None
+    preferred = [r for r in rows if r.name.startswith(PREFERRED_ROWS.get(key, ""))] or rows
+    if table is not None and len(table):
+        top1 = dict(zip(table["method"], table["top1"]))
+        ranked = [r for r in preferred if r.name in top1]
+        if ranked:
+            return max(ranked, key=lambda r: top1[r.name])
+    default = DEFAULT_ROWS.get(key)
+    return next((r for r in preferred if default and r.name.startswith(default)), preferred[0])
+
+
+def show_selectors(ctx: BenchContext, methods: tuple[str, ...] = SHOW_METHODS,
+                   table: pd.DataFrame | None = None) -> list[Selector]:
+    """One selector per method key (registry names, as ``fs bench --methods``); a key may also be the exact name of
+    one bench row. Methods without a checkpoint are skipped (the context says how to train them)."""
+    out = []
+    for key in methods:
+        if key in METHODS:
+            row = pick_row(key, METHODS[key](ctx), table)
+        else:
+            row = next((r for k in METHODS for r in _rows_named(ctx, k, key)), None)
+            if row is None:
+                check_methods((key,))
+        if row is not None:
+            out.append(row)
+    return out
+
+
+def _rows_named(ctx: BenchContext, key: str, name: str) -> list[Selector]:
+    prefix = {"SAMPLERS": "SCS ", "AVGN": "AVGN", "SKIM": "IMGAUD-SKIM ("}.get(key)
+    if prefix is None or not name.startswith(prefix):
+        return []
+    return [r for r in METHODS[key](ctx) if r.name == name]
+
+
+def segment_spans(attrs: dict) -> list[tuple[str, float, float, str]]:
+    """(kind, start, end, label) of the annotated spans: "action" segments of the video's class and the synthetic
+    set's "distractor" segments (another class's picture or sound alone)."""
+    spans = [("action", s, e, str(attrs.get("label", ""))) for s, e in parse_segments(attrs.get("segments", "") or "")]
+    for modality, cls, s, e in parse_distractors(attrs.get("distractors", "") or ""):
+        spans.append(("distractor", s, e, f"{cls} ({modality} only)"))
+    return spans
+
+
+def where(t: float, spans: list[tuple[str, float, float, str]], annotated: bool) -> str:
+    """A step's place: inside an action segment, a distractor, elsewhere, or unknown without annotations."""
+    if not annotated:
+        return "not annotated"
+    for kind, s, e, label in spans:
+        if kind == "action" and s <= t < e:
+            return "in action"
+    for kind, s, e, label in spans:
+        if kind == "distractor" and s <= t < e:
+            return "in a distractor"
+    return "not in action"
+
+
+def step_frames(store: FeatureStore, video: VideoFeatures, steps: list[int]) -> tuple[dict[int, np.ndarray], str]:
+    """The frames at ``steps`` (uint8 HxWx3 by step) and where they came from; no frames and the reason when the
+    store kept none and the video file cannot be read."""
+    if not steps:
+        return {}, "no steps chosen"
+    if "frames" in store.attrs.get("inputs", []):
+        frames = store.read_video(video.video_id, ["frames"]).arrays["frames"]
+        return {s: _as_image(frames[s]) for s in steps}, "store"
+    path = str(video.attrs.get("path", ""))
+    if not path or not os.path.exists(path):
+        return {}, (f"frames not shown: the video file {path or '(no path recorded)'} is not where extraction read "
+                    f"it (moved or deleted since), and the store kept no frames (fs extract --keep-inputs)")
+    t = np.asarray(video.arrays["t"], float)
+    try:
+        read = frames_at(path, [float(t[s]) for s in steps])
+    except DecodeError as e:
+        return {}, f"frames not shown: {e}"
+    return dict(zip(steps, read)), "video"
+
+
+def _as_image(frame: np.ndarray) -> np.ndarray:
+    frame = np.asarray(frame)
+    if frame.ndim == 3 and frame.shape[0] == 3 and frame.shape[-1] != 3:
+        frame = frame.transpose(1, 2, 0)
+    if frame.dtype != np.uint8:
+        frame = np.clip(frame * (255 if frame.max() <= 1.0 else 1), 0, 255).astype(np.uint8)
+    return frame
+
+
+def render_video(store: FeatureStore, video: VideoFeatures, selections: list[tuple[str, Selection]],
+                 path: Path, subtitle: str = "") -> Shown:
+    """Draw one video's figure for the given (method name, selection) rows and write it to ``path`` (PNG)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.image import imread
+
+    classes = list(store.attrs.get("classes", []))
+    t = np.asarray(video.arrays["t"], float)
+    n = len(t)
+    step_seconds = STEP_FRAMES / FPS
+    duration = float(video.attrs.get("duration") or (t[-1] + step_seconds if n else 0.0))
+    end = max(duration, t[-1] + step_seconds if n else 0.0)
+    spans = segment_spans(video.attrs)
+    annotated = any(kind == "action" for kind, *_ in spans)
+    rows = [ShownMethod(name, [int(s) for s in sel.steps], classes[int(np.argmax(sel.scores))],
+                        str(video.attrs.get("label")), float(np.max(sel.scores))) for name, sel in selections]
+    frames, source = step_frames(store, video, sorted({s for r in rows for s in r.steps}))
+
+    # one block per method: its timeline, (the skimmer's attention), its contact sheet
+    heights, kinds = [1.1], ["timeline"]
+    for (name, sel), row in zip(selections, rows):
+        heights.append(1.0)
+        kinds.append("choice")
+        if "attention" in sel.details and len(sel.details["attention"]):
+            heights.append(0.25 * len(sel.details["attention"]) + 0.6)
+            kinds.append("attention")
+        heights.append(1.55 if frames else 0.35)
+        kinds.append("tiles")
+    fig = plt.figure(figsize=(15, sum(heights) + 1.0), dpi=100)
+    grid = fig.add_gridspec(len(heights), 2, height_ratios=heights, width_ratios=[6, 1], hspace=0.9, wspace=0.04,
+                            left=0.06, right=0.98, top=1 - 0.8 / (sum(heights) + 1.0), bottom=0.3 / sum(heights))
+    fig.suptitle(f"{video.video_id}: true class {video.attrs.get('label')}, {duration:.1f} s, {n} steps"
+                 + (f"  ({subtitle})" if subtitle else ""), fontsize=12, x=0.06, ha="left")
+
+    def timeline(ax, title: str) -> None:
+        for kind, s, e, label in spans:
+            ax.axvspan(s, e, color="C2" if kind == "action" else "C1", alpha=0.25 if kind == "action" else 0.18,
+                       hatch=None if kind == "action" else "//", gid=f"segment:{kind}", lw=0)
+        ax.set_xlim(0, end)
+        ax.set_yticks([])
+        ax.set_title(title, fontsize=9, loc="left")
+        ax.tick_params(labelsize=7)
+
+    tiles, captions, block = 0, [], iter(zip(selections, rows))
+    ax = fig.add_subplot(grid[0, 0])
+    timeline(ax, "timeline: green = action segments of the true class, hatched orange = distractors "
+                 "(another class's picture or sound alone); ticks = steps" if annotated or spans else
+                 "timeline (this video has no annotated segments); ticks = steps")
+    ax.vlines(t, 0, 0.25, color="k", lw=0.4)
+    for kind, s, e, label in spans:
+        if kind == "distractor":
+            ax.text((s + e) / 2, 0.6, label, ha="center", va="center", fontsize=6, color="C1")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("seconds", fontsize=7)
+    legend = fig.add_subplot(grid[0, 1])
+    legend.axis("off")
+    legend.text(0, 0.5, f"{len(rows)} methods\nframes: {source if source in ('store', 'video') else 'none'}",
+                fontsize=8, va="center")
+    notes = [] if source in ("store", "video") else [source]
+    r = 1
+    while r < len(kinds):
+        (name, sel), row = next(block)
+        ax = fig.add_subplot(grid[r, 0])
+        verdict = "right" if row.correct else "WRONG"
+        timeline(ax, f"{name}: chose {len(row.steps)} steps")
+        for label, (steps_scored, values) in sel.details.get("saliency", {}).items():
+            values, at = np.asarray(values, float), np.asarray(steps_scored, int)
+            if len(values) and np.ptp(values) > 0:
+                values = (values - values.min()) / np.ptp(values)
+            by_time = np.argsort(at, kind="stable")         # AVGN scores its steps in glance order
+            ax.plot(t[at[by_time]], 0.1 + 0.8 * values[by_time], lw=0.8, alpha=0.7, label=f"saliency ({label})")
+        if sel.details.get("saliency"):
+            ax.legend(fontsize=6, loc="upper right", frameon=False, ncol=3)
+        for order, s in enumerate(row.steps, start=1):
+            ax.plot(t[s], 0.5, "v", color="C3", ms=7)
+            ax.text(t[s], 0.82, str(order), ha="center", fontsize=7, color="C3")
+        ax.set_ylim(0, 1.1)
+        text = fig.add_subplot(grid[r, 1])
+        text.axis("off")
+        text.text(0, 0.5, f"predicted {row.predicted} ({row.confidence:.2f})\ntrue {row.true}: {verdict}",
+                  fontsize=9, va="center", color="C2" if row.correct else "C3", gid="prediction")
+        r += 1
+        if kinds[r] == "attention":
+            att = np.asarray(sel.details["attention"], float)
+            ax = fig.add_subplot(grid[r, 0])
+            ax.imshow(att, aspect="auto", cmap="magma", interpolation="nearest",
+                                extent=(t[0], t[0] + att.shape[1] * step_seconds, att.shape[0] + 0.5, 0.5))
+            ax.set_xlim(0, end)
+            ax.set_yticks(range(1, att.shape[0] + 1))
+            ax.set_ylabel("skim step", fontsize=7)
+            ax.tick_params(labelsize=6)
+            ax.set_title("attention weights per skimming step (s^I w^I + s^A w^A over the steps)", fontsize=8,
+                         loc="left")
+            mod = np.asarray(sel.details.get("modality", np.zeros((0, 2))), float)
+            bars = fig.add_subplot(grid[r, 1])
+            if len(mod):
+                k = np.arange(1, len(mod) + 1)
+                bars.barh(k, mod[:, 0], color="C0", label="s^I (image)")
+                bars.barh(k, mod[:, 1], left=mod[:, 0], color="C4", label="s^A (audio)")
+                bars.set_ylim(len(mod) + 0.5, 0.5)
+                bars.set_xlim(0, 1)
+                bars.set_yticks([])
+                bars.tick_params(labelsize=6)
+                bars.set_title("modality s^I | s^A", fontsize=7)
+                bars.legend(fontsize=5, loc="lower right", frameon=False)
+            else:
+                bars.axis("off")
+            r += 1
+        # the contact sheet
+        cells = grid[r, :].subgridspec(1, TILE_COLUMNS, wspace=0.08)
+        if frames:
+            for order, s in enumerate(row.steps[:TILE_COLUMNS], start=1):
+                tile = fig.add_subplot(cells[0, order - 1])
+                tile.imshow(frames[s])
+                tile.set_xticks([])
+                tile.set_yticks([])
+                place = where(float(t[s]), spans, annotated)
+                caption = f"#{order} {t[s]:.1f} s\n{place}"
+                tile.set_title(caption, fontsize=7, color="C2" if place == "in action" else "k")
+                tile.set_gid("tile")
+                tiles += 1
+                captions.append(caption)
+        else:
+            note = fig.add_subplot(grid[r, :])
+            note.axis("off")
+            note.text(0, 0.5, source, fontsize=8, color="C3", va="center", gid="frames-note")
+        r += 1
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    segments = [(p.get_gid().split(":", 1)[1], *_span(p)) for a in fig.axes[:1] for p in a.patches
+                if (p.get_gid() or "").startswith("segment:")]
+    drawn_tiles = sum(1 for a in fig.axes if a.get_gid() == "tile")
+    assert drawn_tiles == tiles
+    fig.savefig(path)
+    plt.close(fig)
+    h, w = imread(path).shape[:2]
+    return Shown(path, video.video_id, (w, h), rows, tiles, captions, segments, source, notes)
+
+
+def _span(patch) -> tuple[float, float]:
+    if hasattr(patch, "get_width"):           # axvspan draws a Rectangle (matplotlib >= 3.9), earlier a Polygon
+        xs = [patch.get_x(), patch.get_x() + patch.get_width()]
+    else:
+        xs = np.asarray(patch.get_xy())[:, 0]
+    return float(np.min(xs)), float(np.max(xs))
+
+
+def show_video(store: FeatureStore, runs: Path, video_id: str, out: Path | None = None,
+               methods: tuple[str, ...] = SHOW_METHODS, subsample: int = 5, steps: int = BUDGET,
+               say=print) -> Shown:
+    """``fs show VIDEO_ID``: run the methods on one stored video and draw its figure (default
+    ``<runs>/show/VIDEO_ID.png``). Rows are ranked by ``<runs>/bench/bench.csv`` when a bench has run."""
+    if not store.has_video(video_id):
+        raise StoreError(f"video {video_id!r} is not a complete video of store {store.path}")
+    ctx = BenchContext(store, runs, subsample, steps, say)
+    bench_csv = runs / "bench" / "bench.csv"
+    table = pd.read_csv(bench_csv) if bench_csv.is_file() else None
+    selectors = show_selectors(ctx, tuple(methods), table)
+    if not selectors:
+        raise StoreError("no method could be shown (see the lines above)")
+    names = ("t",) + STUDENT_DESCRIPTORS + (("r2p1d",) if store.has_descriptor("r2p1d") else ())
+    video = store.read_video(video_id, names)
+    return render_video(store, video, [(s.name, s.select(video)) for s in selectors],
+                        Path(out) if out else runs / "show" / f"{video_id}.png")
