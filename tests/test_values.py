@@ -112,3 +112,61 @@ def test_head_selectors_are_wired_to_their_rule_and_average_the_head_over_those_
     assert sorted(out.steps.tolist()) == sorted(best)
     np.testing.assert_allclose(out.scores, p[best].mean(0), rtol=1e-5)
     assert out.gflops == pytest.approx(15 * 1.0 + 2 * 15 * 512 * 3 / 1e9, rel=1e-12)
+
+
+def test_skimmer_follows_eq_6_to_9_on_tiny_tensors():
+    """Three skimming steps over a 4-step video, recomputed from the skimmer's own (fixed, eval-mode) layers."""
+    import math
+
+    from models.imgaud import Fusion
+    from models.skim import ImgAudSkimmer
+    torch.manual_seed(0)
+    sk = ImgAudSkimmer(Fusion(4, 4, hidden=8, out_dim=6), 3, image_dim=4, audio_dim=4, fused_dim=6, hidden=5,
+                       key_dim=3).eval()
+    for m in sk.modules():                   # non-trivial running statistics, so eval-mode BN is not the identity
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    z_i, z_a = torch.randn(1, 4, 4), torch.randn(1, 4, 4)
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    with torch.no_grad():
+        out = sk(z_i, z_a, mask, steps=3)
+
+        def softmax(xs):
+            e = [math.exp(x) for x in xs]
+            return [v / sum(e) for v in e]
+
+        zi_rows, za_rows = z_i[0], z_a[0]
+        keys_i = [sk.key_i.net(r[None, :, None])[0, :, 0] for r in zi_rows]        # 1x1 conv + BN + ReLU on each step
+        keys_a = [sk.key_a.net(r[None, :, None])[0, :, 0] for r in za_rows]
+        x = sk.fusion(zi_rows.mean(0), za_rows.mean(0))                  # z~_1: Psi of the mean features
+        inputs, picks, mods, attention = [x], [], [], []
+        h, c = torch.zeros(1, 5), torch.zeros(1, 5)
+        avail_i, avail_a, taken = [True] * 4, [True] * 4, set()
+        for _ in range(2):
+            h, c = sk.lstm(x[None], (h, c))
+            q_i, q_a = sk.query_i(h)[0], sk.query_a(h)[0]
+            # Eq. 6: w = softmax(k . q / sqrt(d)) over the steps still available
+            w_i = softmax([float(k @ q_i) / math.sqrt(3) if avail_i[n] else -1e9 for n, k in enumerate(keys_i)])
+            w_a = softmax([float(k @ q_a) / math.sqrt(3) if avail_a[n] else -1e9 for n, k in enumerate(keys_a)])
+            s_i, s_a = softmax(sk.modality(h)[0].tolist())                  # Eq. 8's modality scores
+            # Eq. 7 + 8: each modality's features soft-indexed by both attentions, mixed by s^I, s^A
+            zi = sum((s_i * w_i[n] + s_a * w_a[n]) * zi_rows[n] for n in range(4))
+            za = sum((s_i * w_i[n] + s_a * w_a[n]) * za_rows[n] for n in range(4))
+            combined = [s_i * w_i[n] + s_a * w_a[n] for n in range(4)]
+            pick = max((n for n in range(4) if n not in taken), key=lambda n: combined[n])
+            taken.add(pick)
+            avail_i[max(range(4), key=lambda n: w_i[n])] = False
+            avail_a[max(range(4), key=lambda n: w_a[n])] = False
+            x = sk.fusion(zi, za)                                           # Eq. 5: Psi of the indexed features
+            inputs.append(x)
+            picks.append(pick)
+            mods.append([s_i, s_a])
+            attention.append(combined)
+        m = sum(inputs) / 3                                                 # Eq. 9: the mean of the T inputs
+        logits = sk.classifier(m[None])[0]
+    torch.testing.assert_close(out.fused[0], torch.stack(inputs), rtol=1e-5, atol=1e-6)
+    assert out.steps[0].tolist() == picks
+    torch.testing.assert_close(out.modality[0], torch.tensor(mods), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.attention[0], torch.tensor(attention), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.logits[0], logits, rtol=1e-5, atol=1e-6)
