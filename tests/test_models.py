@@ -6,19 +6,41 @@ from models import imgaud2vid_student, r2plus1d_teacher
 
 
 def test_student_gives_256_256_512_and_class_logits():
+    torch.manual_seed(0)
     net = imgaud2vid_student(num_classes=7).eval()
+    frames = torch.randint(0, 255, (2, 112, 112, 3), dtype=torch.uint8)
+    mel = torch.randn(2, 40, 101)
     with torch.inference_mode():
-        z_i, z_a, fused, logits = net(torch.randint(0, 255, (2, 112, 112, 3), dtype=torch.uint8),
-                                      torch.randn(2, 40, 101))
+        z_i, z_a, fused, logits = net(frames, mel)
+        # uint8 RGB (B, H, W, 3) -> channels first, /255, ImageNet mean and std per colour (R, G, B)
+        mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+        x = torch.stack([(frames[..., c].float() / 255 - mean[c]) / std[c] for c in range(3)], 1)
+        want_i = net.image_net.proj(net.image_net.trunk(x))
+        want_a = net.audio_net(mel[:, None])
+        want_fused = net.fusion.net[2](torch.relu(net.fusion.net[0](torch.cat([want_i, want_a], 1))))
+        want_logits = fused @ net.classifier.weight.T + net.classifier.bias
     assert z_i.shape == (2, 256) and z_a.shape == (2, 256) and fused.shape == (2, 512) and logits.shape == (2, 7)
+    torch.testing.assert_close(z_i, want_i, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(z_a, want_a)
+    torch.testing.assert_close(fused, want_fused, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(logits, want_logits, rtol=1e-4, atol=1e-5)
 
 
 def test_teacher_gives_512_descriptor_and_logits():
+    torch.manual_seed(0)
     net = r2plus1d_teacher(num_classes=5).eval()
+    clip = torch.randint(0, 255, (1, 8, 48, 48, 3), dtype=torch.uint8)     # small: the network is size-agnostic
     with torch.inference_mode():
-        z, logits = net(torch.randint(0, 255, (1, 16, 112, 112, 3), dtype=torch.uint8))
+        z, logits = net(clip)
+        mean, std = torch.tensor([0.43216, 0.394666, 0.37645]), torch.tensor([0.22803, 0.22145, 0.216989])
+        x = torch.stack([(clip[..., c].float() / 255 - mean[c]) / std[c] for c in range(3)], 1)   # (B, 3, T, H, W)
+        fmap = net.trunk[:5](x)                                  # stem .. layer4, before the pooling
+        want = fmap.mean((2, 3, 4))                              # the descriptor: average over time and space
+        want_logits = z @ net.fc.weight.T + net.fc.bias
     assert z.shape == (1, 512) and logits.shape == (1, 5)
-    assert (z >= 0).all()   # post-ReLU average pool, like torchvision's descriptor
+    assert (fmap >= 0).all()                                     # post-ReLU, like torchvision's descriptor
+    torch.testing.assert_close(z, want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(logits, want_logits, rtol=1e-4, atol=1e-5)
 
 
 def test_random_initialisation_is_seeded_and_recorded():
