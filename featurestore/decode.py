@@ -157,7 +157,8 @@ def frames_at(path: str, times: list[float], timeout: float = 30.0, crop: int = 
         raise DecodeError(f"file not found: {path}")
     out = np.zeros((len(times), crop, crop, 3), np.uint8)
     for i, t in enumerate(times):
-        cmd = (ffmpeg.input(path, ss=f"{max(float(t), 0.0):.3f}")
+        # half a frame early: the first frame at or after the seek point is the one nearest t, as the fps filter picks
+        cmd = (ffmpeg.input(path, ss=f"{max(float(t) - 0.5 / FPS, 0.0):.4f}")
                .video
                .filter("scale", f"if(lt(iw,ih),{short_side},-2)", f"if(lt(iw,ih),-2,{short_side})")
                .filter("crop", crop, crop)
