@@ -118,7 +118,7 @@ class CrossVideoBatcher:
             n += k
         try:
             inputs = [np.concatenate([r.arrays[i][a:b] for r, a, b in taken]) for i in range(len(taken[0][0].arrays))]
-            outputs = [o.float().cpu().numpy() for o in self.fns[kind](*[self._to_device(x) for x in inputs])]
+            outputs = [o.float().cpu().numpy() for o in self.fns[kind](*[self.to_device(x) for x in inputs])]
             if any(len(o) != n for o in outputs):
                 raise ValueError(f"the {kind} model returned {[len(o) for o in outputs]} rows for a batch of {n}")
         except Exception as e:  # noqa: BLE001 - the requests in this batch fail; the others go on
@@ -138,8 +138,7 @@ class CrossVideoBatcher:
                 reqs.remove(req)
                 req.future.set_result(tuple(np.concatenate(col) for col in zip(*req.parts)))
 
-    def _to_device(self, x: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(x)
-        if self.device.type == "cuda":
-            return t.pin_memory().to(self.device, non_blocking=True)
-        return t.to(self.device)
+    def to_device(self, x: np.ndarray) -> torch.Tensor:
+        """``x`` on the device. A plain copy: pinning would add a host copy per batch for nothing, since every
+        batch ends in a blocking ``.cpu()`` and no other work could overlap the transfer."""
+        return torch.from_numpy(x).to(self.device)

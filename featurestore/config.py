@@ -9,6 +9,15 @@ from featurestore.weights import STUDENT_DEFAULT, TEACHER_DEFAULT, is_random_sou
 VIDEO_TIMEOUT_MIN = 60.0          # default --video-timeout: max(VIDEO_TIMEOUT_MIN, VIDEO_TIMEOUT_PER_SECOND × duration)
 VIDEO_TIMEOUT_PER_SECOND = 4.0
 VIDEO_TIMEOUT_UNKNOWN = 600.0     # ... and this when the container states no duration
+GPU_PRECISION = "bfloat16-autocast"   # the models under bf16 autocast (Ψ and the log-mel stay float32)
+CPU_PRECISION = "float32"
+
+
+def compute_record(device: str) -> dict[str, str]:
+    """How descriptors are computed on ``device``: its kind and precision. GPU and CPU descriptors differ beyond
+    float tolerance (bf16 vs float32), so a store records this and refuses another."""
+    gpu = str(device).startswith("cuda")
+    return {"device": "cuda" if gpu else "cpu", "precision": GPU_PRECISION if gpu else CPU_PRECISION}
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,11 @@ class ExtractConfig:
         if unknown or not self.descriptors:
             raise ValueError(f"--descriptors must name some of {', '.join(DESCRIPTORS)}; got "
                              f"{', '.join(self.descriptors) or 'nothing'}")
+
+    @property
+    def compute(self) -> dict[str, str]:
+        """The device kind and precision this config's descriptors are computed in (:func:`compute_record`)."""
+        return compute_record(self.device)
 
     @property
     def needs_teacher(self) -> bool:

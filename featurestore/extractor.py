@@ -15,7 +15,7 @@ import torch
 from featurestore import SCHEMA_VERSION, __version__
 from featurestore.audio import LogMel, step_windows
 from featurestore.batching import CrossVideoBatcher
-from featurestore.config import ExtractConfig
+from featurestore.config import GPU_PRECISION, ExtractConfig, compute_record
 from featurestore.constants import (CLIP_FRAMES, CLIP_SPAN, CROP, FEATURE_DIMS, FPS, MEL_FRAMES, N_MELS, SAMPLE_RATE,
                                     array_source, extraction_params)
 from featurestore.decode import DecodedVideo, DecodeError, decode_with_fallback, probe
@@ -32,6 +32,7 @@ class Extractor:
     def __init__(self, config: ExtractConfig, device: str | None = None):
         self.config = config
         self.device = torch.device(device or config.device)
+        self.compute = compute_record(self.device.type)
         self.models: dict[str, dict] = {}
         self.teacher = self.student = None
         if config.threads:
@@ -59,12 +60,18 @@ class Extractor:
             "fs_version": __version__, "schema_version": SCHEMA_VERSION, "torch": torch.__version__,
             "models": self.models, "arrays": {name: source for name in self.config.stored_arrays()
                                               if (source := array_source(name))},
-            "params": extraction_params(),
+            "params": extraction_params(), "compute": self._compute_provenance(),
         }
 
-    def autocast(self):
-        """bf16 autocast on a GPU; plain float32 on the CPU."""
+    def _compute_provenance(self) -> dict[str, str]:
+        """The device kind and precision (what a store compares), and the GPU's name (what a reader may want)."""
         if self.device.type == "cuda":
+            return {**self.compute, "gpu": torch.cuda.get_device_name(self.device)}
+        return dict(self.compute)
+
+    def autocast(self):
+        """bf16 autocast on a GPU; plain float32 on the CPU (``self.compute`` records which)."""
+        if self.compute["precision"] == GPU_PRECISION:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -96,16 +103,27 @@ class Extractor:
         sizes = {"audio": 4 * bs, "image": 4 * bs, "fused": 4 * bs, "clip": bs}
         return CrossVideoBatcher(fns, {k: sizes[k] for k in fns}, self.device)
 
+    def sample_inputs(self, kind: str, rows: int) -> tuple[np.ndarray, ...]:
+        """Zeros of ``rows`` rows shaped and typed as the ``kind`` model's batcher inputs (warm-up, model rates)."""
+        shapes = {"audio": [(SAMPLE_RATE,)], "image": [(CROP, CROP, 3)], "clip": [(CLIP_FRAMES, CROP, CROP, 3)],
+                  "fused": [(FEATURE_DIMS["image"],), (FEATURE_DIMS["audio"],)]}
+        dtype = np.uint8 if kind in ("image", "clip") else np.float32
+        return tuple(np.zeros((rows, *shape), dtype) for shape in shapes[kind])
+
+    def warm_up_sizes(self) -> dict[str, list[int]]:
+        """The batch sizes :meth:`warm_up` runs per model: on a GPU every size a batch can have (a partial batch
+        runs whenever the device would otherwise idle, and each new size pays cuDNN/cuBLAS set-up once); on the CPU
+        the full batch only."""
+        if self.device.type == "cuda":
+            return {kind: list(range(1, size + 1)) for kind, size in self.batcher.batch_sizes.items()}
+        return {kind: [size] for kind, size in self.batcher.batch_sizes.items()}
+
     def warm_up(self) -> None:
-        """One full batch of zeros per model, so start-up costs (CUDA context, kernel choice) are paid here."""
-        shapes = {"audio": [(SAMPLE_RATE,)], "image": [(CROP, CROP, 3)], "clip": [(CLIP_FRAMES, CROP, CROP, 3)]}
-        if self.student is not None:
-            shapes["fused"] = [(FEATURE_DIMS["image"],), (FEATURE_DIMS["audio"],)]
-        futs = [self.batcher.submit(kind, *[np.zeros((size, *shape), np.uint8 if kind in ("image", "clip")
-                                                      else np.float32) for shape in shapes[kind]])
-                for kind, size in self.batcher.batch_sizes.items()]
-        for f in futs:
-            f.result()
+        """Run each model at each of :meth:`warm_up_sizes`, so start-up costs (CUDA context, kernel choice per
+        batch shape) are paid here and not inside a timed run."""
+        for kind, sizes in self.warm_up_sizes().items():
+            for n in sizes:        # one at a time: requests queued together would be packed into full batches
+                self.batcher.submit(kind, *self.sample_inputs(kind, n)).result()
 
     def extract(self, path: str, stage: list[str]) -> tuple[dict[str, np.ndarray], dict]:
         """Decode ``path`` once and return (arrays, attrs). ``stage[0]`` tracks progress for failure reports.

@@ -133,6 +133,11 @@ class FeatureStore:
                 raise StoreError(f"store {self.path} holds {name} features from weights {old.get('source')} "
                                  f"(sha256 {old.get('sha256')}); this run loads {rec.get('source')} "
                                  f"(sha256 {rec.get('sha256')}): use another --store")
+        old_compute, compute = have.get("provenance", {}).get("compute"), provenance.get("compute")
+        if old_compute and compute and old_compute != compute:     # bf16 GPU and float32 CPU features do not mix
+            raise StoreError(f"store {self.path} holds features computed on {old_compute.get('device')} in "
+                             f"{old_compute.get('precision')}; this run computes on {compute.get('device')} in "
+                             f"{compute.get('precision')}: extract with the store's setting or use another --store")
 
     # --- videos ----------------------------------------------------------------------------------------------
     def _video_dirs(self, sub: str = "videos") -> list[Path]:
