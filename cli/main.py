@@ -199,6 +199,7 @@ def extract(store, retry_failed, keep_inputs, keep_clips, **options) -> None:
     from manifests.schema import ManifestError
     from featurestore.store import FeatureStore, StoreError
     from featurestore.weights import WeightsError
+    from featurestore.launch import DeviceError
 
     try:
         fs = FeatureStore(store, mode="a")
@@ -207,7 +208,7 @@ def extract(store, retry_failed, keep_inputs, keep_clips, **options) -> None:
             summary = run_extraction(ds.manifest, fs, config, client, ds.name, ds.classes, retry_failed=retry_failed)
         finally:
             close_client(client)
-    except (ManifestError, StoreError, WeightsError, ClusterError, ValueError) as e:
+    except (ManifestError, StoreError, WeightsError, ClusterError, DeviceError, ValueError) as e:
         _fail(e)
     click.echo(summary.line())
     _print_info(fs.path)
@@ -223,6 +224,8 @@ def bench_extract_cmd(limit, out, **options) -> None:
     from featurestore.cluster import ClusterError, close_client
     from manifests.schema import ManifestError
     from featurestore.weights import WeightsError
+    from featurestore.launch import DeviceError
+    from featurestore.store import StoreError
 
     try:
         ds, config, client = _extract_setup(options)
@@ -231,7 +234,7 @@ def bench_extract_cmd(limit, out, **options) -> None:
             result = bench_extract(df, config, client, say=click.echo)
         finally:
             close_client(client)
-    except (ManifestError, WeightsError, ClusterError, ValueError) as e:
+    except (ManifestError, WeightsError, ClusterError, DeviceError, StoreError, ValueError) as e:
         _fail(e)
     if out:
         Path(out).write_text(json.dumps(result, indent=2, default=lambda o: o.__dict__))

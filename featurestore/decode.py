@@ -22,6 +22,7 @@ import numpy as np
 from featurestore.constants import CROP, FPS, SAMPLE_RATE, SHORT_SIDE
 
 T = TypeVar("T")
+HW_DOWNLOAD_FORMATS = {"cuda": "nv12"}   # hwaccel -> the host format its frames download to (8-bit 4:2:0)
 
 
 class DecodeError(RuntimeError):
@@ -124,13 +125,22 @@ def decode_command(path: str, audio_fd: int | None, fps: int = FPS, crop: int = 
                    threads: int = 0) -> list[str]:
     """The one ffmpeg command that decodes ``path``: rgb24 frames on stdout, f32le mono audio on ``audio_fd``.
 
-    ``hwaccel`` (e.g. "cuda") decodes on the GPU's video engine; frames come back to host memory for the same scale
-    and crop filters, so the pixels match software decoding. ``threads`` sets the decoder threads (0: ffmpeg's).
+    ``hwaccel`` ("cuda") decodes on the GPU's video engine into GPU frames, which ``hwdownload`` brings back to
+    host memory (nv12) for the same fps, scale and crop filters. ffmpeg silently decodes a stream the engine lacks
+    (codec, profile, bit depth) in software; those frames cannot pass ``hwdownload``, so such a decode fails instead
+    of passing for a hardware one, and :func:`decode_with_fallback` decodes it in software, saying so.
+    ``threads`` sets the decoder threads (0: ffmpeg's).
     """
-    opts = {**({"hwaccel": hwaccel} if hwaccel else {}), **({"threads": threads} if threads else {})}
+    if hwaccel and hwaccel not in HW_DOWNLOAD_FORMATS:
+        raise DecodeError(f"--hwaccel {hwaccel}: fs decodes on hardware with {', '.join(HW_DOWNLOAD_FORMATS)} only")
+    opts = {**({"hwaccel": hwaccel, "hwaccel_output_format": hwaccel} if hwaccel else {}),
+            **({"threads": threads} if threads else {})}
     inp = ffmpeg.input(path, **opts)
+    video = inp.video
+    if hwaccel:
+        video = video.filter("hwdownload").filter("format", HW_DOWNLOAD_FORMATS[hwaccel])
     video = (
-        inp.video
+        video
         .filter("fps", fps=fps)
         # short side to `short_side`, keeping the aspect ratio (even sizes for the scaler), then a centre crop
         .filter("scale", f"if(lt(iw,ih),{short_side},-2)", f"if(lt(iw,ih),-2,{short_side})")

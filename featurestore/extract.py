@@ -6,6 +6,7 @@ import os
 import time
 import traceback
 import warnings
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
@@ -14,7 +15,7 @@ import pandas as pd
 from featurestore.config import ExtractConfig
 from featurestore.decode import DecodeError, DecodeTimeout, hwaccel_failure
 from featurestore.extractor import get_extractor
-from featurestore.launch import worker_device
+from featurestore.launch import DeviceError, check_worker_devices, is_device_fault, restart_worker, worker_device
 from featurestore.store import FeatureStore
 
 
@@ -55,10 +56,30 @@ def extract_video_task(row: dict, store_path: str, config: ExtractConfig) -> Vid
                            details={"hwaccel_error": hwaccel_failure(config.hwaccel)} if config.hwaccel else {})
     except Exception as e:  # noqa: BLE001 - every failure becomes a failures-table row, never a crashed run
         msg = f"{type(e).__name__}: {e}" if not isinstance(e, DecodeError) else str(e)
-        return VideoResult(vid, path, False, stage="timeout" if isinstance(e, DecodeTimeout) else stage[0],
+        details = {"traceback": traceback.format_exc(limit=3)}
+        if isinstance(e, DeviceError) or is_device_fault(e):    # the worker's fault: the client decides
+            details.update(device_fault=True, worker=_worker_address(), pid=os.getpid(),
+                           restartable=not isinstance(e, DeviceError))
+        return VideoResult(vid, path, False, stage=_failure_stage(e, stage[0]),
                            error=msg.strip().splitlines()[0] if msg.strip() else
-                           type(e).__name__, seconds=time.perf_counter() - t0,
-                           details={"traceback": traceback.format_exc(limit=3)})
+                           type(e).__name__, seconds=time.perf_counter() - t0, details=details)
+
+
+def _failure_stage(error: Exception, stage: str) -> str:
+    if isinstance(error, DecodeTimeout):
+        return "timeout"
+    if isinstance(error, DeviceError) or is_device_fault(error):
+        return DEVICE_STAGE
+    return stage
+
+
+def _worker_address() -> str:
+    """The address of the Dask worker running this task ("" outside one)."""
+    try:
+        from distributed import get_worker
+        return get_worker().address
+    except (ImportError, ValueError):
+        return ""
 
 
 @dataclass
@@ -84,6 +105,8 @@ class ExtractionSummary:
 
 
 T = TypeVar("T")
+DEVICE_STAGE = "device"         # failures-table stage of a video failed by its worker's GPU; later runs retry these
+DEVICE_RETRIES = 1              # times a video failed by a device fault is submitted again (to a restarted worker)
 IN_FLIGHT_PER_THREAD = 2        # tasks in flight per worker thread: the video it decodes and the next one, queued
 BOUND_REFRESH_SECONDS = 10.0    # how often the default bound reads the workers again (a cluster may grow)
 
@@ -125,18 +148,20 @@ def iter_rows(manifest: pd.DataFrame | Iterable[Mapping[str, Any]]) -> Iterator[
 
 
 def as_completed_bounded(submit: Callable[[T], Any], items: Iterable[T], max_in_flight: int | Callable[[], int],
-                         completed: Any = None) -> Iterator[tuple[T, Any]]:
+                         completed: Any = None, again: deque[T] | None = None) -> Iterator[tuple[T, Any]]:
     """``submit(item)`` for each of ``items``, read lazily, with at most ``max_in_flight`` futures submitted and not
     yet returned; yields (item, future) as each completes, having first submitted the next item in its place.
 
     ``max_in_flight`` may be a callable, read again after each completion (a growing cluster gets more work).
     ``completed`` is the as_completed-like collection (``add`` and iteration) that tracks the futures; default a
-    new ``distributed.as_completed``. The caller releases each future it is given.
+    new ``distributed.as_completed``. The caller releases each future it is given. Items the caller appends to
+    ``again`` are submitted before the rest, within the same bound (a video to retry).
     """
     if completed is None:
         from distributed import as_completed
         completed = as_completed()
     bound = max_in_flight if callable(max_in_flight) else (lambda: max_in_flight)
+    again = again if again is not None else deque()
     rest = iter(items)
     pending: dict[int, tuple[Any, T]] = {}     # id(future) -> (future, item): the futures in flight
     exhausted = False
@@ -144,12 +169,15 @@ def as_completed_bounded(submit: Callable[[T], Any], items: Iterable[T], max_in_
     def fill() -> None:
         nonlocal exhausted
         limit = max(1, int(bound()))
-        while not exhausted and len(pending) < limit:
-            try:
-                item = next(rest)
-            except StopIteration:
-                exhausted = True
-                return
+        while (again or not exhausted) and len(pending) < limit:
+            if again:
+                item = again.popleft()
+            else:
+                try:
+                    item = next(rest)
+                except StopIteration:
+                    exhausted = True
+                    return
             fut = submit(item)
             pending[id(fut)] = (fut, item)
             completed.add(fut)
@@ -159,6 +187,8 @@ def as_completed_bounded(submit: Callable[[T], Any], items: Iterable[T], max_in_
         _, item = pending.pop(id(fut))
         fill()
         yield item, fut
+        if again:
+            fill()
 
 
 def run_extraction(manifest: pd.DataFrame | Iterable[Mapping[str, Any]], store: FeatureStore, config: ExtractConfig,
@@ -174,6 +204,12 @@ def run_extraction(manifest: pd.DataFrame | Iterable[Mapping[str, Any]], store: 
     are in flight at once, a new one submitted as each result arrives, so the client and the scheduler hold as
     few tasks for a million rows as for a thousand. Default: :func:`default_max_in_flight` (2 per worker thread),
     read again every ``BOUND_REFRESH_SECONDS``. ``task(row, store_path, config)`` runs one video on a worker.
+
+    On GPUs every worker's device is checked before anything is submitted (:func:`check_worker_devices`). A CUDA
+    error is the worker's fault, not the video's: the worker is restarted (:func:`restart_worker`, once per worker
+    process) for a fresh CUDA context and the video submitted again, up to ``DEVICE_RETRIES`` times; a video
+    still failed by its device gets a row at stage "device", which later runs retry. The run stops with
+    :class:`DeviceError` once more workers were restarted than twice the workers connected, or a worker sees no GPU.
     """
     from distributed import as_completed
     from tqdm import tqdm
@@ -182,13 +218,19 @@ def run_extraction(manifest: pd.DataFrame | Iterable[Mapping[str, Any]], store: 
         raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
     with store.writer_lock("fs extract"):
         local = get_extractor(config, "cpu")
-        store.initialise(dataset, classes, config.descriptors, local.provenance(), config.inputs)
+        store.initialise(dataset, classes, config.descriptors, {**local.provenance(), "compute": config.compute},
+                         config.inputs)
         config = config.resolved(local.models)
+        workers = 1
+        if config.device.startswith("cuda"):
+            workers = len(check_worker_devices(client, config))
         store.clear_partials()
         summary = ExtractionSummary()
         done = set(store.video_ids())
-        failed_ids = set(store.failures()["video_id"])     # rows to forget once stored
-        failed_before = set() if retry_failed else set(failed_ids)
+        failures = store.failures()
+        failed_ids = set(failures["video_id"])     # rows to forget once stored
+        # a video failed by its worker's GPU is retried by the next run: the video itself may be sound
+        failed_before = set() if retry_failed else set(failures.loc[failures["stage"] != DEVICE_STAGE, "video_id"])
         total = None
         if isinstance(manifest, pd.DataFrame):
             ids = manifest["video_id"]
@@ -214,12 +256,31 @@ def run_extraction(manifest: pd.DataFrame | Iterable[Mapping[str, Any]], store: 
         t0 = time.perf_counter()
         stored_ids = []       # only those with a failure row to forget: the list stays as short as the failures
         bar = tqdm(total=total, unit="video", desc="extract", disable=not progress, dynamic_ncols=True)
-        for row, fut in as_completed_bounded(submit, todo(), bound, as_completed(loop=client.loop)):
+        again: deque[dict] = deque()           # videos failed by a device fault, to submit again
+        retries: dict[str, int] = {}
+        restarted: set[tuple[str, int]] = set()   # (address, pid) of the worker processes restarted
+        for row, fut in as_completed_bounded(submit, todo(), bound, as_completed(loop=client.loop), again):
             try:
                 res: VideoResult = fut.result()
             except Exception as e:  # noqa: BLE001 - a dead worker (OOM, segfault) fails its video, not the run
                 res = VideoResult(row["video_id"], row["path"], False, stage="worker",
                                   error=f"{type(e).__name__}: {e}")
+            fut.release()
+            if res.details.get("device_fault"):
+                worker = res.details.get("worker", "")
+                if not res.details.get("restartable") or not worker:
+                    raise DeviceError(f"{res.video_id}: {res.error} (worker {worker or '?'}): run stopped")
+                if (worker, res.details.get("pid")) not in restarted:    # its other videos fail the same way
+                    if len(restarted) >= 2 * workers:
+                        raise DeviceError(f"{len(restarted)} worker restarts and CUDA errors go on ({res.error}): "
+                                          f"run stopped; check the GPUs (nvidia-smi -q -d ECC,PAGE_RETIREMENT)")
+                    bar.write(f"CUDA error on worker {worker} ({res.error}): restarting it, {res.video_id} again")
+                    restart_worker(client, worker)
+                    restarted.add((worker, res.details.get("pid")))
+                if retries.get(res.video_id, 0) < DEVICE_RETRIES:
+                    retries[res.video_id] = retries.get(res.video_id, 0) + 1
+                    again.append(row)
+                    continue
             if res.details.get("hwaccel_error") and not summary.hwaccel_error:
                 summary.hwaccel_error = res.details["hwaccel_error"]
                 bar.write(f"warning: {summary.hwaccel_error}")
@@ -236,7 +297,6 @@ def run_extraction(manifest: pd.DataFrame | Iterable[Mapping[str, Any]], store: 
                 bar.write(f"failed {res.video_id} ({res.stage}): {res.error}")
             bar.set_postfix(stored=summary.stored, failed=summary.failed)
             bar.update(1)
-            fut.release()
         bar.close()
         store.forget_failures(stored_ids)
         summary.wall_seconds = time.perf_counter() - t0
