@@ -1,4 +1,4 @@
-"""The real videos in ../shared/data/real/ (skipped when absent): real codecs, real audio."""
+"""The real videos in ../shared/data/real/ (skipped when absent, failing on CI): real codecs, real audio."""
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,12 +11,15 @@ from featurestore.decode import DecodedVideo, probe
 from featurestore.config import ExtractConfig
 from featurestore.extract import run_extraction
 from featurestore.store import FeatureStore
-from tests.conftest import REAL_DATA
+from tests.conftest import REAL_DATA, need_real_data
 
 WITH_AUDIO = REAL_DATA / "v_ZNVhz7ctTq0.mp4"
 NO_AUDIO = REAL_DATA / "mmaction2-demo-no-audio.mp4"
-pytestmark = pytest.mark.skipif(not WITH_AUDIO.exists() or not NO_AUDIO.exists(),
-                                reason=f"real videos not present in {REAL_DATA}")
+
+
+@pytest.fixture(autouse=True)
+def _real_videos():
+    need_real_data(WITH_AUDIO, NO_AUDIO)           # a skip locally, a failure on CI
 
 
 def test_real_video_with_audio_gives_27_steps_and_non_silent_log_mels(tmp_path):

@@ -20,7 +20,7 @@ from featurestore.config import ExtractConfig
 from featurestore.extract import run_extraction
 from featurestore.store import FeatureStore, StoreError, verify
 from pipelines.data import load_split
-from tests.conftest import REAL_DATA, make_video
+from tests.conftest import REAL_DATA, make_video, need_real_data
 
 LIGHT = ExtractConfig(descriptors=("image", "audio", "fused"), student_weights="random", batch_size=4)
 
@@ -116,9 +116,10 @@ def test_bad_inputs_end_stored_or_as_a_failure_row_with_the_reason(tmp_path, cli
     assert verify(store)[0] == []
 
 
-@pytest.mark.skipif(not REAL_DATA.exists(), reason="real videos absent")
 def test_real_videos_run_through_the_same_suite(tmp_path, client):
+    need_real_data(REAL_DATA)
     rows = {p.stem: p for p in sorted(REAL_DATA.glob("*.mp4"))}
+    assert len(rows) >= 2, f"no real videos in {REAL_DATA}"
     summary, store = run(tmp_path / "s.zarr", rows, client)
     assert summary.stored == len(rows) and verify(store)[0] == []
 
