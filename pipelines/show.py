@@ -69,18 +69,22 @@ class Shown:
 
 
 def pick_row(key: str, rows: list[Selector], table: pd.DataFrame | None = None) -> Selector | None:
-    """One of a method's rows for display: among its preferred rows, the best top-1 of ``table`` (a bench.csv),
-    else its default row, else its first."""
+    """One of a method's rows for display: among its preferred rows, the best top-1 of ``table`` (a bench.csv; ties
+    go to the better mAP, then to the default row), else its default row, else its first."""
     if not rows:
         return None
     preferred = [r for r in rows if r.name.startswith(PREFERRED_ROWS.get(key, ""))] or rows
-    if table is not None and len(table):
-        top1 = dict(zip(table["method"], table["top1"]))
-        ranked = [r for r in preferred if r.name in top1]
-        if ranked:
-            return max(ranked, key=lambda r: top1[r.name])
     default = DEFAULT_ROWS.get(key)
-    return next((r for r in preferred if default and r.name.startswith(default)), preferred[0])
+
+    def is_default(r: Selector) -> bool:
+        return bool(default) and r.name.startswith(default)
+
+    if table is not None and len(table):
+        scores = {m: (t, a) for m, t, a in zip(table["method"], table["top1"], table["mAP"])}
+        ranked = [r for r in preferred if r.name in scores]
+        if ranked:
+            return max(ranked, key=lambda r: (*scores[r.name], is_default(r)))
+    return next((r for r in preferred if is_default(r)), preferred[0])
 
 
 def show_selectors(ctx: BenchContext, methods: tuple[str, ...] = SHOW_METHODS,
@@ -189,7 +193,7 @@ def render_video(store: FeatureStore, video: VideoFeatures, selections: list[tup
         heights.append(1.55 if frames else 0.35)
         kinds.append("tiles")
     fig = plt.figure(figsize=(15, sum(heights) + 1.0), dpi=100)
-    grid = fig.add_gridspec(len(heights), 2, height_ratios=heights, width_ratios=[6, 1], hspace=0.9, wspace=0.04,
+    grid = fig.add_gridspec(len(heights), 2, height_ratios=heights, width_ratios=[5, 1.2], hspace=0.9, wspace=0.04,
                             left=0.06, right=0.98, top=1 - 0.8 / (sum(heights) + 1.0), bottom=0.3 / sum(heights))
     fig.suptitle(f"{video.video_id}: true class {video.attrs.get('label')}, {duration:.1f} s, {n} steps"
                  + (f"  ({subtitle})" if subtitle else ""), fontsize=12, x=0.06, ha="left")
@@ -209,9 +213,8 @@ def render_video(store: FeatureStore, video: VideoFeatures, selections: list[tup
                  "(another class's picture or sound alone); ticks = steps" if annotated or spans else
                  "timeline (this video has no annotated segments); ticks = steps")
     ax.vlines(t, 0, 0.25, color="k", lw=0.4)
-    for kind, s, e, label in spans:
-        if kind == "distractor":
-            ax.text((s + e) / 2, 0.6, label, ha="center", va="center", fontsize=6, color="C1")
+    for i, (s, e, label) in enumerate((s, e, label) for kind, s, e, label in spans if kind == "distractor"):
+        ax.text((s + e) / 2, 0.45 + 0.3 * (i % 2), label, ha="center", va="center", fontsize=6, color="C1")
     ax.set_ylim(0, 1)
     ax.set_xlabel("seconds", fontsize=7)
     legend = fig.add_subplot(grid[0, 1])
@@ -239,8 +242,8 @@ def render_video(store: FeatureStore, video: VideoFeatures, selections: list[tup
         ax.set_ylim(0, 1.1)
         text = fig.add_subplot(grid[r, 1])
         text.axis("off")
-        text.text(0, 0.5, f"predicted {row.predicted} ({row.confidence:.2f})\ntrue {row.true}: {verdict}",
-                  fontsize=9, va="center", color="C2" if row.correct else "C3", gid="prediction")
+        text.text(0, 0.5, f"predicted {row.predicted} ({row.confidence:.2f})\ntrue {row.true}\n{verdict}",
+                  fontsize=8, va="center", color="C2" if row.correct else "C3", gid="prediction")
         r += 1
         if kinds[r] == "attention":
             att = np.asarray(sel.details["attention"], float)
