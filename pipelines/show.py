@@ -207,7 +207,7 @@ def render_video(store: FeatureStore, video: VideoFeatures, selections: list[tup
         ax.set_title(title, fontsize=9, loc="left")
         ax.tick_params(labelsize=7)
 
-    tiles, captions, block = 0, [], iter(zip(selections, rows))
+    block = iter(zip(selections, rows))
     ax = fig.add_subplot(grid[0, 0])
     timeline(ax, "timeline: green = action segments of the true class, hatched orange = distractors "
                  "(another class's picture or sound alone); ticks = steps" if annotated or spans else
@@ -283,8 +283,6 @@ def render_video(store: FeatureStore, video: VideoFeatures, selections: list[tup
                 caption = f"#{order} {t[s]:.1f} s\n{place}"
                 tile.set_title(caption, fontsize=7, color="C2" if place == "in action" else "k")
                 tile.set_gid("tile")
-                tiles += 1
-                captions.append(caption)
         else:
             note = fig.add_subplot(grid[r, :])
             note.axis("off")
@@ -294,12 +292,11 @@ def render_video(store: FeatureStore, video: VideoFeatures, selections: list[tup
     path.parent.mkdir(parents=True, exist_ok=True)
     segments = [(p.get_gid().split(":", 1)[1], *_span(p)) for a in fig.axes[:1] for p in a.patches
                 if (p.get_gid() or "").startswith("segment:")]
-    drawn_tiles = sum(1 for a in fig.axes if a.get_gid() == "tile")
-    assert drawn_tiles == tiles
+    captions = [a.get_title() for a in fig.axes if a.get_gid() == "tile"]
     fig.savefig(path)
     plt.close(fig)
     h, w = imread(path).shape[:2]
-    return Shown(path, video.video_id, (w, h), rows, tiles, captions, segments, source, notes)
+    return Shown(path, video.video_id, (w, h), rows, len(captions), captions, segments, source, notes)
 
 
 def _span(patch) -> tuple[float, float]:
