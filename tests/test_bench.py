@@ -22,9 +22,9 @@ PAIR_1_3 = UnitCosts(image=0.6, audio=0.5, fusion=0.2, clip=80.0)      # an imag
 PAIR_1 = UnitCosts(image=0.5, audio=0.25, fusion=0.25, clip=80.0)
 
 
-def fabricate_store(path, n_videos=24, seed=0, r2p1d=False):
+def fabricate_store(path, n_videos=24, seed=0, r2p1d=False, loc=0.0, scale=1.0):
     """Videos whose class shows in a few steps only: class-specific image/audio offsets at 2-4 sparse steps
-    (and, with ``r2p1d``, a clip descriptor that carries the class at those steps)."""
+    (and, with ``r2p1d``, a clip descriptor that carries the class at those steps), on N(loc, scale^2) noise."""
     rng = np.random.default_rng(seed)
     student, rec = load_student("random", 0, 400)
     store = FeatureStore(path, mode="a")
@@ -35,8 +35,8 @@ def fabricate_store(path, n_videos=24, seed=0, r2p1d=False):
     for v in range(n_videos):
         label = v % 3
         n = int(rng.integers(12, 40))
-        z_i, z_a = rng.normal(0, 1, (n, 256)), rng.normal(0, 1, (n, 256))
-        z_v = rng.normal(0, 1, (n, 512))
+        z_i, z_a = rng.normal(loc, scale, (n, 256)), rng.normal(loc, scale, (n, 256))
+        z_v = rng.normal(loc, scale, (n, 512))
         for j in rng.choice(n, size=int(rng.integers(2, 5)), replace=False):
             z_i[j] += proto_i[label]
             z_a[j] += proto_a[label]
