@@ -22,9 +22,10 @@ PAIR_1_3 = UnitCosts(image=0.6, audio=0.5, fusion=0.2, clip=80.0)      # an imag
 PAIR_1 = UnitCosts(image=0.5, audio=0.25, fusion=0.25, clip=80.0)
 
 
-def fabricate_store(path, n_videos=24, seed=0, r2p1d=False, loc=0.0, scale=1.0):
+def fabricate_store(path, n_videos=24, seed=0, r2p1d=False, loc=0.0, scale=1.0, test_shift=0.0):
     """Videos whose class shows in a few steps only: class-specific image/audio offsets at 2-4 sparse steps
-    (and, with ``r2p1d``, a clip descriptor that carries the class at those steps), on N(loc, scale^2) noise."""
+    (and, with ``r2p1d``, a clip descriptor that carries the class at those steps), on N(loc, scale^2) noise;
+    ``test_shift`` is added to every descriptor of the test split's videos (nothing else changes)."""
     rng = np.random.default_rng(seed)
     student, rec = load_student("random", 0, 400)
     store = FeatureStore(path, mode="a")
@@ -41,6 +42,8 @@ def fabricate_store(path, n_videos=24, seed=0, r2p1d=False, loc=0.0, scale=1.0):
             z_i[j] += proto_i[label]
             z_a[j] += proto_a[label]
             z_v[j] += proto_v[label]
+        if v % 4 == 0 and test_shift:
+            z_i, z_a, z_v = z_i + test_shift, z_a - test_shift, z_v + 2 * test_shift
         extra = {"r2p1d": z_v.astype(np.float16)} if r2p1d else {}
         with torch.no_grad():
             fused = student.fusion(torch.tensor(z_i, dtype=torch.float32), torch.tensor(z_a, dtype=torch.float32))
