@@ -157,3 +157,54 @@ def test_clip_level_bench_compares_teacher_and_students(tmp_path, input_store):
             "image-only (first frame), undistilled": u.image, "audio-only (1 s log-mel), distilled": u.audio}
     for model, g in want.items():
         assert table.loc[model, "gflops_per_clip"] == pytest.approx(g, rel=1e-12), model
+
+
+def test_refresh_cut_between_its_two_renames_is_put_back_by_the_next_run(tmp_path, input_store, monkeypatch):
+    import os
+    import shutil
+
+    from featurestore.store import verify
+    path, clean = tmp_path / "s.zarr", tmp_path / "clean.zarr"
+    shutil.copytree(input_store, path)
+    shutil.copytree(input_store, clean)
+    new, _ = load_student("random", seed=7)
+    torch.save({"state_dict": new.state_dict()}, tmp_path / "student.pt")
+    args = ["--student", str(tmp_path / "student.pt")]
+    assert CliRunner().invoke(main, ["refresh", "--store", str(clean), *args]).exit_code == 0
+
+    real_rename = os.rename
+
+    def cut(src, dst):          # the second rename of "silent" (its new copy into videos/) never happens
+        if str(dst).endswith(os.path.join("videos", "silent")) and "partial" in str(src):
+            raise KeyboardInterrupt("power cut")
+        return real_rename(src, dst)
+    monkeypatch.setattr(os, "rename", cut)
+    res = CliRunner().invoke(main, ["refresh", "--store", str(path), *args])
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert res.exit_code != 0
+    store = FeatureStore(path)
+    assert not store.has_video("silent")                   # between the renames: only partial/ holds it
+    left = [p.name for p in (path / "partial").iterdir() if p.is_dir()]
+    assert sorted(n.endswith("-old") for n in left) == [False, True]      # the new copy and the old, both complete
+    # what any next writer does first: the old complete copy goes back under videos/ and into the index
+    shutil.copytree(path, tmp_path / "restored.zarr")
+    restored = FeatureStore(tmp_path / "restored.zarr", mode="a")
+    restored.clear_partials()
+    assert restored.has_video("silent") and "silent" in FeatureStore(tmp_path / "restored.zarr").entries()
+    original = FeatureStore(input_store).read_video("silent")
+    for name in original.arrays:
+        assert np.array_equal(restored.read_video("silent")[name], original[name]), name
+
+    res = CliRunner().invoke(main, ["refresh", "--store", str(path), *args])
+    assert res.exit_code == 0, res.output
+    store, want = FeatureStore(path), FeatureStore(clean)
+    assert sorted(store.video_ids()) == ["pal", "silent", "tone"] and not any(p.is_dir() for p in (path / "partial").iterdir())
+    assert sorted(store.entries()) == ["pal", "silent", "tone"]
+    for vid in ("pal", "silent", "tone"):
+        got, ref = store.read_video(vid), want.read_video(vid)
+        assert sorted(got.arrays) == sorted(ref.arrays)
+        for name in ref.arrays:                             # what an uninterrupted refresh gives
+            assert np.array_equal(got[name], ref[name]), (vid, name)
+        assert got.attrs["provenance"]["models"]["student"]["sha256"] == state_hash(new)
+    assert verify(store)[0] == []
+    load_split(store, "train", ("fused",))
