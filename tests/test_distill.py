@@ -191,6 +191,8 @@ def test_refresh_cut_between_its_two_renames_is_put_back_by_the_next_run(tmp_pat
     restored = FeatureStore(tmp_path / "restored.zarr", mode="a")
     restored.clear_partials()
     assert restored.has_video("silent") and "silent" in FeatureStore(tmp_path / "restored.zarr").entries()
+    problems = verify(FeatureStore(tmp_path / "restored.zarr"))[0]   # only the two videos still to refresh
+    assert len(problems) == 2 and all("unfinished fs refresh" in p for p in problems), problems
     original = FeatureStore(input_store).read_video("silent")
     for name in original.arrays:
         assert np.array_equal(restored.read_video("silent")[name], original[name]), name
