@@ -200,7 +200,8 @@ def test_refresh_cut_between_its_two_renames_is_put_back_by_the_next_run(tmp_pat
     res = CliRunner().invoke(main, ["refresh", "--store", str(path), *args])
     assert res.exit_code == 0, res.output
     store, want = FeatureStore(path), FeatureStore(clean)
-    assert sorted(store.video_ids()) == ["pal", "silent", "tone"] and not any(p.is_dir() for p in (path / "partial").iterdir())
+    assert sorted(store.video_ids()) == ["pal", "silent", "tone"]
+    assert not any(p.is_dir() for p in (path / "partial").iterdir())
     assert sorted(store.entries()) == ["pal", "silent", "tone"]
     for vid in ("pal", "silent", "tone"):
         got, ref = store.read_video(vid), want.read_video(vid)

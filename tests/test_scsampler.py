@@ -67,7 +67,8 @@ def test_convex_combinations_by_hand_between_the_lists():
     # score 0.75 v + 0.25 a = [0.675, 0.275, 0.475, 0.375]; 0.25 v + 0.75 a = [0.225, 0.625, 0.425, 0.725]
     assert convex_score(v, a, 2, alpha=0.75).tolist() == [0, 2]
     assert convex_score(v, a, 2, alpha=0.25).tolist() == [3, 1]
-    # ranks: visual [0, 3, 1, 2], audio [3, 1, 2, 0]; 0.8 / 0.2 -> [0.6, 2.6, 1.2, 1.6]; 0.3 / 0.7 -> [2.1, 1.6, 1.7, 0.6]
+    # ranks: visual [0, 3, 1, 2], audio [3, 1, 2, 0]
+    # 0.8 / 0.2 -> positions [0.6, 2.6, 1.2, 1.6]; 0.3 / 0.7 -> [2.1, 1.6, 1.7, 0.6]
     assert convex_list(v, a, 3, alpha=0.8).tolist() == [0, 2, 3]
     assert convex_list(v, a, 3, alpha=0.3).tolist() == [3, 1, 2]
 
