@@ -130,7 +130,8 @@ def extraction_provenance(record: dict) -> dict:
     the extractor's own :meth:`~featurestore.extractor.Extractor.provenance` (no models loaded twice)."""
     from featurestore.extractor import Extractor
     config = ExtractConfig(descriptors=DESCRIPTORS, student_weights="random")
-    return Extractor.provenance(SimpleNamespace(models={"student": record}, config=config))
+    return Extractor.provenance(SimpleNamespace(models={"student": record}, config=config,
+                                                _compute_provenance=lambda: dict(config.compute)))   # a CPU run
 
 
 def class_directions(spec: GenSpec) -> tuple[np.ndarray, np.ndarray]:
