@@ -156,20 +156,26 @@ def decode_command(path: str, audio_fd: int | None, fps: int = FPS, crop: int = 
             .compile(cmd=ffmpeg_exe()))
 
 
-def frames_at(path: str, times: list[float], timeout: float = 30.0, crop: int = CROP,
+def frames_at(path: str, times: list[float], timeout: float = 30.0, fps: int = FPS, crop: int = CROP,
               short_side: int = SHORT_SIDE) -> np.ndarray:
-    """The frames shown at ``times`` (seconds), scaled and cropped as extraction does: (k, crop, crop, 3) uint8.
+    """The frames extraction took at ``times`` (seconds on its ``fps`` grid), scaled and cropped as it does:
+    (k, crop, crop, 3) uint8, equal to the decoded step inputs.
 
-    For display only (``fs show``): each frame is one short ffmpeg run that seeks to its time, so a long video is
-    not decoded whole. Raises :class:`DecodeError` when the file is gone or a frame cannot be read.
+    For display only (``fs show``): each frame is one short ffmpeg run, so a long video is not decoded whole. It
+    seeks to a grid point up to a second early and runs extraction's own ``fps`` filter from there, so the frame it
+    keeps is the one that filter picks at ``t`` (a plain seek to ``t`` returns the frame at or after it, which is
+    not always the one nearest). Raises :class:`DecodeError` when the file is gone or a frame cannot be read.
     """
     if not os.path.exists(path):
         raise DecodeError(f"file not found: {path}")
     out = np.zeros((len(times), crop, crop, 3), np.uint8)
     for i, t in enumerate(times):
-        # half a frame early: the first frame at or after the seek point is the one nearest t, as the fps filter picks
-        cmd = (ffmpeg.input(path, ss=f"{max(float(t) - 0.5 / FPS, 0.0):.4f}")
+        slot = int(round(float(t) * fps))
+        lead = min(max(slot, 0), fps)                  # grid frames decoded before t
+        cmd = (ffmpeg.input(path, ss=f"{(slot - lead) / fps:.6f}")
                .video
+               .filter("fps", fps=fps)
+               .filter("select", f"gte(t,{(lead - 0.5) / fps:.6f})")
                .filter("scale", f"if(lt(iw,ih),{short_side},-2)", f"if(lt(iw,ih),-2,{short_side})")
                .filter("crop", crop, crop)
                .output("pipe:1", vframes=1, format="rawvideo", pix_fmt="rgb24")

@@ -1,7 +1,8 @@
 """The manifest CSV schema: one schema for every dataset, validated with pandas.
 
-Columns: ``video_id, path, label, split`` and optionally ``duration`` (seconds) and ``segments`` (ground-truth action
-segments, ``start-end`` in seconds joined by ``;``). Other columns are kept. Relative paths resolve against a base
+Columns: ``video_id, path, label, split`` and optionally ``duration`` (seconds), ``segments`` (ground-truth action
+segments, ``start-end`` in seconds joined by ``;``) and ``distractors`` (the synthetic set's other-class segments,
+``visual|audio:class:start-end`` joined by ``;``). Other columns are kept. Relative paths resolve against a base
 directory (the manifest's folder, or the data root for the shipped ``manifests/NAME.csv``).
 """
 from __future__ import annotations
@@ -96,10 +97,10 @@ def read_manifest(path: str | Path, base: str | Path | None = None, check_files:
         if bad.any():
             i = int(bad.to_numpy().argmax())
             raise _row_error(name, i, df, f"duration {df['duration'].iloc[i]!r} is not a non-negative number")
-    if "segments" in df.columns:
-        for i, text in enumerate(df["segments"]):
+    for column, parse in (("segments", parse_segments), ("distractors", parse_distractors)):
+        for i, text in enumerate(df[column] if column in df.columns else ()):
             try:
-                parse_segments(text)
+                parse(text)
             except ValueError as e:
                 raise _row_error(name, i, df, str(e)) from None
     df["path"] = [str(p if os.path.isabs(p) else (base / p)) for p in df["path"]]

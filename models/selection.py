@@ -31,8 +31,9 @@ class Selection:
     scores: np.ndarray     # (C,) video-level class scores (probabilities)
     gflops: float          # what this method actually computed for this video
     details: dict = field(default_factory=dict)
-    """Why these steps, for display (``fs show``): the skimmer's ``attention`` (T - 1, N) and ``modality``
-    (T - 1, 2: s^I, s^A); a ranker's ``saliency``: {label: (steps, scores)} over the steps it scored."""
+    """Why these steps, for display (``fs show``): the skimmer's ``attention`` (T - 1, N: each skimming step's
+    weights over the steps) and, with audio-visual indexing, ``modality`` (T - 1, 2: s^I, s^A); a ranker's
+    ``saliency``: {label: (steps, scores)} over the steps it scored."""
 
 
 @dataclass(frozen=True)

@@ -285,8 +285,11 @@ class SkimSelector:
         computed = set(kept_steps(n, self.subsample).tolist())
         if looks_up:
             computed |= set(steps.tolist())      # the chosen steps' own features are computed and used
+        details = {"attention": out.attention[0].numpy()}
+        if self.skimmer.indexing == "audio-visual":          # s^I, s^A mix the two attentions only in this mode
+            details["modality"] = out.modality[0].numpy()
         return Selection(steps, F.softmax(out.logits[0], 0).numpy(), len(computed) * self.pair_gflops + gflops,
-                         {"attention": out.attention[0].numpy(), "modality": out.modality[0].numpy()})
+                         details)
 
 
 class NonRecurrentSelector:

@@ -18,7 +18,7 @@ from pipelines.checkpoints import checkpoint_path
 from pipelines.data import SplitData, action_mask, load_split
 from pipelines.methods import METHODS, BenchContext, build_selectors, check_methods
 from pipelines.report import GalleryItem, gallery_videos, write_report
-from pipelines.show import SHOW_METHODS, render_video, show_selectors
+from pipelines.show import SHOW_METHODS, render_video, show_rows
 
 SWEEP_SUBSAMPLE = (1, 2, 5, 10)
 SWEEP_STEPS = tuple(range(1, 11))
@@ -333,14 +333,21 @@ def run_bench(store: FeatureStore, runs: Path, out: Path, methods: tuple[str, ..
 def write_gallery(ctx: BenchContext, data: SplitData, table: pd.DataFrame, selectors: list[Selector],
                   predictions: list[Predictions], k: int, folder: Path) -> tuple[list[GalleryItem], str]:
     """``fs show`` figures of ``k`` test videos, chosen by the skimmer's confidence (else the first row's): the most
-    and the least confident, right and wrong. Returns the items and the method whose confidence chose them."""
+    and the least confident, right and wrong. The figures show the bench's own rows (UNIFORM, the best SCSampler
+    combination and AVGN row of ``table``, and the skimmer that chose the videos). Returns the items and the method
+    whose confidence chose them."""
     ref = next((i for i, s in enumerate(selectors) if s.name.startswith("IMGAUD-SKIM (")), 0)
-    shown = show_selectors(ctx, SHOW_METHODS, table)
+    rows = show_rows(selectors, table, tuple(m for m in SHOW_METHODS if m != "SKIM"))
+    if selectors[ref] not in rows:
+        rows.append(selectors[ref])
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.png"):           # figures of an earlier run are not this run's gallery
+        old.unlink()
     items = []
     scores = predictions[ref].scores
     for i, bucket in gallery_videos(scores, predictions[ref].labels, k):
         video = data.videos[i]
-        render_video(ctx.store, video, [(s.name, s.select(video)) for s in shown],
+        render_video(ctx.store, video, [(s.name, s.select(video)) for s in rows],
                      folder / f"{video.video_id}.png", subtitle=f"{bucket}, by {selectors[ref].name}")
         items.append(GalleryItem(video.video_id, bucket, float(scores[i].max()), folder / f"{video.video_id}.png"))
     return items, selectors[ref].name

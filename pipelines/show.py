@@ -5,13 +5,15 @@ distractor segments), each method's chosen steps on that timeline with its predi
 skimming step and its modality scores s^I / s^A, the rankers' saliency, and a contact sheet of the frames at the
 chosen steps, each captioned with its time and whether it falls inside an action segment.
 
-Frames come from the store's kept ``frames`` when it has them; otherwise from the video file, one seek per shown
-frame (display is the one place outside extraction that opens a video, and only for the frames it shows).
+Frames come from the store's kept ``frames`` when it has them; otherwise from the video file, one short seek per
+shown frame (display is the one place outside extraction that opens a video, and only for the frames it shows).
 """
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,8 @@ from featurestore.decode import DecodeError, frames_at
 from featurestore.store import FeatureStore, StoreError, VideoFeatures
 from manifests.schema import parse_distractors, parse_segments
 from models.selection import BUDGET, Selection, Selector
-from pipelines.methods import METHODS, BenchContext, check_methods
+from pipelines.data import action_mask
+from pipelines.methods import METHODS, BenchContext
 
 SHOW_METHODS = ("UNIFORM", "SAMPLERS", "AVGN", "SKIM")
 """The default rows of a figure: a blind baseline, the best SCSampler combination, AVGN and the skimmer."""
@@ -35,7 +38,12 @@ DEFAULT_ROWS = {"SAMPLERS": "SCS AV-union-list", "AVGN": f"AVGN (k={BUDGET}, T_G
 """The row shown when no bench table ranks them: SCSampler's best combination in its Table 7 (AV-union-list,
 K' = 8), AVGN at the full budget."""
 
-TILE_COLUMNS = BUDGET
+FAMILIES = {"SAMPLERS": "SCS ", "AVGN": "AVGN", "SKIM": "IMGAUD-SKIM ("}
+"""The name prefix of every row a many-row method builds (a one-row method's row is named after the method)."""
+
+TILE_COLUMNS = BUDGET      # frame tiles per contact-sheet row ...
+MAX_TILES = 3 * BUDGET     # ... and at most this many per method (DENSE chooses every step); the title says so
+_SKIM_OPTIONS = re.compile(r"\(s=(\d+), T=(\d+)\)$")
 
 
 @dataclass
@@ -63,9 +71,19 @@ class Shown:
     methods: list[ShownMethod]
     tiles: int                                     # frame tiles drawn
     captions: list[str]                            # their captions, method by method
+    tile_images: list[np.ndarray]                  # their pixels, in the same order
     segments: list[tuple[str, float, float]]       # (kind, start, end) of the spans on the timeline
     frames: str                                    # where the frames came from: "store", "video", or why none
+    attention: dict[str, tuple[int, int]] = field(default_factory=dict)   # method -> heatmap (skim steps, steps)
+    modality: dict[str, int] = field(default_factory=dict)                # method -> s^I / s^A bars drawn
+    saliency: dict[str, list[str]] = field(default_factory=dict)          # method -> its saliency curves' labels
     notes: list[str] = field(default_factory=list)
+
+
+def family(key: str, selectors: list[Selector]) -> list[Selector]:
+    """The rows of ``selectors`` that method ``key`` builds (by name: see :data:`FAMILIES`)."""
+    prefix = FAMILIES.get(key)
+    return [r for r in selectors if (r.name.startswith(prefix) if prefix else r.name == key)]
 
 
 def pick_row(key: str, rows: list[Selector], table: pd.DataFrame | None = None) -> Selector | None:
@@ -87,28 +105,38 @@ def pick_row(key: str, rows: list[Selector], table: pd.DataFrame | None = None) 
     return next((r for r in preferred if is_default(r)), preferred[0])
 
 
+def show_rows(selectors: list[Selector], table: pd.DataFrame | None = None,
+              methods: tuple[str, ...] = SHOW_METHODS) -> list[Selector]:
+    """One row per method key out of already built ``selectors`` (the bench's), as :func:`pick_row` chooses."""
+    rows = [pick_row(key, family(key, selectors), table) for key in methods]
+    return [r for r in rows if r is not None]
+
+
+def named_row(ctx: BenchContext, name: str) -> Selector:
+    """The bench row called exactly ``name`` (a skimmer row at the s and T its name gives)."""
+    options = _SKIM_OPTIONS.search(name)
+    quiet = replace(ctx, say=lambda message: None)         # every builder runs: their skip lines would be noise
+    if options:
+        quiet = replace(quiet, subsample=int(options[1]), steps=int(options[2]))
+    for build in METHODS.values():
+        for row in build(quiet):
+            if row.name == name:
+                return row
+    raise ValueError(f"{name!r} is neither a bench method ({', '.join(METHODS)}) nor the name of a bench row whose "
+                     f"checkpoint is trained")
+
+
 def show_selectors(ctx: BenchContext, methods: tuple[str, ...] = SHOW_METHODS,
                    table: pd.DataFrame | None = None) -> list[Selector]:
-    """One selector per method key (registry names, as ``fs bench --methods``); a key may also be the exact name of
-    one bench row. Methods without a checkpoint are skipped (the context says how to train them)."""
+    """One selector per method key (registry names, as ``fs bench --methods``, each giving the row
+    :func:`pick_row` chooses) or exact bench row name. Methods without a checkpoint are skipped (the context says
+    how to train them)."""
     out = []
     for key in methods:
-        if key in METHODS:
-            row = pick_row(key, METHODS[key](ctx), table)
-        else:
-            row = next((r for k in METHODS for r in _rows_named(ctx, k, key)), None)
-            if row is None:
-                check_methods((key,))
+        row = pick_row(key, METHODS[key](ctx), table) if key in METHODS else named_row(ctx, key)
         if row is not None:
             out.append(row)
     return out
-
-
-def _rows_named(ctx: BenchContext, key: str, name: str) -> list[Selector]:
-    prefix = {"SAMPLERS": "SCS ", "AVGN": "AVGN", "SKIM": "IMGAUD-SKIM ("}.get(key)
-    if prefix is None or not name.startswith(prefix):
-        return []
-    return [r for r in METHODS[key](ctx) if r.name == name]
 
 
 def segment_spans(attrs: dict) -> list[tuple[str, float, float, str]]:
@@ -120,27 +148,28 @@ def segment_spans(attrs: dict) -> list[tuple[str, float, float, str]]:
     return spans
 
 
-def where(t: float, spans: list[tuple[str, float, float, str]], annotated: bool) -> str:
-    """A step's place: inside an action segment, a distractor, elsewhere, or unknown without annotations."""
-    if not annotated:
-        return "not annotated"
-    for kind, s, e, label in spans:
-        if kind == "action" and s <= t < e:
-            return "in action"
-    for kind, s, e, label in spans:
-        if kind == "distractor" and s <= t < e:
-            return "in a distractor"
-    return "not in action"
+def step_places(video: VideoFeatures, spans: list[tuple[str, float, float, str]]) -> list[str]:
+    """Each step's place, by where it starts (the bench's segment_hit rule, :func:`~pipelines.data.action_mask`):
+    in an action segment, in a distractor, elsewhere, or unknown in a video without annotated segments."""
+    inside = action_mask(video)
+    t = np.asarray(video.arrays["t"], float)
+    if inside is None:
+        return ["not annotated"] * len(t)
+    distractor = np.zeros(len(t), bool)
+    for kind, s, e, _ in spans:
+        if kind == "distractor":
+            distractor |= (t >= s) & (t < e)
+    return ["in action" if a else "in a distractor" if d else "not in action" for a, d in zip(inside, distractor)]
 
 
 def step_frames(store: FeatureStore, video: VideoFeatures, steps: list[int]) -> tuple[dict[int, np.ndarray], str]:
-    """The frames at ``steps`` (uint8 HxWx3 by step) and where they came from; no frames and the reason when the
-    store kept none and the video file cannot be read."""
+    """The frames at ``steps`` (uint8 H x W x 3, by step) and where they came from; no frames and the reason when
+    the store kept none and the video file cannot be read."""
     if not steps:
         return {}, "no steps chosen"
     if "frames" in store.attrs.get("inputs", []):
         frames = store.read_video(video.video_id, ["frames"]).arrays["frames"]
-        return {s: _as_image(frames[s]) for s in steps}, "store"
+        return {s: frames[s] for s in steps}, "store"
     path = str(video.attrs.get("path", ""))
     if not path or not os.path.exists(path):
         return {}, (f"frames not shown: the video file {path or '(no path recorded)'} is not where extraction read "
@@ -153,15 +182,6 @@ def step_frames(store: FeatureStore, video: VideoFeatures, steps: list[int]) -> 
     return dict(zip(steps, read)), "video"
 
 
-def _as_image(frame: np.ndarray) -> np.ndarray:
-    frame = np.asarray(frame)
-    if frame.ndim == 3 and frame.shape[0] == 3 and frame.shape[-1] != 3:
-        frame = frame.transpose(1, 2, 0)
-    if frame.dtype != np.uint8:
-        frame = np.clip(frame * (255 if frame.max() <= 1.0 else 1), 0, 255).astype(np.uint8)
-    return frame
-
-
 def render_video(store: FeatureStore, video: VideoFeatures, selections: list[tuple[str, Selection]],
                  path: Path, subtitle: str = "") -> Shown:
     """Draw one video's figure for the given (method name, selection) rows and write it to ``path`` (PNG)."""
@@ -170,6 +190,7 @@ def render_video(store: FeatureStore, video: VideoFeatures, selections: list[tup
     import matplotlib.pyplot as plt
     from matplotlib.image import imread
 
+    plain = {"parse_math": False}          # names and ids are text, never mathtext ("$" in an id)
     classes = list(store.attrs.get("classes", []))
     t = np.asarray(video.arrays["t"], float)
     n = len(t)
@@ -177,26 +198,27 @@ def render_video(store: FeatureStore, video: VideoFeatures, selections: list[tup
     duration = float(video.attrs.get("duration") or (t[-1] + step_seconds if n else 0.0))
     end = max(duration, t[-1] + step_seconds if n else 0.0)
     spans = segment_spans(video.attrs)
-    annotated = any(kind == "action" for kind, *_ in spans)
+    places = step_places(video, spans)
     rows = [ShownMethod(name, [int(s) for s in sel.steps], classes[int(np.argmax(sel.scores))],
                         str(video.attrs.get("label")), float(np.max(sel.scores))) for name, sel in selections]
-    frames, source = step_frames(store, video, sorted({s for r in rows for s in r.steps}))
+    frames, source = step_frames(store, video, sorted({s for r in rows for s in r.steps[:MAX_TILES]}))
 
     # one block per method: its timeline, (the skimmer's attention), its contact sheet
     heights, kinds = [1.1], ["timeline"]
     for (name, sel), row in zip(selections, rows):
         heights.append(1.0)
         kinds.append("choice")
-        if "attention" in sel.details and len(sel.details["attention"]):
+        if len(sel.details.get("attention", ())):
             heights.append(0.25 * len(sel.details["attention"]) + 0.6)
             kinds.append("attention")
-        heights.append(1.55 if frames else 0.35)
+        sheet_rows = max(1, math.ceil(min(len(row.steps), MAX_TILES) / TILE_COLUMNS))
+        heights.append(1.55 * sheet_rows if frames else 0.35)
         kinds.append("tiles")
     fig = plt.figure(figsize=(15, sum(heights) + 1.0), dpi=100)
     grid = fig.add_gridspec(len(heights), 2, height_ratios=heights, width_ratios=[5, 1.2], hspace=0.9, wspace=0.04,
                             left=0.06, right=0.98, top=1 - 0.8 / (sum(heights) + 1.0), bottom=0.3 / sum(heights))
     fig.suptitle(f"{video.video_id}: true class {video.attrs.get('label')}, {duration:.1f} s, {n} steps"
-                 + (f"  ({subtitle})" if subtitle else ""), fontsize=12, x=0.06, ha="left")
+                 + (f"  ({subtitle})" if subtitle else ""), fontsize=12, x=0.06, ha="left", **plain)
 
     def timeline(ax, title: str) -> None:
         for kind, s, e, label in spans:
@@ -204,17 +226,16 @@ def render_video(store: FeatureStore, video: VideoFeatures, selections: list[tup
                        hatch=None if kind == "action" else "//", gid=f"segment:{kind}", lw=0)
         ax.set_xlim(0, end)
         ax.set_yticks([])
-        ax.set_title(title, fontsize=9, loc="left")
+        ax.set_title(title, fontsize=9, loc="left", **plain)
         ax.tick_params(labelsize=7)
 
-    block = iter(zip(selections, rows))
     ax = fig.add_subplot(grid[0, 0])
     timeline(ax, "timeline: green = action segments of the true class, hatched orange = distractors "
-                 "(another class's picture or sound alone); ticks = steps" if annotated or spans else
-                 "timeline (this video has no annotated segments); ticks = steps")
+                 "(another class's picture or sound alone); ticks = step starts" if spans else
+                 "timeline (this video has no annotated segments); ticks = step starts")
     ax.vlines(t, 0, 0.25, color="k", lw=0.4)
     for i, (s, e, label) in enumerate((s, e, label) for kind, s, e, label in spans if kind == "distractor"):
-        ax.text((s + e) / 2, 0.45 + 0.3 * (i % 2), label, ha="center", va="center", fontsize=6, color="C1")
+        ax.text((s + e) / 2, 0.45 + 0.3 * (i % 2), label, ha="center", va="center", fontsize=6, color="C1", **plain)
     ax.set_ylim(0, 1)
     ax.set_xlabel("seconds", fontsize=7)
     legend = fig.add_subplot(grid[0, 1])
@@ -222,41 +243,48 @@ def render_video(store: FeatureStore, video: VideoFeatures, selections: list[tup
     legend.text(0, 0.5, f"{len(rows)} methods\nframes: {source if source in ('store', 'video') else 'none'}",
                 fontsize=8, va="center")
     notes = [] if source in ("store", "video") else [source]
+    block = iter(zip(selections, rows))
     r = 1
     while r < len(kinds):
         (name, sel), row = next(block)
         ax = fig.add_subplot(grid[r, 0])
         verdict = "right" if row.correct else "WRONG"
-        timeline(ax, f"{name}: chose {len(row.steps)} steps")
+        shown_steps = row.steps[:MAX_TILES]
+        timeline(ax, f"{name}: chose {len(row.steps)} steps" + (f" (the first {MAX_TILES} shown below)"
+                                                                if len(row.steps) > MAX_TILES else ""))
         for label, (steps_scored, values) in sel.details.get("saliency", {}).items():
             values, at = np.asarray(values, float), np.asarray(steps_scored, int)
-            if len(values) and np.ptp(values) > 0:
-                values = (values - values.min()) / np.ptp(values)
+            span = np.ptp(values) if len(values) else 0.0
+            values = (values - values.min()) / span if span > 0 else np.full(len(values), 0.5)
             by_time = np.argsort(at, kind="stable")         # AVGN scores its steps in glance order
-            ax.plot(t[at[by_time]], 0.1 + 0.8 * values[by_time], lw=0.8, alpha=0.7, label=f"saliency ({label})")
+            ax.plot(t[at[by_time]], 0.1 + 0.8 * values[by_time], lw=0.8, alpha=0.7, label=f"saliency ({label})",
+                    gid=f"saliency:{label}")
         if sel.details.get("saliency"):
             ax.legend(fontsize=6, loc="upper right", frameon=False, ncol=3)
         for order, s in enumerate(row.steps, start=1):
             ax.plot(t[s], 0.5, "v", color="C3", ms=7)
             ax.text(t[s], 0.82, str(order), ha="center", fontsize=7, color="C3")
         ax.set_ylim(0, 1.1)
+        ax.set_gid(f"choice:{name}")
         text = fig.add_subplot(grid[r, 1])
         text.axis("off")
         text.text(0, 0.5, f"predicted {row.predicted} ({row.confidence:.2f})\ntrue {row.true}\n{verdict}",
-                  fontsize=8, va="center", color="C2" if row.correct else "C3", gid="prediction")
+                  fontsize=8, va="center", color="C2" if row.correct else "C3", gid="prediction", **plain)
         r += 1
         if kinds[r] == "attention":
             att = np.asarray(sel.details["attention"], float)
+            mod = np.asarray(sel.details.get("modality", np.zeros((0, 2))), float)
             ax = fig.add_subplot(grid[r, 0])
+            half = step_seconds / 2                          # each cell centred on its step's start, like the marks
             ax.imshow(att, aspect="auto", cmap="magma", interpolation="nearest",
-                                extent=(t[0], t[0] + att.shape[1] * step_seconds, att.shape[0] + 0.5, 0.5))
+                      extent=(t[0] - half, t[0] - half + att.shape[1] * step_seconds, att.shape[0] + 0.5, 0.5))
             ax.set_xlim(0, end)
             ax.set_yticks(range(1, att.shape[0] + 1))
             ax.set_ylabel("skim step", fontsize=7)
             ax.tick_params(labelsize=6)
-            ax.set_title("attention weights per skimming step (s^I w^I + s^A w^A over the steps)", fontsize=8,
-                         loc="left")
-            mod = np.asarray(sel.details.get("modality", np.zeros((0, 2))), float)
+            ax.set_title("attention weights of each skimming step over the steps"
+                         + (" (s^I w^I + s^A w^A)" if len(mod) else ""), fontsize=8, loc="left", **plain)
+            ax.set_gid(f"attention:{name}")
             bars = fig.add_subplot(grid[r, 1])
             if len(mod):
                 k = np.arange(1, len(mod) + 1)
@@ -266,37 +294,51 @@ def render_video(store: FeatureStore, video: VideoFeatures, selections: list[tup
                 bars.set_xlim(0, 1)
                 bars.set_yticks([])
                 bars.tick_params(labelsize=6)
-                bars.set_title("modality s^I | s^A", fontsize=7)
+                bars.set_title("modality s^I | s^A", fontsize=7, **plain)
                 bars.legend(fontsize=5, loc="lower right", frameon=False)
+                bars.set_gid(f"modality:{name}")
             else:
                 bars.axis("off")
             r += 1
         # the contact sheet
-        cells = grid[r, :].subgridspec(1, TILE_COLUMNS, wspace=0.08)
         if frames:
-            for order, s in enumerate(row.steps[:TILE_COLUMNS], start=1):
-                tile = fig.add_subplot(cells[0, order - 1])
+            cells = grid[r, :].subgridspec(max(1, math.ceil(len(shown_steps) / TILE_COLUMNS)), TILE_COLUMNS,
+                                           wspace=0.08, hspace=0.5)
+            for i, s in enumerate(shown_steps):
+                tile = fig.add_subplot(cells[i // TILE_COLUMNS, i % TILE_COLUMNS])
                 tile.imshow(frames[s])
                 tile.set_xticks([])
                 tile.set_yticks([])
-                place = where(float(t[s]), spans, annotated)
-                caption = f"#{order} {t[s]:.1f} s\n{place}"
-                tile.set_title(caption, fontsize=7, color="C2" if place == "in action" else "k")
+                tile.set_title(f"#{i + 1} {t[s]:.1f} s\n{places[s]}", fontsize=7,
+                               color="C2" if places[s] == "in action" else "k")
                 tile.set_gid("tile")
         else:
             note = fig.add_subplot(grid[r, :])
             note.axis("off")
-            note.text(0, 0.5, source, fontsize=8, color="C3", va="center", gid="frames-note")
+            note.text(0, 0.5, source, fontsize=8, color="C3", va="center", gid="frames-note", **plain)
         r += 1
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     segments = [(p.get_gid().split(":", 1)[1], *_span(p)) for a in fig.axes[:1] for p in a.patches
                 if (p.get_gid() or "").startswith("segment:")]
-    captions = [a.get_title() for a in fig.axes if a.get_gid() == "tile"]
+    tiles = [a for a in fig.axes if a.get_gid() == "tile"]
+    drawn = {"attention": {}, "modality": {}, "saliency": {}}
+    for a in fig.axes:
+        kind, _, name = (a.get_gid() or "").partition(":")
+        if kind == "attention":
+            drawn["attention"][name] = tuple(a.images[0].get_array().shape)
+        elif kind == "modality":
+            drawn["modality"][name] = len(a.patches) // 2
+        elif kind == "choice":
+            curves = [line.get_gid().split(":", 1)[1] for line in a.lines if (line.get_gid() or "").startswith("saliency:")]
+            if curves:
+                drawn["saliency"][name] = curves
     fig.savefig(path)
     plt.close(fig)
     h, w = imread(path).shape[:2]
-    return Shown(path, video.video_id, (w, h), rows, len(captions), captions, segments, source, notes)
+    return Shown(path, video.video_id, (w, h), rows, len(tiles), [a.get_title() for a in tiles],
+                 [np.asarray(a.images[0].get_array()) for a in tiles], segments, source, drawn["attention"],
+                 drawn["modality"], drawn["saliency"], notes)
 
 
 def _span(patch) -> tuple[float, float]:

@@ -23,8 +23,10 @@ from manifests.schema import parse_distractors, parse_segments, read_manifest
 from manifests.synth import generate_synthetic
 from pipelines.bench import run_bench
 from pipelines.report import gallery_videos
-from pipelines.show import TILE_COLUMNS, render_video, show_video
+from pipelines.show import MAX_TILES, TILE_COLUMNS, render_video, show_video
+from pipelines.train_avgn import train_avgn
 from pipelines.train_head import train_head
+from pipelines.train_sampler import train_sampler
 from pipelines.train_skim import train_skim
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
@@ -49,7 +51,8 @@ def extract(df: pd.DataFrame, path: Path, client, classes: list[str], keep_input
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     """Four synthetic videos (actions and distractors annotated), extracted twice: with kept frames and without; a
-    head and a skimmer trained for one epoch on the first store (both stores hold the same features)."""
+    head, a skimmer, an audio and a visual sampler and AVGN trained briefly on the first store (both stores hold the
+    same features)."""
     root = tmp_path_factory.mktemp("show")
     manifest = generate_synthetic(root / "data", n_videos=4, n_classes=2, seconds=(12, 13), seed=3, test_fraction=0.5,
                                   jobs=2)
@@ -64,6 +67,9 @@ def synth(tmp_path_factory):
     runs = root / "runs"
     train_head(kept, runs, epochs=2, device="cpu", sized=False)
     train_skim(kept, runs, epochs=2, device="cpu", sized=False)
+    for modality, loss in (("audio", "sal-rank"), ("visual", "ac")):
+        train_sampler(kept, runs, modality, loss, epochs=2, device="cpu", sized=False, say=lambda m: None)
+    train_avgn(kept, runs, epochs=2, device="cpu", sized=False)
     return SimpleNamespace(root=root, df=df.set_index("video_id"), kept=kept, plain=plain, runs=runs)
 
 
@@ -76,16 +82,20 @@ def expected_place(t: float, row) -> str:
     return "not in action"
 
 
-def check_figure(shown, store: FeatureStore, row, frames: str) -> None:
+def check_figure(shown, kept: FeatureStore, row, frames: str) -> None:
+    """Size, one captioned tile per chosen step (at most MAX_TILES a method) showing the frame extraction kept
+    there, the manifest's segments on the timeline."""
     width, height = png_size(shown.path)
     assert shown.size == (width, height) and width == 1500 and height > 500
     assert shown.frames == frames
-    t = store.read_video(shown.video_id, ["t"]).arrays["t"]
-    chosen = [s for m in shown.methods for s in m.steps[:TILE_COLUMNS]]
-    assert shown.tiles == len(chosen) == len(shown.captions) > 0
-    for s, caption in zip(chosen, shown.captions):
+    v = kept.read_video(shown.video_id, ["t", "frames"])
+    t, kept_frames = v.arrays["t"], v.arrays["frames"]
+    chosen = [s for m in shown.methods for s in m.steps[:MAX_TILES]]
+    assert shown.tiles == len(chosen) > 0
+    for s, caption, image in zip(chosen, shown.captions, shown.tile_images):
         assert caption.split("\n")[0].endswith(f"{t[s]:.1f} s")
         assert caption.split("\n")[1] == expected_place(float(t[s]), row)
+        assert np.array_equal(image, kept_frames[s])
     drawn = sorted(shown.segments)
     want = sorted([("action", s, e) for s, e in parse_segments(row["segments"])] +
                   [("distractor", s, e) for _, _, s, e in parse_distractors(row["distractors"])])
@@ -96,19 +106,26 @@ def check_figure(shown, store: FeatureStore, row, frames: str) -> None:
 
 def test_figure_from_kept_frames_draws_a_captioned_tile_per_chosen_step_and_the_manifest_segments(synth, tmp_path):
     vid = synth.kept.video_ids("test")[0]
-    shown = show_video(synth.kept, synth.runs, vid, tmp_path / "f.png", methods=("UNIFORM", "SKIM"), say=lambda m: None)
+    n = synth.kept.video_attrs(vid)["n_steps"]
+    shown = show_video(synth.kept, synth.runs, vid, tmp_path / "f.png", say=lambda m: None,
+                       methods=("UNIFORM", "SAMPLERS", "AVGN", "DENSE", "SKIM"))
     check_figure(shown, synth.kept, synth.df.loc[vid], "store")
-    uniform, skim = shown.methods
-    assert uniform.name == "UNIFORM" and skim.name.startswith("IMGAUD-SKIM (s=5, T=10)")
-    assert len(skim.steps) == 9 and uniform.true == synth.df.loc[vid, "label"]
-    assert len(set(uniform.steps)) == len(uniform.steps) == min(10, synth.kept.video_attrs(vid)["n_steps"])
+    uniform, sampler, avgn, dense, skim = shown.methods
+    assert uniform.name == "UNIFORM" and uniform.true == synth.df.loc[vid, "label"]
+    assert len(set(uniform.steps)) == len(uniform.steps) == min(10, n)
+    assert sampler.name == "SCS AV-union-list (K'=8) -> student" and avgn.name == "AVGN (k=10, T_G=all)"
+    assert dense.steps == list(range(n)) and n > TILE_COLUMNS
+    assert skim.name == "IMGAUD-SKIM (s=5, T=10)" and len(skim.steps) == 9
+    # the skimmer's nine attention rows over the N steps with their s^I / s^A; the rankers' saliency curves
+    assert shown.attention == {skim.name: (9, n)} and shown.modality == {skim.name: 9}
+    assert shown.saliency == {sampler.name: ["visual", "audio"], avgn.name: ["AV-TeST"]}
 
 
 def test_figure_without_kept_inputs_reads_the_frames_at_the_chosen_steps_from_the_video(synth, tmp_path):
     vid = synth.plain.video_ids("test")[0]
     shown = show_video(synth.plain, synth.runs, vid, tmp_path / "f.png", methods=("UNIFORM", "SKIM"),
                        say=lambda m: None)
-    check_figure(shown, synth.plain, synth.df.loc[vid], "video")
+    check_figure(shown, synth.kept, synth.df.loc[vid], "video")
 
 
 def test_frames_read_by_seeking_equal_the_frames_extraction_kept(synth):
@@ -138,12 +155,16 @@ def test_show_cli_names_each_method_its_prediction_and_skips_untrained_ones(synt
     res = CliRunner().invoke(main, ["show", vid, "--store", str(synth.kept.path), "--runs", str(synth.runs),
                                     "--out", str(tmp_path / "c.png")])
     assert res.exit_code == 0, res.output
-    assert "skipping SCSampler rows" in res.output and "skipping avgn" in res.output
+    assert "skipping avgn-no-audio" in res.output            # the AVGN ablations are not trained here
     lines = [line for line in res.output.splitlines() if "predicted" in line]
-    assert [line.split()[0] for line in lines] == ["UNIFORM", "IMGAUD-SKIM"]
-    assert (tmp_path / "c.png").is_file()
+    assert [line.split()[0] for line in lines] == ["UNIFORM", "SCS", "AVGN", "IMGAUD-SKIM"]
+    assert f"true {synth.df.loc[vid, 'label']}" in lines[0] and (tmp_path / "c.png").is_file()
     bad = CliRunner().invoke(main, ["show", "nope", "--store", str(synth.kept.path), "--runs", str(synth.runs)])
     assert bad.exit_code != 0 and "not a complete video" in bad.output
+    empty = tmp_path / "no-runs"
+    res = CliRunner().invoke(main, ["show", vid, "--store", str(synth.kept.path), "--runs", str(empty),
+                                    "--methods", "skim,avgn", "--out", str(tmp_path / "e.png")])
+    assert res.exit_code != 0 and "fs train-skim" in res.output and "no method could be shown" in res.output
 
 
 def test_gallery_takes_the_most_and_least_confident_right_and_wrong_in_turn():
@@ -169,14 +190,27 @@ def _chromium():
     return webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"))
 
 
+def test_an_exact_bench_row_name_is_shown_at_its_own_options_and_an_unknown_one_refused(synth, tmp_path):
+    vid = synth.kept.video_ids("test")[0]
+    n = synth.kept.video_attrs(vid)["n_steps"]
+    shown = show_video(synth.kept, synth.runs, vid, tmp_path / "r.png", say=lambda m: None,
+                       methods=("IMGAUD-SKIM (s=1, T=3)", "SCS audio SAL-RANK -> student"))
+    assert [m.name for m in shown.methods] == ["IMGAUD-SKIM (s=1, T=3)", "SCS audio SAL-RANK -> student"]
+    assert len(shown.methods[0].steps) == 2 and shown.attention == {"IMGAUD-SKIM (s=1, T=3)": (2, n)}
+    with pytest.raises(ValueError, match="neither a bench method"):
+        show_video(synth.kept, synth.runs, vid, tmp_path / "x.png", methods=("AVGN no audio tokens (k=4, T_G=2)",),
+                   say=lambda m: None)
+
+
 def test_bench_gallery_and_report_open_in_a_headless_browser(synth, tmp_path):
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
         if os.environ.get("CI") == "true":
             pytest.fail("chromium and chromedriver are missing: .ci/install installs them")
         pytest.skip("no chromium / chromedriver (apt-get install chromium chromium-driver)")
     out = tmp_path / "bench"
-    table = run_bench(synth.kept, synth.runs, out, ("UNIFORM", "FRONT", "SKIM"), do_sweep=False, say=lambda m: None,
-                      gallery=2)
+    (out / "gallery").mkdir(parents=True)
+    (out / "gallery" / "stale.png").write_bytes(b"from an earlier run")
+    table = run_bench(synth.kept, synth.runs, out, ("UNIFORM", "FRONT", "SKIM"), say=lambda m: None, gallery=2)
     assert len(table) == 3 and table.attrs["gallery"] == 2
     figures = sorted(p.name for p in (out / "gallery").glob("*.png"))
     assert len(figures) == 2
@@ -193,7 +227,7 @@ def test_bench_gallery_and_report_open_in_a_headless_browser(synth, tmp_path):
         provenance = browser.execute_script("return document.querySelector('#provenance').innerText")
     finally:
         browser.quit()
-    assert len(images) == 1 + 2                                     # trade-off plot + two gallery figures
+    assert len(images) == 1 + 1 + 2                     # trade-off plot, sweep plot, two gallery figures
     assert all(done and width > 0 and src == "data:image/png;base64," for done, width, src in images)
     assert [r.split(" one class")[0].strip() for r in rows] == list(table["method"])
     sha = synth.kept.attrs["provenance"]["models"]["student"]["sha256"]
@@ -201,15 +235,19 @@ def test_bench_gallery_and_report_open_in_a_headless_browser(synth, tmp_path):
 
 
 @pytest.mark.skipif(not REAL.is_dir() and os.environ.get("CI") != "true", reason="../shared/data/real is absent")
-def test_figure_for_the_real_videos_reads_frames_from_the_files(tmp_path):
+def test_figure_for_the_real_videos_reads_the_kept_frames_from_the_files(tmp_path):
     assert REAL.is_dir(), "CI lays ../shared/data/real"
     df = pd.DataFrame([{"video_id": p.stem, "path": str(p), "label": f"r{i}", "split": "train", "segments": ""}
                        for i, p in enumerate(sorted(REAL.glob("*.mp4")))])
     client = make_client(workers=1, processes=False)
     try:
+        kept = extract(df, tmp_path / "kept.zarr", client, sorted(df["label"]), True)
         store = extract(df, tmp_path / "real.zarr", client, sorted(df["label"]), False)
     finally:
         close_client(client)
+    for vid in df["video_id"]:         # a 30 fps and a 28 fps file: seeking returns the frames extraction took
+        v = kept.read_video(vid, ["t", "frames"])
+        assert np.array_equal(frames_at(v.attrs["path"], [float(t) for t in v.arrays["t"]]), v.arrays["frames"])
     from models.baselines import HeadSelector, StepClassifier
     from featurestore.cost import unit_gflops
 
@@ -219,4 +257,6 @@ def test_figure_for_the_real_videos_reads_frames_from_the_files(tmp_path):
         shown = render_video(store, video, [("UNIFORM", head.select(video))], tmp_path / f"{vid}.png")
         assert shown.frames == "video" and shown.tiles == 10 and shown.segments == []
         assert all(c.endswith("not annotated") for c in shown.captions)
+        frames = kept.read_video(vid, ["frames"]).arrays["frames"]
+        assert all(np.array_equal(img, frames[s]) for img, s in zip(shown.tile_images, shown.methods[0].steps))
         assert png_size(shown.path)[0] == 1500
