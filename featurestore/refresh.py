@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from featurestore.config import compute_record
 from featurestore.constants import KEPT_CLIPS, KEPT_INPUTS
-from featurestore.store import FeatureStore, require_arrays
+from featurestore.store import FeatureStore, StoreError, require_arrays
 from featurestore.weights import load_student, load_teacher
 
 
@@ -39,6 +40,10 @@ def refresh(store_path: str | Path, student: str | None = None, teacher: str | N
 
     Root provenance is switched first, so a cut-short refresh leaves videos whose provenance disagrees with the
     store's: trainers refuse them until ``refresh`` is run again (it skips videos already refreshed).
+
+    Refresh computes on the CPU in float32. A store extracted on a GPU (bf16 autocast) is refreshed only when
+    every model it holds is named, so that no descriptors of the other precision stay; its compute record then
+    says CPU, and a video not yet recomputed on the CPU is recomputed whatever its weights.
     """
     if not student and not teacher:
         raise ValueError("name a --student and/or a --teacher checkpoint")
@@ -53,6 +58,15 @@ def refresh(store_path: str | Path, student: str | None = None, teacher: str | N
         if teacher:
             require_arrays(store, KEPT_CLIPS, "extract it with --keep-clips")
             models["teacher"] = load_teacher(teacher)
+        cpu = compute_record("cpu")
+        if prov.get("compute") and _kind(prov) != cpu:
+            stays = sorted(set(prov.get("models", {})) - set(models))
+            if stays:
+                raise StoreError(f"store {store.path} holds descriptors computed on {prov['compute'].get('device')} "
+                                 f"in {prov['compute'].get('precision')}; fs refresh computes on the CPU in float32, "
+                                 f"so its {' and '.join(stays)} descriptors would stay of the other precision: "
+                                 f"refresh them too (--student and --teacher) or extract again")
+            prov["compute"] = cpu
         for name, (model, rec) in models.items():
             model.eval()
             prov.setdefault("models", {})[name] = rec
@@ -62,7 +76,9 @@ def refresh(store_path: str | Path, student: str | None = None, teacher: str | N
         for i, vid in enumerate(ids):
             attrs = store.group_attrs(vid)
             vprov = attrs.get("provenance", {})
-            todo = [n for n in models if vprov.get("models", {}).get(n, {}).get("sha256") != models[n][1]["sha256"]]
+            other_kind = bool(vprov.get("compute")) and _kind(vprov) != cpu
+            todo = [n for n in models if other_kind or
+                    vprov.get("models", {}).get(n, {}).get("sha256") != models[n][1]["sha256"]]
             if todo:
                 video = store.read_video(vid)
                 arrays = dict(video.arrays)
@@ -77,6 +93,8 @@ def refresh(store_path: str | Path, student: str | None = None, teacher: str | N
                     arrays["r2p1d"], arrays["r2p1d_logits"] = z_v.astype(np.float16), logits.astype(np.float16)
                 for n in todo:
                     vprov.setdefault("models", {})[n] = models[n][1]
+                if vprov.get("compute"):
+                    vprov["compute"] = dict(cpu)
                 for key in ("complete", "tag"):
                     attrs.pop(key, None)
                 store.replace_video(vid, arrays, {**attrs, "provenance": vprov})
@@ -85,3 +103,8 @@ def refresh(store_path: str | Path, student: str | None = None, teacher: str | N
                 progress(i + 1, len(ids))
     return changed
 
+
+def _kind(provenance: dict) -> dict:
+    """The device kind and precision a provenance records (a video's also names its GPU)."""
+    c = provenance.get("compute") or {}
+    return {"device": c.get("device"), "precision": c.get("precision")}

@@ -93,6 +93,50 @@ def test_refresh_changes_only_the_named_arrays_and_records_the_checkpoint(tmp_pa
     assert "refreshed 0 videos" in again.output
 
 
+def test_refresh_of_a_gpu_extracted_store_recomputes_every_model_on_the_cpu_or_refuses(tmp_path, input_store):
+    import shutil
+    path = tmp_path / "s.zarr"
+    shutil.copytree(input_store, path)
+    gpu = {"device": "cuda", "precision": "bfloat16-autocast"}
+
+    def as_if_extracted_on_a_gpu() -> FeatureStore:
+        store = FeatureStore(path, mode="a")          # the root and every video say so
+        store.root.attrs["provenance"] = {**store.attrs["provenance"], "compute": gpu}
+        for vid in store.video_ids():
+            video = store.read_video(vid)
+            attrs = {k: v for k, v in video.attrs.items() if k not in ("complete", "tag")}
+            attrs["provenance"] = {**attrs["provenance"], "compute": {**gpu, "gpu": "NVIDIA H200"}}
+            store.replace_video(vid, dict(video.arrays), attrs)
+        return store
+
+    store = as_if_extracted_on_a_gpu()
+    before = {v: store.read_video(v) for v in store.video_ids()}
+    new, _ = load_student("random", seed=7)
+    torch.save({"state_dict": new.state_dict()}, tmp_path / "student.pt")
+    res = CliRunner().invoke(main, ["refresh", "--store", str(path), "--student", str(tmp_path / "student.pt")])
+    assert res.exit_code != 0 and "teacher descriptors would stay" in res.output
+    assert FeatureStore(path).attrs["provenance"]["compute"] == gpu          # refused before anything changed
+    # the same teacher weights, named: its arrays are recomputed anyway, since they were computed in bf16
+    res = CliRunner().invoke(main, ["refresh", "--store", str(path), "--student", str(tmp_path / "student.pt"),
+                                    "--teacher", "random"])
+    assert res.exit_code == 0, res.output
+    store = FeatureStore(path)
+    cpu = {"device": "cpu", "precision": "float32"}
+    assert store.attrs["provenance"]["compute"] == cpu
+    for vid, old in before.items():
+        now = store.read_video(vid)
+        assert now.attrs["provenance"]["compute"] == cpu
+        assert not np.array_equal(now["image"], old["image"])
+    # a store of CPU features is refreshed as before: one model named is enough, and current videos are skipped
+    again = CliRunner().invoke(main, ["refresh", "--store", str(path), "--student", str(tmp_path / "student.pt")])
+    assert again.exit_code == 0 and "refreshed 0 videos" in again.output, again.output
+    # weights unchanged but bf16 features: every video is recomputed
+    as_if_extracted_on_a_gpu()
+    res = CliRunner().invoke(main, ["refresh", "--store", str(path), "--student", str(tmp_path / "student.pt"),
+                                    "--teacher", "random"])
+    assert res.exit_code == 0 and f"refreshed {len(before)} videos" in res.output, res.output
+
+
 def test_trainers_refuse_a_half_refreshed_store(tmp_path, input_store):
     import shutil
     path = tmp_path / "s.zarr"
