@@ -9,7 +9,9 @@
 # Environment: GPUS (1; 0 runs one CPU worker), VIDEOS (50; 4 with GPUS=0), CLASSES (10; 2), SECONDS_PER_VIDEO (120; 12),
 # IN_FLIGHT ("4 8 16"; "2"), HWACCELS ("none cuda"; "none"), DESCRIPTORS (all four; image,audio,fused), BATCH_SIZE
 # (16), FS (the fs command: fs on PATH, else the repo's .venv/bin/fs), PYTHON (python3), WEIGHTS (random: the GPU
-# machines cannot download weights, and the timing does not depend on them).
+# machines cannot download weights, and the timing does not depend on them), DATA (where the synthetic videos go:
+# $TMPDIR/fs-extract-gpu-data, outside OUT_DIR, so that OUT_DIR holds only the figures to bring back).
+# A run that fails is said and the others still run; the checks then report it.
 set -euo pipefail
 OUT=${1:-bench-extract}
 GPUS=${GPUS:-1}
@@ -36,23 +38,28 @@ if [ "$GPUS" -gt 0 ]; then
 else
   where=(--workers 1)
 fi
-"$FS" synth --out "$OUT/data" --videos "$VIDEOS" --classes "$CLASSES" --seconds "$LEN:$LEN" --seed 0 >/dev/null
+DATA=${DATA:-${TMPDIR:-/tmp}/fs-extract-gpu-data}
+"$FS" synth --out "$DATA" --videos "$VIDEOS" --classes "$CLASSES" --seconds "$LEN:$LEN" --seed 0 >/dev/null
+runs=()
 for k in $IN_FLIGHT; do
   for hw in $HWACCELS; do
     name="inflight$k-$hw"
     hwopt=(); [ "$hw" != none ] && hwopt=(--hwaccel "$hw")
     echo "== $name"
-    "$FS" bench-extract --manifest "$OUT/data/manifest.csv" "${where[@]}" --in-flight "$k" "${hwopt[@]}" \
+    runs+=("$name")
+    rm -f "$OUT/$name.json"
+    "$FS" bench-extract --manifest "$DATA/manifest.csv" "${where[@]}" --in-flight "$k" "${hwopt[@]}" \
       --batch-size "$BATCH_SIZE" --descriptors "$DESCRIPTORS" --weights "$WEIGHTS" --teacher-weights "$WEIGHTS" \
-      --out "$OUT/$name.json" 2>&1 | tee "$OUT/$name.txt"
+      --out "$OUT/$name.json" 2>&1 | tee "$OUT/$name.txt" || echo "== $name FAILED (see $OUT/$name.txt)"
   done
 done
-"$PYTHON" - "$OUT" "$GPUS" "$VIDEOS" <<'PY'
+"$PYTHON" - "$OUT" "$GPUS" "$VIDEOS" "${runs[@]}" <<'PY'
 import json, math, pathlib, sys
 
 out, gpus, videos = pathlib.Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-rows, problems = [], []
-for f in sorted(out.glob("inflight*.json")):
+rows, problems = [], [f"{name}: no figures (the run failed: see {name}.txt)" for name in sys.argv[4:]
+                      if not (out / f"{name}.json").is_file()]
+for f in sorted(out / f"{name}.json" for name in sys.argv[4:] if (out / f"{name}.json").is_file()):
     r = json.loads(f.read_text())
     clips = next((m["items_per_second"] for m in r["models"] if m["name"].startswith("R(2+1)D")), None)
     decoded = ", ".join(f"{n} {d}" for d, n in r.get("extraction_decoders", {}).items())

@@ -209,7 +209,10 @@ def _start_sampling(config: ExtractConfig, period: float, dask_worker=None) -> s
 
 def _stop_sampling(dask_worker=None) -> dict:
     """This worker's GPU figures since :func:`_start_sampling`, with torch's own peak allocation."""
-    sampler, device = _SAMPLERS.pop(dask_worker.address if dask_worker is not None else "")
+    entry = _SAMPLERS.pop(dask_worker.address if dask_worker is not None else "", None)
+    if entry is None:         # a worker restarted since (a CUDA error): its sampler went with the old process
+        return {"uuid": "(restarted worker)", "error": "a worker restarted during the run (CUDA error): no figures"}
+    sampler, device = entry
     sampler.__exit__()
     return {"uuid": device.uuid, "name": device.name, "device": device.device, **sampler.figures()[device.uuid],
             "torch_peak_allocated_mb": round(_peak_gpu_mb())}
@@ -335,8 +338,10 @@ def bench_extract(manifest: pd.DataFrame, config: ExtractConfig, client, say=pri
     if gpu:
         for w, d in sorted(check_worker_devices(client, resolved).items()):
             say(f"worker {w}: {d.device} = {d.name} {d.uuid}")
+    t_warm = time.perf_counter()
     devices = client.run(_warm_worker, resolved)
-    say(f"models loaded and warmed up on {', '.join(sorted(set(devices.values())))}")
+    say(f"models loaded and warmed up on {', '.join(sorted(set(devices.values())))} in "
+        f"{time.perf_counter() - t_warm:.1f} s (every batch size a run meets, on a GPU)")
     t0 = time.perf_counter()
     futures = client.map(decode_only_task, paths, hwaccel=config.hwaccel, threads=config.decode_threads, pure=False)
     with tqdm(total=len(futures), unit="video", desc="decode only", disable=not progress, dynamic_ncols=True) as bar:

@@ -22,7 +22,11 @@ import numpy as np
 from featurestore.constants import CROP, FPS, SAMPLE_RATE, SHORT_SIDE
 
 T = TypeVar("T")
-HW_DOWNLOAD_FORMATS = {"cuda": "nv12"}   # hwaccel -> the host format its frames download to (8-bit 4:2:0)
+# hwaccel -> the host formats its frames may download to (8- and 10/16-bit 4:2:0, 4:4:4): what NVDEC outputs
+HW_DOWNLOAD_FORMATS = {"cuda": "nv12|p010le|p016le|yuv444p|yuv444p16le"}
+# the last ffmpeg line when frames decoded in software (a stream NVDEC lacks) reach hwdownload: that file's fault
+STREAM_FALLBACK_MARKERS = ("Impossible to convert", "Error while processing the decoded data",
+                           "Error reinitializing filters")
 
 
 class DecodeError(RuntimeError):
@@ -350,8 +354,10 @@ def decode_with_fallback(decode: Callable[[str], T], hwaccel: str,
                          can_retry: Callable[[], bool] = lambda: True) -> tuple[T, str]:
     """``decode(hwaccel)``, falling back to ``decode("")`` when hardware decoding fails; returns (result, decoder).
 
-    When the software decode of the same file succeeds, the hwaccel is what failed: it is given up for the rest of
-    this process (:func:`hwaccel_failure` says why), so later files do not pay a failing ffmpeg start each.
+    When the software decode of the same file succeeds, the hwaccel is what failed. A stream the engine lacks
+    (:data:`STREAM_FALLBACK_MARKERS`: ffmpeg decoded it in software and hwdownload refused the frames) falls back
+    for this file only; any other failure (no driver, no device) gives the hwaccel up for the rest of this process
+    (:func:`hwaccel_failure` says why), so later files do not pay a failing ffmpeg start each.
     ``can_retry`` says whether the failed attempt left nothing behind that a second decode would duplicate. A
     :class:`DecodeTimeout` is not retried: the time limit is the video's, not one attempt's.
     """
@@ -365,7 +371,8 @@ def decode_with_fallback(decode: Callable[[str], T], hwaccel: str,
         if not can_retry():
             raise
         result = decode("")
-        _HWACCEL_FAILED[hwaccel] = f"--hwaccel {hwaccel} failed ({e}); decoding in software from now on"
+        if not any(m in str(e) for m in STREAM_FALLBACK_MARKERS):
+            _HWACCEL_FAILED[hwaccel] = f"--hwaccel {hwaccel} failed ({e}); decoding in software from now on"
         return result, "software"
 
 

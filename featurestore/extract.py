@@ -57,7 +57,7 @@ def extract_video_task(row: dict, store_path: str, config: ExtractConfig) -> Vid
     except Exception as e:  # noqa: BLE001 - every failure becomes a failures-table row, never a crashed run
         msg = f"{type(e).__name__}: {e}" if not isinstance(e, DecodeError) else str(e)
         details = {"traceback": traceback.format_exc(limit=3)}
-        if isinstance(e, DeviceError) or is_device_fault(e):    # the worker's fault: the client decides
+        if _device_fault(e):                                   # the worker's fault: the client decides
             details.update(device_fault=True, worker=_worker_address(), pid=os.getpid(),
                            restartable=not isinstance(e, DeviceError))
         return VideoResult(vid, path, False, stage=_failure_stage(e, stage[0]),
@@ -65,10 +65,15 @@ def extract_video_task(row: dict, store_path: str, config: ExtractConfig) -> Vid
                            type(e).__name__, seconds=time.perf_counter() - t0, details=details)
 
 
+def _device_fault(error: Exception) -> bool:
+    """A CUDA fault or a missing device: the worker's fault, not the video's."""
+    return isinstance(error, DeviceError) or is_device_fault(error)
+
+
 def _failure_stage(error: Exception, stage: str) -> str:
     if isinstance(error, DecodeTimeout):
         return "timeout"
-    if isinstance(error, DeviceError) or is_device_fault(error):
+    if _device_fault(error):
         return DEVICE_STAGE
     return stage
 
@@ -249,15 +254,18 @@ def run_extraction(manifest: pd.DataFrame | Iterable[Mapping[str, Any]], store: 
 
         store_path, pid = str(store.path), os.getpid()
 
+        retries: dict[str, int] = {}           # video -> times resubmitted after a device fault
+
         def submit(row: dict):
-            return client.submit(task, row, store_path, config, pure=False, key=f"extract-{row['video_id']}-{pid}")
+            attempt = retries.get(row["video_id"], 0)      # a resubmitted video gets a key of its own
+            return client.submit(task, row, store_path, config, pure=False,
+                                 key=f"extract-{row['video_id']}-{pid}" + (f"-retry{attempt}" if attempt else ""))
 
         bound = max_in_flight or _refreshed(lambda: default_max_in_flight(client), BOUND_REFRESH_SECONDS)
         t0 = time.perf_counter()
         stored_ids = []       # only those with a failure row to forget: the list stays as short as the failures
         bar = tqdm(total=total, unit="video", desc="extract", disable=not progress, dynamic_ncols=True)
         again: deque[dict] = deque()           # videos failed by a device fault, to submit again
-        retries: dict[str, int] = {}
         restarted: set[tuple[str, int]] = set()   # (address, pid) of the worker processes restarted
         for row, fut in as_completed_bounded(submit, todo(), bound, as_completed(loop=client.loop), again):
             try:

@@ -113,6 +113,8 @@ def restart_worker(client, address: str) -> None:
     :class:`DeviceError` when it cannot be restarted."""
     try:
         client.restart_workers([address], raise_for_error=True)
+    except KeyError:        # the address has left the cluster: its nanny has already started a fresh worker
+        return
     except Exception as e:  # noqa: BLE001 - e.g. a worker started with --no-nanny
         raise DeviceError(f"worker {address} hit a CUDA error and could not be restarted ({type(e).__name__}: {e}); "
                           f"restart it and run again") from e

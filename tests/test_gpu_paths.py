@@ -127,13 +127,41 @@ def sticky_cuda_error(monkeypatch):
 
 
 def test_a_sticky_cuda_error_restarts_the_worker_and_its_videos_are_stored(tmp_path, video_dir, client,
-                                                                          sticky_cuda_error):
+                                                                          sticky_cuda_error, monkeypatch):
     df = pd.concat([one_video(video_dir, "tone.mp4"), one_video(video_dir, "silent.mp4")], ignore_index=True)
     store = FeatureStore(tmp_path / "s.zarr", mode="a")
+    keys, submit = [], client.submit
+
+    def recording(*args, **kwargs):
+        keys.append(kwargs["key"])
+        return submit(*args, **kwargs)
+    monkeypatch.setattr(client, "submit", recording)
     summary = run_extraction(df, store, LIGHT, client, "t", ["c0"], progress=False, max_in_flight=1)
     assert len(store.failures()) == 0, store.failures().to_dict("records")
     assert sorted(store.video_ids()) == ["silent", "tone"] and summary.stored == 2
     assert sticky_cuda_error.restarts == list(client.scheduler_info()["workers"])     # once, that worker
+    # the resubmitted video runs under a key of its own, never the released key of its failed attempt
+    assert len(keys) == 3 and len(set(keys)) == 3 and keys[0] + "-retry1" in keys
+
+
+def test_a_worker_that_left_counts_as_restarted_and_one_that_cannot_restart_stops_the_run():
+    from featurestore.launch import DeviceError, restart_worker
+
+    def gone(addresses, raise_for_error):
+        raise KeyError(addresses[0])           # the nanny already replaced it: its address is unknown now
+    restart_worker(SimpleNamespace(restart_workers=gone), "tcp://10.0.0.1:4000")
+
+    def no_nanny(addresses, raise_for_error):
+        raise ValueError("workers started without a nanny cannot be restarted")
+    with pytest.raises(DeviceError, match="could not be restarted"):
+        restart_worker(SimpleNamespace(restart_workers=no_nanny), "tcp://10.0.0.1:4000")
+
+
+def test_a_worker_restarted_during_bench_extract_reports_no_gpu_figures_instead_of_crashing():
+    from featurestore.bench_extract import _stop_sampling, gpu_figures
+
+    figures = gpu_figures({"tcp://10.0.0.1:4000": _stop_sampling(SimpleNamespace(address="tcp://10.0.0.1:4000"))})
+    assert figures["gpus_sampled"] == 0 and figures["gpu_utilisation_percent"].startswith("a worker restarted")
 
 
 def test_videos_a_broken_gpu_fails_are_retried_by_the_next_run(tmp_path, video_dir, client, sticky_cuda_error):
@@ -187,6 +215,23 @@ def test_a_stream_nvdec_lacks_is_recorded_as_software_decoded(video_dir, nvdec, 
     monkeypatch.setattr(decode, "_HWACCEL_FAILED", {})
     arrays, attrs = get_extractor(replace(LIGHT, hwaccel="cuda"), "cpu").extract(path, ["load"])
     assert attrs["decoder"] == "software" and len(arrays["image"]) == 4
+
+
+def test_a_stream_nvdec_lacks_falls_back_for_that_file_only_and_a_missing_device_for_good(video_dir, nvdec,
+                                                                                        tmp_path, monkeypatch):
+    from featurestore.bench_extract import decode_only_task
+
+    path = str(video_dir / "tone.mp4")
+    monkeypatch.setenv("FS_FFMPEG", nvdec["lacking"])
+    assert decode_only_task(path, hwaccel="cuda")[2] == "software"
+    assert decode.hwaccel_failure("cuda") == ""                       # the next file tries NVDEC again
+    monkeypatch.setenv("FS_FFMPEG", nvdec["supported"])
+    assert decode_only_task(path, hwaccel="cuda")[2] == "cuda"
+    no_driver = script(tmp_path, "ffmpeg-no-driver", 'case "$*" in *-hwaccel*) echo "Device setup failed for decoder '
+                       'on input stream #0:0 : Operation not permitted" >&2; exit 1;; esac; exec /usr/bin/ffmpeg "$@"\n')
+    monkeypatch.setenv("FS_FFMPEG", str(no_driver))
+    assert decode_only_task(path, hwaccel="cuda")[2] == "software"
+    assert decode.hwaccel_failure("cuda").endswith("decoding in software from now on")
 
 
 def test_gpu_memory_comes_from_nvidia_smi_too_not_only_torch(gpu_host, client):
