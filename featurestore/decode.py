@@ -124,6 +124,17 @@ def probe(path: str, timeout: float = 0) -> ProbeInfo:
     )
 
 
+def frame_filters(video, fps: int = FPS, short_side: int = SHORT_SIDE, crop: int = CROP, select: str = ""):
+    """Extraction's frame geometry on an ffmpeg-python video stream: resample to ``fps``, (keep the frames
+    ``select`` names,) scale the short side to ``short_side`` keeping the aspect ratio (even sizes for the scaler),
+    then a centre crop of ``crop`` x ``crop``."""
+    video = video.filter("fps", fps=fps)
+    if select:
+        video = video.filter("select", select)
+    return (video.filter("scale", f"if(lt(iw,ih),{short_side},-2)", f"if(lt(iw,ih),-2,{short_side})")
+            .filter("crop", crop, crop))
+
+
 def decode_command(path: str, audio_fd: int | None, fps: int = FPS, crop: int = CROP,
                    short_side: int = SHORT_SIDE, sample_rate: int = SAMPLE_RATE, hwaccel: str = "",
                    threads: int = 0) -> list[str]:
@@ -143,15 +154,7 @@ def decode_command(path: str, audio_fd: int | None, fps: int = FPS, crop: int = 
     video = inp.video
     if hwaccel:
         video = video.filter("hwdownload").filter("format", HW_DOWNLOAD_FORMATS[hwaccel])
-    video = (
-        video
-        .filter("fps", fps=fps)
-        # short side to `short_side`, keeping the aspect ratio (even sizes for the scaler), then a centre crop
-        .filter("scale", f"if(lt(iw,ih),{short_side},-2)", f"if(lt(iw,ih),-2,{short_side})")
-        .filter("crop", crop, crop)
-        .output("pipe:1", format="rawvideo", pix_fmt="rgb24")
-    )
-    outputs = [video]
+    outputs = [frame_filters(video, fps, short_side, crop).output("pipe:1", format="rawvideo", pix_fmt="rgb24")]
     if audio_fd is not None:
         outputs.append(inp.audio.output(f"pipe:{audio_fd}", format="f32le", acodec="pcm_f32le", ac=1,
                                         ar=sample_rate))
@@ -176,13 +179,9 @@ def frames_at(path: str, times: list[float], timeout: float = 30.0, fps: int = F
     for i, t in enumerate(times):
         slot = int(round(float(t) * fps))
         lead = min(max(slot, 0), fps)                  # grid frames decoded before t
-        cmd = (ffmpeg.input(path, ss=f"{(slot - lead) / fps:.6f}")
-               .video
-               .filter("fps", fps=fps)
-               .filter("select", f"gte(t,{(lead - 0.5) / fps:.6f})")
-               .filter("scale", f"if(lt(iw,ih),{short_side},-2)", f"if(lt(iw,ih),-2,{short_side})")
-               .filter("crop", crop, crop)
-               .output("pipe:1", vframes=1, format="rawvideo", pix_fmt="rgb24")
+        video = frame_filters(ffmpeg.input(path, ss=f"{(slot - lead) / fps:.6f}").video, fps, short_side, crop,
+                              select=f"gte(t,{(lead - 0.5) / fps:.6f})")
+        cmd = (video.output("pipe:1", vframes=1, format="rawvideo", pix_fmt="rgb24")
                .global_args("-hide_banner", "-nostdin", "-loglevel", "error")
                .compile(cmd=ffmpeg_exe()))
         try:

@@ -10,6 +10,7 @@ import torch
 from featurestore.store import FeatureStore
 from featurestore.weights import load_student
 from models.avgn import sample_steps
+from tests.test_bench import write_fabricated
 
 CLASSES = ["a", "b", "c"]
 
@@ -25,13 +26,7 @@ def offset_store(path, n_videos=18, seed=0):
         label, n = v % 3, int(rng.integers(8, 17))
         z_i = rng.normal(20, 5, (n, 256)) + proto_i[label]
         z_a = rng.normal(20, 5, (n, 256)) + proto_a[label]
-        with torch.no_grad():
-            fused = student.fusion(torch.tensor(z_i, dtype=torch.float32), torch.tensor(z_a, dtype=torch.float32))
-        store.write_video(f"v{v:03d}", {"t": np.arange(n, dtype=np.float32) * 16 / 30,
-                                        "image": z_i.astype(np.float16), "audio": z_a.astype(np.float16),
-                                        "fused": fused.numpy().astype(np.float16)},
-                          {"label": CLASSES[label], "split": "test" if v % 6 == 0 else "train", "n_steps": n,
-                           "duration": n * 16 / 30, "has_audio": True, "path": f"v{v}.mp4"})
+        write_fabricated(store, student, v, z_i, z_a, CLASSES[label], "test" if v % 6 == 0 else "train")
     return FeatureStore(path)
 
 

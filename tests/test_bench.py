@@ -45,14 +45,21 @@ def fabricate_store(path, n_videos=24, seed=0, r2p1d=False, loc=0.0, scale=1.0, 
         if v % 4 == 0 and test_shift:
             z_i, z_a, z_v = z_i + test_shift, z_a - test_shift, z_v + 2 * test_shift
         extra = {"r2p1d": z_v.astype(np.float16)} if r2p1d else {}
-        with torch.no_grad():
-            fused = student.fusion(torch.tensor(z_i, dtype=torch.float32), torch.tensor(z_a, dtype=torch.float32))
-        store.write_video(f"v{v:03d}", {"t": np.arange(n, dtype=np.float32) * 16 / 30,
-                                        "image": z_i.astype(np.float16), "audio": z_a.astype(np.float16),
-                                        "fused": fused.numpy().astype(np.float16), **extra},
-                          {"label": CLASSES[label], "split": "test" if v % 4 == 0 else "train", "n_steps": n,
-                           "duration": n * 16 / 30, "has_audio": True, "path": f"v{v}.mp4"})
+        write_fabricated(store, student, v, z_i, z_a, CLASSES[label], "test" if v % 4 == 0 else "train", extra)
     return FeatureStore(path)
+
+
+def write_fabricated(store, student, v: int, z_i, z_a, label: str, split: str, extra: dict | None = None) -> None:
+    """Video ``v{v:03d}`` of a fabricated store: its image and audio features, the student's Psi of them, and the
+    start times of its 16-frame steps."""
+    n = len(z_i)
+    with torch.no_grad():
+        fused = student.fusion(torch.tensor(z_i, dtype=torch.float32), torch.tensor(z_a, dtype=torch.float32))
+    store.write_video(f"v{v:03d}", {"t": np.arange(n, dtype=np.float32) * 16 / 30,
+                                    "image": z_i.astype(np.float16), "audio": z_a.astype(np.float16),
+                                    "fused": fused.numpy().astype(np.float16), **(extra or {})},
+                      {"label": label, "split": split, "n_steps": n, "duration": n * 16 / 30, "has_audio": True,
+                       "path": f"v{v}.mp4"})
 
 
 @pytest.fixture(scope="module")
