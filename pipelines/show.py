@@ -204,16 +204,13 @@ def render_video(store: FeatureStore, video: VideoFeatures, selections: list[tup
     frames, source = step_frames(store, video, sorted({s for r in rows for s in r.steps[:MAX_TILES]}))
 
     # one block per method: its timeline, (the skimmer's attention), its contact sheet
-    heights, kinds = [1.1], ["timeline"]
+    heights = [1.1]
     for (name, sel), row in zip(selections, rows):
         heights.append(1.0)
-        kinds.append("choice")
-        if len(sel.details.get("attention", ())):
+        if _has_attention(sel):
             heights.append(0.25 * len(sel.details["attention"]) + 0.6)
-            kinds.append("attention")
         sheet_rows = max(1, math.ceil(min(len(row.steps), MAX_TILES) / TILE_COLUMNS))
         heights.append(1.55 * sheet_rows if frames else 0.35)
-        kinds.append("tiles")
     fig = plt.figure(figsize=(15, sum(heights) + 1.0), dpi=100)
     grid = fig.add_gridspec(len(heights), 2, height_ratios=heights, width_ratios=[5, 1.2], hspace=0.9, wspace=0.04,
                             left=0.06, right=0.98, top=1 - 0.8 / (sum(heights) + 1.0), bottom=0.3 / sum(heights))
@@ -243,10 +240,8 @@ def render_video(store: FeatureStore, video: VideoFeatures, selections: list[tup
     legend.text(0, 0.5, f"{len(rows)} methods\nframes: {source if source in ('store', 'video') else 'none'}",
                 fontsize=8, va="center")
     notes = [] if source in ("store", "video") else [source]
-    block = iter(zip(selections, rows))
-    r = 1
-    while r < len(kinds):
-        (name, sel), row = next(block)
+    r = 1                                   # the grid row being drawn
+    for (name, sel), row in zip(selections, rows):
         ax = fig.add_subplot(grid[r, 0])
         verdict = "right" if row.correct else "WRONG"
         shown_steps = row.steps[:MAX_TILES]
@@ -271,7 +266,7 @@ def render_video(store: FeatureStore, video: VideoFeatures, selections: list[tup
         text.text(0, 0.5, f"predicted {row.predicted} ({row.confidence:.2f})\ntrue {row.true}\n{verdict}",
                   fontsize=8, va="center", color="C2" if row.correct else "C3", gid="prediction", **plain)
         r += 1
-        if kinds[r] == "attention":
+        if _has_attention(sel):
             att = np.asarray(sel.details["attention"], float)
             mod = np.asarray(sel.details.get("modality", np.zeros((0, 2))), float)
             ax = fig.add_subplot(grid[r, 0])
@@ -339,6 +334,10 @@ def render_video(store: FeatureStore, video: VideoFeatures, selections: list[tup
     return Shown(path, video.video_id, (w, h), rows, len(tiles), [a.get_title() for a in tiles],
                  [np.asarray(a.images[0].get_array()) for a in tiles], segments, source, drawn["attention"],
                  drawn["modality"], drawn["saliency"], notes)
+
+
+def _has_attention(sel: Selection) -> bool:
+    return len(sel.details.get("attention", ())) > 0
 
 
 def _span(patch) -> tuple[float, float]:
