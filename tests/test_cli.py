@@ -6,10 +6,18 @@ from click.testing import CliRunner
 from cli.main import main
 
 
+VERBS = ("bench", "bench-extract", "extract", "info", "manifest", "pack", "refresh", "show", "synth", "train-avgn",
+         "train-distill", "train-head", "train-sampler", "train-skim", "train-teacher", "verify")
+
+
 def test_help_lists_every_verb():
-    out = CliRunner().invoke(main, ["--help"]).output
-    for verb in ("synth", "extract", "info"):
-        assert verb in out
+    res = CliRunner().invoke(main, ["--help"])
+    assert res.exit_code == 0
+    listed = res.output.split("Commands:\n", 1)[1].splitlines()
+    assert [line.split()[0] for line in listed if line.startswith("  ") and line.split()] == list(VERBS)
+    for verb in VERBS:                 # each verb's own help runs and names it
+        sub = CliRunner().invoke(main, [verb, "--help"])
+        assert sub.exit_code == 0 and f"Usage: main {verb} " in sub.output, verb
 
 
 def test_bad_manifest_is_one_line_not_a_traceback(tmp_path):

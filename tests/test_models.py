@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torchvision.models import resnet18
 
 from featurestore.weights import WeightsError, load_student, load_teacher, state_hash
 from models import imgaud2vid_student, r2plus1d_teacher
@@ -16,12 +17,24 @@ def test_student_gives_256_256_512_and_class_logits():
         mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
         x = torch.stack([(frames[..., c].float() / 255 - mean[c]) / std[c] for c in range(3)], 1)
         want_i = net.image_net.proj(net.image_net.trunk(x))
-        want_a = net.audio_net(mel[:, None])
+        # z^A by hand: a torchvision ResNet-18 with a 1-channel conv1 carrying the audio trunk's weights, stem to
+        # layer4, then the paper's pooling over time only (the 2 frequency rows kept, channel-major), then the FC
+        r = resnet18(weights=None)
+        r.conv1 = torch.nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        a = net.audio_net
+        r.load_state_dict({**{k: v for k, v in r.state_dict().items() if k.startswith("fc.")},
+                           **{f"{name}.{k}": v for name, mod in zip(("conv1", "bn1", "relu", "maxpool", "layer1",
+                                                                     "layer2", "layer3", "layer4"), a.trunk)
+                              for k, v in mod.state_dict().items()}})
+        r.eval()
+        fmap = r.layer4(r.layer3(r.layer2(r.layer1(r.maxpool(r.relu(r.bn1(r.conv1(mel[:, None]))))))))
+        assert fmap.shape == (2, 512, 2, 4)                     # 40 mel bins -> 2 rows, 101 frames -> 4 columns
+        want_a = fmap.mean(3).flatten(1) @ a.proj.weight.T + a.proj.bias
         want_fused = net.fusion.net[2](torch.relu(net.fusion.net[0](torch.cat([want_i, want_a], 1))))
         want_logits = fused @ net.classifier.weight.T + net.classifier.bias
     assert z_i.shape == (2, 256) and z_a.shape == (2, 256) and fused.shape == (2, 512) and logits.shape == (2, 7)
     torch.testing.assert_close(z_i, want_i, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(z_a, want_a)
+    torch.testing.assert_close(z_a, want_a, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fused, want_fused, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(logits, want_logits, rtol=1e-4, atol=1e-5)
 

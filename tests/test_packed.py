@@ -77,13 +77,35 @@ def test_a_split_within_the_budget_is_shuffled_as_a_whole(store):
     assert data.order(gen).tolist() == torch.randperm(len(data), generator=torch.Generator().manual_seed(3)).tolist()
 
 
+def _step_rows(data, store, batch_size: int, seed: int):
+    """(rows served, their labels, every step of the split, its labels), rows sorted so that they compare as sets
+    (features are continuous random values: a row is its own key)."""
+    rows, labels = [], []
+    for x, y in step_batches(data, "fused", batch_size)(torch.Generator().manual_seed(seed)):
+        assert len(x) == len(y) <= batch_size
+        rows.append(x.numpy())
+        labels.append(y.numpy())
+    got, got_y = np.concatenate(rows), np.concatenate(labels)
+    want = np.concatenate([store.read_video(v)["fused"].astype(np.float32) for v in data.video_ids])
+    want_y = np.repeat(np.asarray(data.labels), np.asarray(data.n_steps))
+    g, w = np.lexsort(got.T[::-1]), np.lexsort(want.T[::-1])
+    return got[g], got_y[g], want[w], want_y[w], len(rows)
+
+
 def test_streamed_step_batches_cover_every_step_once(store):
     data = SplitData(store, "train", ("fused",), budget=30 * 4 * 2)
-    seen = []
-    for x, y in step_batches(data, "fused", 7)(torch.Generator().manual_seed(1)):
-        assert len(x) == len(y) <= 7
-        seen.append(len(x))
-    assert sum(seen) >= int(data.n_steps.sum()) - len(seen)          # only single-row remainders are dropped
+    assert not data.fits()
+    # batches as large as a pool: no single-row remainder to drop, so every step comes exactly once
+    got, got_y, want, want_y, _ = _step_rows(data, store, 4 * data.window_rows, seed=1)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got_y, want_y)
+    # small batches: each row served is a distinct step of the split with its own video's label; only single-row
+    # remainders (at most one a batch) are dropped
+    got, got_y, want, want_y, batches = _step_rows(data, store, 7, seed=1)
+    assert len(np.unique(got, axis=0)) == len(got)
+    pos = np.array([np.flatnonzero((want == r).all(1))[0] for r in got])
+    np.testing.assert_array_equal(got_y, want_y[pos])
+    assert len(want) - batches <= len(got) < len(want) + 1
 
 
 def test_device_auto_takes_a_visible_gpu(monkeypatch):
