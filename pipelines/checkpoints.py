@@ -3,9 +3,12 @@ history and the fingerprint of the store it was trained on; loading refuses a st
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from featurestore.store import FeatureStore, StoreError
@@ -49,18 +52,47 @@ def save_checkpoint(runs: Path, name: str, kind: str, model: torch.nn.Module, st
     path = checkpoint_path(runs, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".partial")
-    torch.save({"kind": kind, "state_dict": model.state_dict(), "fingerprint": fingerprint(store),
-                "config": config, "history": history}, tmp)
+    torch.save({"kind": kind, "state_dict": model.state_dict(), "fingerprint": plain(fingerprint(store)),
+                "config": plain(config), "history": plain(history)}, tmp)
     os.replace(tmp, path)
     return path
 
 
+def plain(value: Any) -> Any:
+    """``value`` with numpy scalars and arrays, tuples and paths turned into plain Python values, so that the
+    checkpoint loads with ``weights_only=True``."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
 def load_checkpoint(runs: Path, name: str, kind: str, store: FeatureStore) -> dict:
-    """The checkpoint ``<runs>/<name>.pt`` of ``kind``, refused when it was trained on a store unlike ``store``."""
+    """The checkpoint ``<runs>/<name>.pt`` of ``kind``, refused when it was trained on a store unlike ``store``.
+
+    Loaded with ``weights_only=True``: a checkpoint is tensors and plain values, and unpickling anything else from a
+    runs folder would run code of whoever wrote the file."""
     path = checkpoint_path(runs, name)
     if not path.is_file():
         raise StoreError(f"no {kind} checkpoint at {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        text = " ".join(str(e).split())
+        found = re.search(r"(unsupported GLOBAL|Unsupported global:?) ([\w.]+)", text)
+        if found:                     # what the file asked to import and call: a pickle that runs code, or a foreign one
+            raise StoreError(f"{path} is not a plain fs checkpoint: it asks to load {found.group(2)}, which fs never "
+                             f"writes (not loaded; remove the file or retrain)") from None
+        raise StoreError(f"{path} is not a readable checkpoint ({type(e).__name__}); retrain it") from None
+    if not isinstance(ckpt, dict) or "fingerprint" not in ckpt:
+        raise StoreError(f"{path} is not an fs checkpoint (no kind and store fingerprint); retrain it")
     if ckpt.get("kind") != kind:
         raise StoreError(f"{path} is a {ckpt.get('kind')} checkpoint, not {kind}")
     check_fingerprint(ckpt["fingerprint"], store, f"{kind} checkpoint {path}")

@@ -212,7 +212,7 @@ def test_sampler_without_r2p1d_takes_the_student_head_as_f_and_says_so(store, tm
                                     "sal-cl", "--epochs", "1", "--batch-size", "4"])
     assert res.exit_code == 0, res.output
     assert "no r2p1d descriptors" in res.output and "per-step head on fused" in res.output
-    assert torch.load(tmp_path / "sampler-audio-sal-cl.pt", weights_only=False)["config"]["clip_classifier"] == "fused"
+    assert torch.load(tmp_path / "sampler-audio-sal-cl.pt", weights_only=True)["config"]["clip_classifier"] == "fused"
 
 
 def test_bootstrap_interval_on_a_hand_made_case():

@@ -24,7 +24,7 @@ def train_everything(store, runs):
 
 
 def comparable(path):
-    ck = torch.load(path, weights_only=False)
+    ck = torch.load(path, weights_only=True)
     ck["history"] = [{k: v for k, v in row.items() if k not in TIMING} for row in ck["history"]]
     return ck
 
