@@ -37,6 +37,15 @@ def _fail(e: Exception) -> None:
     raise click.ClickException(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
 
 
+INTERRUPTED_EXIT = 130      # the shell's status for a command stopped by SIGINT (128 + 2)
+
+
+def _interrupted(message: str) -> None:
+    """Stop on Ctrl-C (or a decoder stopped by a signal) with one line and exit status 130, no traceback."""
+    click.echo(message, err=True)
+    raise click.exceptions.Exit(INTERRUPTED_EXIT)
+
+
 def _range(cast: type, what: str):
     """A click callback parsing MIN:MAX into a pair of ``cast``."""
     def parse(ctx, param, value: str) -> tuple:
@@ -195,9 +204,9 @@ def _extract_setup(o: dict, keep_inputs: bool = False, keep_clips: bool = False)
 def extract(store, retry_failed, keep_inputs, keep_clips, **options) -> None:
     """Decode each video once and write its descriptors to the zarr store (one Dask task per video)."""
     from featurestore.cluster import ClusterError, close_client
-    from featurestore.extract import run_extraction
+    from featurestore.extract import ExtractionInterrupted, run_extraction
     from manifests.schema import ManifestError
-    from featurestore.store import FeatureStore, StoreError
+    from featurestore.store import FeatureStore, StoreError, store_fault
     from featurestore.weights import WeightsError
     from featurestore.launch import DeviceError
 
@@ -210,6 +219,14 @@ def extract(store, retry_failed, keep_inputs, keep_clips, **options) -> None:
             close_client(client)
     except (ManifestError, StoreError, WeightsError, ClusterError, DeviceError, ValueError) as e:
         _fail(e)
+    except ExtractionInterrupted as e:
+        _interrupted(str(e))
+    except OSError as e:
+        if store_fault(e) is None:
+            raise
+        _fail(StoreError(f"{e.filename or store}: {e.strerror or e}; run stopped, nothing recorded as failed"))
+    except KeyboardInterrupt:
+        _interrupted("interrupted: nothing in flight was recorded as failed; the next run goes on from here")
     click.echo(summary.line())
     _print_info(fs.path)
 

@@ -1,8 +1,11 @@
 """Dask cluster set-up for extraction: a local CPU cluster, one worker per GPU, or an existing scheduler."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
 import warnings
 
 import torch
@@ -33,18 +36,35 @@ def make_client(gpus: int = 0, workers: int = 1, scheduler: str | None = None, p
         try:
             from dask_cuda import LocalCUDACluster
         except ImportError:
-            cluster = per_gpu_cluster(gpus, threads_per_worker)
+            with workers_ignore_sigint():
+                cluster = per_gpu_cluster(gpus, threads_per_worker)
         else:
-            cluster = LocalCUDACluster(n_workers=gpus, threads_per_worker=threads_per_worker,
-                                       dashboard_address=None)
+            with workers_ignore_sigint():
+                cluster = LocalCUDACluster(n_workers=gpus, threads_per_worker=threads_per_worker,
+                                           dashboard_address=None)
         return Client(cluster)
     if workers < 1:
         raise ClusterError(f"--workers must be at least 1, got {workers}")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), workers_ignore_sigint():
         warnings.simplefilter("ignore")
         cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=processes,
-                               dashboard_address=None)
+                               dashboard_address=None, silence_logs=logging.ERROR)
     return Client(cluster)
+
+
+@contextlib.contextmanager
+def workers_ignore_sigint():
+    """Start worker processes with SIGINT ignored (they inherit it): Ctrl-C reaches the whole process group, and
+    the client alone should answer it, stopping the run with one line and closing the cluster, instead of each
+    worker process dying with a traceback of its own. A no-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def gpu_worker_env(gpus: int, visible: str | None = None) -> list[dict[str, str]]:

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -36,6 +37,55 @@ class DecodeError(RuntimeError):
 class DecodeTimeout(DecodeError):
     """ffmpeg (or ffprobe) ran past the video's time limit and was killed; the message says which file, how long
     and which process."""
+
+
+class DecoderStopped(DecodeError):
+    """ffmpeg (or ffprobe) was stopped by a signal from outside (Ctrl-C sent to the process group, a kill, the
+    out-of-memory killer): not the video's fault, so it never becomes a failures row; the run stops and the video
+    is decoded again by the next one. ``signal_name`` names the signal."""
+
+    def __init__(self, message: str, signal_name: str):
+        super().__init__(message)
+        self.signal_name = signal_name
+
+
+# signals by which a decoder crashes on its own (a malformed file may do that): those stay the video's fault
+CRASH_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT,
+                           signal.SIGSYS, signal.SIGTRAP})
+SIGNAL_EXIT_STATUS = 255     # ffmpeg's exit status after SIGINT or SIGTERM ("Exiting normally, received signal N")
+
+
+def stop_signal(returncode: int | None, stderr: bytes | str = b"") -> str:
+    """The name of the signal that stopped an ffmpeg or ffprobe run from outside, "" when it was not stopped so.
+
+    A process killed by a signal has a negative ``returncode``; ffmpeg catches SIGINT and SIGTERM and exits 255,
+    saying "received signal N" only at a log level above ``error`` (so the decodes here see an empty stderr).
+    A crash signal (:data:`CRASH_SIGNALS`) and an exit 255 with another message are the file's doing: ""."""
+    if returncode is None or returncode == 0:
+        return ""
+    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
+    if returncode < 0:
+        return "" if -returncode in CRASH_SIGNALS else _signal_name(-returncode)
+    if returncode == SIGNAL_EXIT_STATUS:
+        said = re.search(r"received signal (\d+)", text, re.IGNORECASE)
+        if said:
+            return _signal_name(int(said[1]))
+        if not text.strip():
+            return "a signal (exit status 255, which ffmpeg uses after SIGINT or SIGTERM)"
+    return ""
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return f"signal {number} ({signal.Signals(number).name})"
+    except ValueError:
+        return f"signal {number}"
+
+
+def _raise_if_stopped(returncode: int | None, stderr: bytes, what: str) -> None:
+    stopped = stop_signal(returncode, stderr)
+    if stopped:
+        raise DecoderStopped(f"{what} was stopped by {stopped}", stopped)
 
 
 def ffmpeg_exe() -> str:
@@ -83,6 +133,7 @@ def _run_probe(cmd: list[str], path: str, timeout: float) -> subprocess.Complete
 def _probe_with_ffmpeg(path: str, timeout: float = 0) -> ProbeInfo:
     """Header facts from ``ffmpeg -i`` when no ffprobe is installed (imageio-ffmpeg ships ffmpeg only)."""
     proc = _run_probe([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path], path, timeout)
+    _raise_if_stopped(proc.returncode, proc.stderr, f"ffmpeg probing {os.path.basename(path)}")
     text = proc.stderr.decode(errors="replace")
     if "Invalid data found" in text or "No such file" in text or "moov atom not found" in text:
         raise DecodeError(text.strip().splitlines()[-1])
@@ -107,6 +158,7 @@ def probe(path: str, timeout: float = 0) -> ProbeInfo:
     if exe is None:
         return _probe_with_ffmpeg(path, timeout)
     proc = _run_probe([exe, "-show_format", "-show_streams", "-of", "json", path], path, timeout)
+    _raise_if_stopped(proc.returncode, proc.stderr, f"ffprobe probing {os.path.basename(path)}")
     if proc.returncode != 0:              # what ffmpeg.probe(path, cmd=exe) runs, with a time limit
         lines = proc.stderr.decode(errors="replace").strip().splitlines()
         raise DecodeError(f"ffprobe: {lines[-1] if lines else 'unreadable file'}")
@@ -305,6 +357,7 @@ class DecodedVideo:
             self._done.set()
         if self._timed_out:
             raise DecodeTimeout(self._timed_out)
+        _raise_if_stopped(rc, self._stderr, f"ffmpeg (pid {self._proc.pid}) decoding {os.path.basename(self.path)}")
         if rc != 0:
             lines = self._stderr.decode(errors="replace").strip().splitlines()
             raise DecodeError(f"ffmpeg exited {rc}: {lines[-1] if lines else 'no message'}")
@@ -358,13 +411,14 @@ def decode_with_fallback(decode: Callable[[str], T], hwaccel: str,
     for this file only; any other failure (no driver, no device) gives the hwaccel up for the rest of this process
     (:func:`hwaccel_failure` says why), so later files do not pay a failing ffmpeg start each.
     ``can_retry`` says whether the failed attempt left nothing behind that a second decode would duplicate. A
-    :class:`DecodeTimeout` is not retried: the time limit is the video's, not one attempt's.
+    :class:`DecodeTimeout` is not retried: the time limit is the video's, not one attempt's; nor is
+    :class:`DecoderStopped` (a decoder stopped by a signal: the run is being stopped).
     """
     if not hwaccel or hwaccel in _HWACCEL_FAILED:
         return decode(""), "software"
     try:
         return decode(hwaccel), hwaccel
-    except DecodeTimeout:
+    except (DecodeTimeout, DecoderStopped):
         raise
     except DecodeError as e:
         if not can_retry():

@@ -13,10 +13,10 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 import pandas as pd
 
 from featurestore.config import ExtractConfig
-from featurestore.decode import DecodeError, DecodeTimeout, hwaccel_failure
+from featurestore.decode import DecodeError, DecoderStopped, DecodeTimeout, hwaccel_failure
 from featurestore.extractor import get_extractor
 from featurestore.launch import DeviceError, check_worker_devices, is_device_fault, restart_worker, worker_device
-from featurestore.store import FeatureStore
+from featurestore.store import FeatureStore, StoreError, store_fault
 
 
 @dataclass
@@ -57,6 +57,10 @@ def extract_video_task(row: dict, store_path: str, config: ExtractConfig) -> Vid
     except Exception as e:  # noqa: BLE001 - every failure becomes a failures-table row, never a crashed run
         msg = f"{type(e).__name__}: {e}" if not isinstance(e, DecodeError) else str(e)
         details = {"traceback": traceback.format_exc(limit=3)}
+        if isinstance(e, DecoderStopped):          # stopped from outside: not the video's fault, never a row
+            details.update(stopped=e.signal_name)
+        elif stage[0] == "write" and store_fault(e) is not None:     # the store's disk, not the video
+            details.update(store_fault=True)
         if _device_fault(e):                                   # the worker's fault: the client decides
             details.update(device_fault=True, worker=_worker_address(), pid=os.getpid(),
                            restartable=not isinstance(e, DeviceError))
@@ -85,6 +89,11 @@ def _worker_address() -> str:
         return get_worker().address
     except (ImportError, ValueError):
         return ""
+
+
+class ExtractionInterrupted(RuntimeError):
+    """The run was stopped from outside (Ctrl-C, or a signal that stopped a decoder): the message is one line
+    saying what was stored; nothing in flight was recorded as failed, so the next run does it."""
 
 
 @dataclass
@@ -215,6 +224,12 @@ def run_extraction(manifest: pd.DataFrame | Iterable[Mapping[str, Any]], store: 
     process) for a fresh CUDA context and the video submitted again, up to ``DEVICE_RETRIES`` times; a video
     still failed by its device gets a row at stage "device", which later runs retry. The run stops with
     :class:`DeviceError` once more workers were restarted than twice the workers connected, or a worker sees no GPU.
+
+    Faults that are not the video's never become failures rows, and stop the run: a store that cannot be written
+    (full disk, quota, read-only, permissions: :func:`store_fault`) raises :class:`StoreError`; Ctrl-C in this
+    process, or a decoder stopped by a signal (Ctrl-C sent to the process group of a client that ignores it),
+    raises :class:`ExtractionInterrupted`. Paths are made absolute here, against this process's working directory,
+    before any worker sees them.
     """
     from distributed import as_completed
     from tqdm import tqdm
@@ -234,6 +249,7 @@ def run_extraction(manifest: pd.DataFrame | Iterable[Mapping[str, Any]], store: 
         done = set(store.video_ids())
         failures = store.failures()
         failed_ids = set(failures["video_id"])     # rows to forget once stored
+        store.forget_failures(failed_ids & done)   # stored by a run that stopped before it could forget them
         # a video failed by its worker's GPU is retried by the next run: the video itself may be sound
         failed_before = set() if retry_failed else set(failures.loc[failures["stage"] != DEVICE_STAGE, "video_id"])
         total = None
@@ -250,7 +266,9 @@ def run_extraction(manifest: pd.DataFrame | Iterable[Mapping[str, Any]], store: 
                     summary.skipped_failed += 1
                 else:
                     summary.submitted += 1
-                    yield row
+                    # absolute here, in the client: a worker (maybe on another machine) never resolves a path
+                    # against its own working directory, and the store records where the file really is
+                    yield {**row, "path": os.path.abspath(os.fspath(row["path"]))}
 
         store_path, pid = str(store.path), os.getpid()
 
@@ -267,45 +285,69 @@ def run_extraction(manifest: pd.DataFrame | Iterable[Mapping[str, Any]], store: 
         bar = tqdm(total=total, unit="video", desc="extract", disable=not progress, dynamic_ncols=True)
         again: deque[dict] = deque()           # videos failed by a device fault, to submit again
         restarted: set[tuple[str, int]] = set()   # (address, pid) of the worker processes restarted
-        for row, fut in as_completed_bounded(submit, todo(), bound, as_completed(loop=client.loop), again):
-            try:
-                res: VideoResult = fut.result()
-            except Exception as e:  # noqa: BLE001 - a dead worker (OOM, segfault) fails its video, not the run
-                res = VideoResult(row["video_id"], row["path"], False, stage="worker",
-                                  error=f"{type(e).__name__}: {e}")
-            fut.release()
-            if res.details.get("device_fault"):
-                worker = res.details.get("worker", "")
-                if not res.details.get("restartable") or not worker:
-                    raise DeviceError(f"{res.video_id}: {res.error} (worker {worker or '?'}): run stopped")
-                if (worker, res.details.get("pid")) not in restarted:    # its other videos fail the same way
-                    if len(restarted) >= 2 * workers:
-                        raise DeviceError(f"{len(restarted)} worker restarts and CUDA errors go on ({res.error}): "
-                                          f"run stopped; check the GPUs (nvidia-smi -q -d ECC,PAGE_RETIREMENT)")
-                    bar.write(f"CUDA error on worker {worker} ({res.error}): restarting it, {res.video_id} again")
-                    restart_worker(client, worker)
-                    restarted.add((worker, res.details.get("pid")))
-                if retries.get(res.video_id, 0) < DEVICE_RETRIES:
-                    retries[res.video_id] = retries.get(res.video_id, 0) + 1
-                    again.append(row)
-                    continue
-            if res.details.get("hwaccel_error") and not summary.hwaccel_error:
-                summary.hwaccel_error = res.details["hwaccel_error"]
-                bar.write(f"warning: {summary.hwaccel_error}")
-            if res.ok:
-                summary.stored += 1
-                summary.steps += res.n_steps
-                summary.video_seconds += res.duration
-                if res.video_id in failed_ids:
-                    stored_ids.append(res.video_id)
-            else:
-                summary.failed += 1
-                failed_ids.add(res.video_id)
-                store.record_failure(res.video_id, res.path, res.stage, res.error)
-                bar.write(f"failed {res.video_id} ({res.stage}): {res.error}")
-            bar.set_postfix(stored=summary.stored, failed=summary.failed)
-            bar.update(1)
-        bar.close()
-        store.forget_failures(stored_ids)
+        finished = [0]                          # videos stored or recorded as failed by this run
+
+        def interrupted(why: str) -> ExtractionInterrupted:
+            left = summary.submitted - finished[0]
+            return ExtractionInterrupted(f"interrupted{why}: this run stored {summary.stored} video(s); {left} in "
+                                         f"flight are left to the next run (none recorded as failed)")
+        completed = False
+        try:
+            for row, fut in as_completed_bounded(submit, todo(), bound, as_completed(loop=client.loop), again):
+                try:
+                    res: VideoResult = fut.result()
+                except Exception as e:  # noqa: BLE001 - a dead worker (OOM, segfault) fails its video, not the run
+                    res = VideoResult(row["video_id"], row["path"], False, stage="worker",
+                                      error=f"{type(e).__name__}: {e}")
+                fut.release()
+                if res.details.get("stopped"):      # Ctrl-C reached the decoders but not this process (`fs ... &`)
+                    raise interrupted(f" ({res.error})")
+                if res.details.get("store_fault"):   # full disk, quota, read-only: every next video would fail too
+                    raise StoreError(f"{res.video_id}: the store cannot be written ({res.error}); run stopped, the "
+                                     f"video is not recorded as failed: free space or fix permissions and run again")
+                if res.details.get("device_fault"):
+                    worker = res.details.get("worker", "")
+                    if not res.details.get("restartable") or not worker:
+                        raise DeviceError(f"{res.video_id}: {res.error} (worker {worker or '?'}): run stopped")
+                    if (worker, res.details.get("pid")) not in restarted:    # its other videos fail the same way
+                        if len(restarted) >= 2 * workers:
+                            raise DeviceError(f"{len(restarted)} worker restarts and CUDA errors go on "
+                                              f"({res.error}): run stopped; check the GPUs "
+                                              f"(nvidia-smi -q -d ECC,PAGE_RETIREMENT)")
+                        bar.write(f"CUDA error on worker {worker} ({res.error}): restarting it, {res.video_id} again")
+                        restart_worker(client, worker)
+                        restarted.add((worker, res.details.get("pid")))
+                    if retries.get(res.video_id, 0) < DEVICE_RETRIES:
+                        retries[res.video_id] = retries.get(res.video_id, 0) + 1
+                        again.append(row)
+                        continue
+                if res.details.get("hwaccel_error") and not summary.hwaccel_error:
+                    summary.hwaccel_error = res.details["hwaccel_error"]
+                    bar.write(f"warning: {summary.hwaccel_error}")
+                if res.ok:
+                    summary.stored += 1
+                    summary.steps += res.n_steps
+                    summary.video_seconds += res.duration
+                    if res.video_id in failed_ids:
+                        stored_ids.append(res.video_id)
+                else:
+                    store.record_failure(res.video_id, res.path, res.stage, res.error)
+                    summary.failed += 1
+                    failed_ids.add(res.video_id)
+                    bar.write(f"failed {res.video_id} ({res.stage}): {res.error}")
+                finished[0] += 1
+                bar.set_postfix(stored=summary.stored, failed=summary.failed)
+                bar.update(1)
+            completed = True
+        except KeyboardInterrupt:
+            raise interrupted("") from None
+        finally:
+            bar.close()
+            try:            # videos stored by this run lose their old failure rows, however the run ends
+                store.forget_failures(stored_ids)
+            except StoreError:
+                if completed:
+                    raise
+                # a stopped run shows why it stopped; the rows are forgotten by the next run that completes
         summary.wall_seconds = time.perf_counter() - t0
     return summary

@@ -4,9 +4,9 @@
 which only ``fs verify`` and the packers need), the tag of the copy that was published (a new one per write or
 refresh) and its size on disk. Lines are appended under a lock *after* the video's directory was renamed into
 ``videos/``, so an entry never names a video that is not complete; a later line for the same video supersedes an
-earlier one; a torn last line (a crash mid-append) is ignored. The table is compacted (rewritten to a temporary
-file and renamed over the old one) when superseded lines pile up, and :func:`rebuild` makes it anew from the groups
-(``fs verify --reindex``).
+earlier one; a torn last line (a crash mid-append) and a line that is not an entry are ignored. The table is
+compacted (rewritten to a temporary file and renamed over the old one) when superseded lines pile up, and
+:func:`rebuild` makes it anew from the groups (``fs verify --reindex``).
 """
 from __future__ import annotations
 
@@ -57,6 +57,13 @@ def directory_bytes(path: Path) -> tuple[int, int]:
     return total, files
 
 
+def _is_entry(rec: object) -> bool:
+    """Whether a parsed index line is an entry as :func:`entry_of` writes them: a mapping with a video id (a
+    non-empty string) and a tag. Anything else is skipped by readers, so a damaged line never stops one."""
+    return (isinstance(rec, dict) and isinstance(rec.get("video_id"), str) and rec["video_id"] != ""
+            and "tag" in rec)
+
+
 class StoreIndex:
     """Read and append the index of the store at ``root``."""
 
@@ -86,6 +93,8 @@ class StoreIndex:
                 rec = json.loads(raw)
             except ValueError:
                 continue            # a torn line from a crash mid-append: that video is re-indexed on reconcile
+            if not _is_entry(rec):
+                continue            # not a line fs wrote ({}, [], a record without its video id or tag): skipped
             lines += 1
             entries[rec["video_id"]] = rec
         return entries, lines

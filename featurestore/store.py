@@ -18,7 +18,10 @@ line is appended after the rename, so the index never lists a video that is not 
 from __future__ import annotations
 
 import contextlib
+import csv
+import errno
 import fcntl
+import io
 import os
 import shutil
 import time
@@ -320,23 +323,62 @@ class FeatureStore:
         return self.path / "failures.csv"
 
     def failures(self) -> pd.DataFrame:
-        """The failures table (one row per failed video, latest reason)."""
-        if not self.failures_path.is_file():
-            return pd.DataFrame(columns=FAILURE_COLUMNS)
-        df = pd.read_csv(self.failures_path, dtype=str, keep_default_na=False)
+        """The failures table (one row per failed video, latest reason). A damaged table never stops a reader: an
+        empty file, a torn last line (a crash or a full disk mid-append) and lines that are not rows are skipped,
+        so those videos are simply tried again."""
+        rows = _failure_rows(self.failures_path)
+        df = pd.DataFrame(rows, columns=FAILURE_COLUMNS, dtype=str) if rows else pd.DataFrame(columns=FAILURE_COLUMNS)
         return df.drop_duplicates("video_id", keep="last").reset_index(drop=True)
 
     def record_failure(self, video_id: str, path: str, stage: str, error: str) -> None:
-        """Append one failure row (called by the single client process, never by workers)."""
-        row = pd.DataFrame([[video_id, path, stage, " ".join(str(error).split())]], columns=FAILURE_COLUMNS)
-        row.to_csv(self.failures_path, mode="a", header=not self.failures_path.is_file(), index=False)
+        """Append one failure row (called by the single client process, never by workers), whole and fsynced.
+
+        A write the store refuses (full disk, quota, read-only, permissions) leaves the table as it was and raises
+        a one-line :class:`StoreError`: the run stops, and the video is not recorded as failed."""
+        fields = [_one_line(video_id), _one_line(path), _one_line(stage), " ".join(str(error).split())]
+        line = _csv_line(fields)
+        try:
+            fd = os.open(self.failures_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StoreError(_store_write_message(self.failures_path, e, video_id)) from None
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0:                 # a new table, or one a full disk left empty: the header first
+                line = _csv_line(FAILURE_COLUMNS) + line
+            elif os.pread(fd, 1, size - 1) != b"\n":
+                line = "\n" + line       # end a torn line, so that it stays one unreadable line
+            try:
+                _write_fully(fd, line.encode())
+                os.fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)        # leave no part of the row behind
+                raise
+        except OSError as e:
+            raise StoreError(_store_write_message(self.failures_path, e, video_id)) from None
+        finally:
+            os.close(fd)
 
     def forget_failures(self, video_ids: Iterable[str]) -> None:
-        """Drop the failure rows of videos that have since been stored."""
+        """Drop the failure rows of videos that have since been stored: the table is written anew (a temporary
+        file, fsynced and renamed over it), without the lines that were not rows."""
         ids = set(video_ids)
-        df = self.failures()
-        if ids and len(df) and df["video_id"].isin(ids).any():
-            df[~df["video_id"].isin(ids)].to_csv(self.failures_path, index=False)
+        if not ids:
+            return
+        rows = _failure_rows(self.failures_path)
+        if not any(r[0] in ids for r in rows):
+            return
+        tmp = self.failures_path.with_name(f".failures.csv.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "w", encoding="utf-8", newline="") as f:
+                f.write(_csv_line(FAILURE_COLUMNS) + "".join(_csv_line(r) for r in rows if r[0] not in ids))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.failures_path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise StoreError(_store_write_message(self.failures_path, e)) from None
 
     # --- summary ---------------------------------------------------------------------------------------------
     def info(self) -> dict:
@@ -475,3 +517,66 @@ def threaded_map(fn: Callable, items: list, progress: Callable[[int, int], None]
 def _short(value: object, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# errnos of a store that cannot be written: the store's fault (or its disk's), never the video's
+STORE_FAULT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def store_fault(error: BaseException) -> OSError | None:
+    """The OSError behind ``error`` (itself, or its cause or context) when it says the store cannot be written:
+    disk full, quota exceeded, read-only file system, permission denied. None for any other error."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in STORE_FAULT_ERRNOS:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _store_write_message(path: Path, error: OSError, video_id: str = "") -> str:
+    what = f"; {video_id} is not recorded as failed" if video_id else ""
+    return (f"cannot write {path} ({error.strerror or error}){what}: run stopped; free space or fix the store's "
+            f"permissions and run again")
+
+
+def _one_line(text: object) -> str:
+    return str(text).replace("\r", " ").replace("\n", " ")
+
+
+def _csv_line(fields: Iterable[str]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(list(fields))
+    return buf.getvalue()
+
+
+def _write_fully(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd`` (a short write is retried; a write that stops raises OSError)."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[n:]
+
+
+def _failure_rows(path: Path) -> list[list[str]]:
+    """The rows of a failures table, oldest first; lines that are not rows of four fields (the header, garbage, a
+    torn last line without its newline) are skipped. A missing or unreadable table has none."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return []
+    text = data.decode("utf-8", errors="replace")
+    lines = text.split("\n")[:-1]          # the last piece is "" or a torn line: never a whole row
+    rows = []
+    for line in lines:
+        try:
+            rec = next(csv.reader([line.rstrip("\r")]), [])
+        except csv.Error:
+            continue
+        if len(rec) == len(FAILURE_COLUMNS) and rec != FAILURE_COLUMNS and rec[0].strip():
+            rows.append(rec)
+    return rows
+

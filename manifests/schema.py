@@ -73,7 +73,9 @@ def read_manifest(path: str | Path, base: str | Path | None = None, check_files:
         raise ManifestError(f"{name}: missing column(s) {', '.join(missing)} (need {', '.join(REQUIRED_COLUMNS)})")
     if df.empty:
         raise ManifestError(f"{name}: no rows")
-    base = Path(base) if base is not None else path.parent
+    # relative paths resolve against the manifest's folder (or ``base``), made absolute now: the store records
+    # where each file is, whatever directory it is read from later
+    base = Path(os.path.abspath(base if base is not None else path.parent))
     for col in REQUIRED_COLUMNS:
         empty = df[col].str.strip() == ""
         if empty.any():

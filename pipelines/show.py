@@ -171,6 +171,10 @@ def step_frames(store: FeatureStore, video: VideoFeatures, steps: list[int]) -> 
         frames = store.read_video(video.video_id, ["frames"]).arrays["frames"]
         return {s: frames[s] for s in steps}, "store"
     path = str(video.attrs.get("path", ""))
+    if path and not os.path.isabs(path):      # older stores recorded paths relative to an unrecorded cwd
+        return {}, (f"frames not shown: the store recorded the video file as the relative path {path}, relative to "
+                    f"the directory an older fs extract ran in, which the store does not say; a file of that name "
+                    f"here may be another video (re-extract, or fs extract --keep-inputs, to show frames)")
     if not path or not os.path.exists(path):
         return {}, (f"frames not shown: the video file {path or '(no path recorded)'} is not where extraction read "
                     f"it (moved or deleted since), and the store kept no frames (fs extract --keep-inputs)")
