@@ -57,7 +57,10 @@ def index_end(n: int, k: int) -> np.ndarray:
 
 
 def _video_seed(video: VideoArrays) -> int:
-    return zlib.crc32(str(video.attrs.get("path", video.attrs.get("label", ""))).encode())
+    """RANDOM's per-video seed, from the video's id: the same steps wherever the store or the video file lies (the
+    stored path is absolute, so it differs between machines)."""
+    key = getattr(video, "video_id", None) or video.attrs.get("video_id") or video.attrs.get("path", "")
+    return zlib.crc32(str(key).encode())
 
 
 class HeadSelector:
