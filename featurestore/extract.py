@@ -49,11 +49,12 @@ def extract_video_task(row: dict, store_path: str, config: ExtractConfig) -> Vid
         arrays, attrs = extractor.extract(path, stage)
         stage[0] = "write"
         # segments past the decoded end are cut to it (dropped when they start after it), with a note
-        segments, notes = fit_segments(row.get("segments", "") or "", attrs["duration"])
+        manifest_segments = row.get("segments", "") or ""
+        segments, notes = fit_segments(manifest_segments, attrs["duration"])
         attrs.update({"label": row["label"], "split": row["split"], "path": path,
                       "segments": segments, "provenance": extractor.provenance()})
-        if notes:
-            attrs["manifest_segments"] = row["segments"]
+        if segments != manifest_segments:
+            attrs["manifest_segments"] = manifest_segments
         if row.get("distractors"):       # the synthetic manifest's other-class segments, drawn by ``fs show``
             attrs["distractors"] = row["distractors"]
         written = FeatureStore(store_path, mode="a").write_video(vid, arrays, attrs)

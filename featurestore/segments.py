@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 
+from featurestore.constants import FPS, STEP_FRAMES
 from featurestore.text import printable
 
 _NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
@@ -31,16 +32,20 @@ def parse_segments(text: str) -> list[tuple[float, float]]:
     return out
 
 
-def clip_segments(segments: list[tuple[float, float]], duration: float) -> tuple[list[tuple[float, float]], list[str]]:
+def clip_segments(segments: list[tuple[float, float]], duration: float,
+                  tolerance: float = 0.0) -> tuple[list[tuple[float, float]], list[str]]:
     """``segments`` within a video of ``duration`` seconds: ends past it cut to it, segments starting at or after it
-    dropped; returns (kept, notes), a note for each segment changed."""
+    dropped; returns (kept, notes): a note for each segment dropped and each end cut by more than ``tolerance``
+    seconds (annotations often end a fraction past the decoded end; cutting them changes no step)."""
     kept, notes = [], []
     for s, e in segments:
         if s >= duration:
             notes.append(f"segment {s:g}-{e:g} starts after the video's end ({duration:g} s): dropped")
         elif e > duration:
             kept.append((s, duration))
-            notes.append(f"segment {s:g}-{e:g} ends after the video's end ({duration:g} s): cut to {s:g}-{duration:g}")
+            if e - duration > tolerance:
+                notes.append(f"segment {s:g}-{e:g} ends after the video's end ({duration:g} s): cut to "
+                             f"{s:g}-{duration:g}")
         else:
             kept.append((s, e))
     return kept, notes
@@ -55,6 +60,8 @@ def format_segments(segments: list[tuple[float, float]]) -> str:
 
 def fit_segments(text: str, duration: float) -> tuple[str, list[str]]:
     """A video's segments text as stored for its decoded ``duration`` (seconds): ``text`` itself when every
-    segment lies within the video, else the :func:`clip_segments` result; returns (text, notes)."""
-    kept, notes = clip_segments(parse_segments(text), duration)
-    return (format_segments(kept) if notes else text), notes
+    segment lies within the video, else the :func:`clip_segments` result; returns (text, notes), ends cut by up to
+    one step's time without a note."""
+    segments = parse_segments(text)
+    kept, notes = clip_segments(segments, duration, tolerance=STEP_FRAMES / FPS)
+    return (text if kept == segments else format_segments(kept)), notes

@@ -195,7 +195,7 @@ def test_segments_past_the_video_are_cut_to_its_end_or_dropped_with_a_note(tmp_p
     broken = tmp_path / "bad.mp4"
     broken.write_bytes(long_clip.read_bytes()[:300])
     df = pd.DataFrame([{"video_id": "cut", "path": str(long_clip), "label": "c0", "split": "train",
-                        "segments": "0.5-1;1.5-9;5-7"},
+                        "segments": "0.5-1;1.2-2.3;1.5-9;5-7"},
                        {"video_id": f"gone{ESC}[2J", "path": str(broken), "label": "c0", "split": "train",
                         "segments": ""}])                            # an id with a terminal escape, through the API
     client = make_client(workers=1, processes=False)
@@ -207,13 +207,28 @@ def test_segments_past_the_video_are_cut_to_its_end_or_dropped_with_a_note(tmp_p
         close_client(client)
     assert (summary.stored, summary.failed) == (1, 1)
     attrs = FeatureStore(tmp_path / "s.zarr").read_video("cut").attrs
-    assert attrs["segments"] == "0.5-1;1.5-2"
-    assert attrs["manifest_segments"] == "0.5-1;1.5-9;5-7"
+    assert attrs["segments"] == "0.5-1;1.2-2;1.5-2"
+    assert attrs["manifest_segments"] == "0.5-1;1.2-2.3;1.5-9;5-7"
     out = capsys.readouterr()
     text = out.out + out.err
     assert "note: cut: segment 1.5-9 ends after the video's end (2 s): cut to 1.5-2" in text
     assert "note: cut: segment 5-7 starts after the video's end (2 s): dropped" in text
+    assert "1.2-2.3" not in text                    # an end within one step (16/30 s) of the video's is cut quietly
     assert "failed gone\\x1b[2J (probe): ffprobe: " in text and ESC not in text
+
+
+def test_fs_manifest_activitynet_drops_a_segment_that_never_ends(tmp_path):
+    import json
+
+    from manifests.builders import VideoIndex, build_activitynet
+
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "abc.mp4").write_bytes(b"x")
+    (tmp_path / "a.json").write_text(json.dumps({"database": {"abc": {"subset": "training", "duration": 30,
+        "annotations": [{"label": "Surfing", "segment": [1.0, float("inf")]},
+                        {"label": "Surfing", "segment": [2.0, 3.0]}]}}}))      # json writes Infinity
+    rows = build_activitynet(tmp_path / "a.json", VideoIndex(tmp_path / "v")).rows
+    assert rows["segments"].tolist() == ["2.00-3.00"]
 
 
 def test_a_stored_segment_starting_after_the_video_does_not_count_as_annotated():
