@@ -204,8 +204,11 @@ def _writable_store(store: str):
 
     fs = FeatureStore(store, mode="a")
     for d in (fs.path, fs.path / "partial"):
-        with tempfile.NamedTemporaryFile(dir=d, prefix=".fs-write-check-"):
-            pass
+        try:
+            with tempfile.NamedTemporaryFile(dir=d, prefix=".fs-write-check-"):
+                pass
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(d)) from None
     return fs
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from featurestore.decode import file_problem
-from featurestore.segments import clip_segments, format_segments, parse_segments  # noqa: F401 - the manifest's API
+from featurestore.segments import parse_segments
 from featurestore.text import has_control, printable
 
 REQUIRED_COLUMNS = ("video_id", "path", "label", "split")
