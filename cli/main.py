@@ -33,8 +33,17 @@ runs_option = click.option("--runs", default=None, callback=_runs_dir,
                            help="Checkpoint folder (default $FS_RUNS or fs-runs).")
 
 
-def _fail(e: Exception) -> None:
-    raise click.ClickException(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+def _fail(e: Exception | str) -> None:
+    from featurestore.text import printable
+
+    text = str(e).strip()
+    raise click.ClickException(printable(text.splitlines()[0]) if text else type(e).__name__)
+
+
+def _os_error(e: OSError, store: str) -> str:
+    """One line for an OSError met writing ``store`` (read-only, full, no permission)."""
+    where = e.filename or store
+    return f"cannot write to store {store}: {e.strerror or type(e).__name__} ({where})"
 
 
 INTERRUPTED_EXIT = 130      # the shell's status for a command stopped by SIGINT (128 + 2)
@@ -186,12 +195,30 @@ def extraction_options(f):
 
 
 def _extract_setup(o: dict, keep_inputs: bool = False, keep_clips: bool = False):
-    """(dataset, ExtractConfig, Dask client) from the shared extraction options."""
+    """(dataset, ExtractConfig, Dask client) from the shared extraction options; the manifest is read and validated
+    before anything starts."""
     from featurestore.launch import launch
     from manifests.datasets import load_dataset
 
     ds = load_dataset(o.pop("dataset"), o.pop("manifest"), o.pop("data_root"))
     return (ds, *launch(**o, keep_inputs=keep_inputs, keep_clips=keep_clips))
+
+
+def _writable_store(store: str):
+    """The store ``fs extract`` writes (created when absent), checked writable where videos are written, so that a
+    read-only store is refused before any video is decoded."""
+    import tempfile
+
+    from featurestore.store import FeatureStore
+
+    fs = FeatureStore(store, mode="a")
+    for d in (fs.path, fs.path / "partial"):
+        try:
+            with tempfile.NamedTemporaryFile(dir=d, prefix=".fs-write-check-"):
+                pass
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(d)) from None
+    return fs
 
 
 @main.command()
@@ -206,14 +233,15 @@ def extract(store, retry_failed, keep_inputs, keep_clips, **options) -> None:
     from featurestore.cluster import ClusterError, close_client
     from featurestore.extract import ExtractionInterrupted, run_extraction
     from manifests.schema import ManifestError
-    from featurestore.store import FeatureStore, StoreError, store_fault
+    from featurestore.store import StoreError, store_fault
     from featurestore.weights import WeightsError
     from featurestore.launch import DeviceError
 
     try:
-        fs = FeatureStore(store, mode="a")
+        # the manifest and options are checked first: a refused run creates no store
         ds, config, client = _extract_setup(options, keep_inputs, keep_clips)
         try:
+            fs = _writable_store(store)
             summary = run_extraction(ds.manifest, fs, config, client, ds.name, ds.classes, retry_failed=retry_failed)
         finally:
             close_client(client)
@@ -221,10 +249,10 @@ def extract(store, retry_failed, keep_inputs, keep_clips, **options) -> None:
         _fail(e)
     except ExtractionInterrupted as e:
         _interrupted(str(e))
-    except OSError as e:
+    except OSError as e:                  # a read-only store, no permission, a full disk: nothing recorded as failed
         if store_fault(e) is None:
-            raise
-        _fail(StoreError(f"{e.filename or store}: {e.strerror or e}; run stopped, nothing recorded as failed"))
+            _fail(f"{type(e).__name__}: {e}")
+        _fail(_os_error(e, store) + "; run stopped, nothing recorded as failed")
     except KeyboardInterrupt:
         _interrupted("interrupted: nothing in flight was recorded as failed; the next run goes on from here")
     click.echo(summary.line())
@@ -286,6 +314,7 @@ def _print_info(path, info: dict | None = None) -> None:
 def info(store, as_json, failures) -> None:
     """Summarise a store: videos, steps, bytes, failures, provenance."""
     from featurestore.store import FeatureStore, StoreError
+    from featurestore.text import printable
 
     try:
         fs = FeatureStore(store)
@@ -298,6 +327,7 @@ def info(store, as_json, failures) -> None:
         _print_info(store, summary)
     if failures:
         df = fs.failures()
+        df = df.astype(str).apply(lambda column: column.map(printable))     # ids and errors as escapes
         click.echo(df.to_string(index=False) if len(df) else "no failures")
 
 
@@ -310,6 +340,7 @@ def verify(store, reindex) -> None:
     from tqdm import tqdm
 
     from featurestore.store import FeatureStore, StoreError, verify as verify_store
+    from featurestore.text import printable
 
     try:
         fs = FeatureStore(store)
@@ -321,9 +352,9 @@ def verify(store, reindex) -> None:
     except StoreError as e:
         _fail(e)
     for line in notes:
-        click.echo(line)
+        click.echo(printable(line))
     for line in problems:
-        click.echo(f"problem: {line}")
+        click.echo(f"problem: {printable(line)}")
     if problems:
         raise click.ClickException(f"{len(problems)} problem(s) in {store}")
     click.echo(f"{store}: no problems")
@@ -654,20 +685,21 @@ def show(video_id, store, runs, methods, out, subsample, steps) -> None:
     """Draw what each method chose in one video: timeline with the action segments, chosen steps, the skimmer's
     attention and modality scores, a contact sheet of the chosen frames, predicted vs true class."""
     from featurestore.store import FeatureStore, StoreError
+    from featurestore.text import printable
     from pipelines.methods import METHODS
     from pipelines.show import show_video
 
     chosen = tuple(m.upper() if m.upper() in METHODS else m for m in (m.strip() for m in methods.split(",")) if m)
     try:
         shown = show_video(FeatureStore(store), runs, video_id, Path(out) if out else None, chosen, subsample, steps,
-                           say=lambda m: click.echo(m, err=True))
+                           say=lambda m: click.echo(printable(m), err=True))
     except (StoreError, ValueError) as e:
         _fail(e)
     for m in shown.methods:
-        click.echo(f"  {m.name:<44} predicted {m.predicted} ({m.confidence:.2f}), true {m.true}: "
-                   f"{'right' if m.correct else 'WRONG'}; steps {m.steps}")
+        click.echo(f"  {m.name:<44} predicted {printable(m.predicted)} ({m.confidence:.2f}), true "
+                   f"{printable(m.true)}: {'right' if m.correct else 'WRONG'}; steps {m.steps}")
     for note in shown.notes:
-        click.echo(note)
+        click.echo(printable(note))
     click.echo(f"wrote {shown.path} ({shown.size[0]}x{shown.size[1]}, {shown.tiles} frames from {shown.frames})"
                if shown.tiles else f"wrote {shown.path} ({shown.size[0]}x{shown.size[1]}, no frames)")
 

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -121,6 +122,32 @@ class ProbeInfo:
     height: int | None
 
 
+def safe_path(path: str) -> str:
+    """``path`` as ffmpeg and ffprobe must receive it: absolute, so that a name such as ``-report`` is never read as
+    an option nor one such as ``concat:a|b`` or ``http://x`` as a protocol (joined to the working directory, not
+    normalised, so ``..`` after a symbolic link keeps its meaning)."""
+    return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def file_problem(path: str) -> str:
+    """Why ``path`` cannot be a video file ("file not found: ...", "not a regular file (a FIFO): ..."), "" when it
+    is a regular file (or a link to one). Reads only its status: a FIFO is never opened, so this cannot block."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return f"file not found: {path}"
+    except OSError as e:
+        return f"cannot read {path}: {e.strerror}"
+    if stat.S_ISREG(mode):
+        return ""
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a file")
+    return f"not a regular file ({kind}): {path}"
+
+
 def _run_probe(cmd: list[str], path: str, timeout: float) -> subprocess.CompletedProcess:
     """Run a probe command; past ``timeout`` seconds (0: no limit) it is killed and DecodeTimeout raised."""
     try:
@@ -132,7 +159,7 @@ def _run_probe(cmd: list[str], path: str, timeout: float) -> subprocess.Complete
 
 def _probe_with_ffmpeg(path: str, timeout: float = 0) -> ProbeInfo:
     """Header facts from ``ffmpeg -i`` when no ffprobe is installed (imageio-ffmpeg ships ffmpeg only)."""
-    proc = _run_probe([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path], path, timeout)
+    proc = _run_probe([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", safe_path(path)], path, timeout)
     _raise_if_stopped(proc.returncode, proc.stderr, f"ffmpeg probing {os.path.basename(path)}")
     text = proc.stderr.decode(errors="replace")
     if "Invalid data found" in text or "No such file" in text or "moov atom not found" in text:
@@ -150,14 +177,15 @@ def probe(path: str, timeout: float = 0) -> ProbeInfo:
 
     A probe still running after ``timeout`` seconds (0: no limit) is killed and raises :class:`DecodeTimeout`.
     """
-    if not os.path.exists(path):
-        raise DecodeError(f"file not found: {path}")
+    problem = file_problem(path)
+    if problem:
+        raise DecodeError(problem)
     if os.path.getsize(path) == 0:
         raise DecodeError("empty file (0 bytes)")
     exe = ffprobe_exe()
     if exe is None:
         return _probe_with_ffmpeg(path, timeout)
-    proc = _run_probe([exe, "-show_format", "-show_streams", "-of", "json", path], path, timeout)
+    proc = _run_probe([exe, "-show_format", "-show_streams", "-of", "json", "-i", safe_path(path)], path, timeout)
     _raise_if_stopped(proc.returncode, proc.stderr, f"ffprobe probing {os.path.basename(path)}")
     if proc.returncode != 0:              # what ffmpeg.probe(path, cmd=exe) runs, with a time limit
         lines = proc.stderr.decode(errors="replace").strip().splitlines()
@@ -202,7 +230,7 @@ def decode_command(path: str, audio_fd: int | None, fps: int = FPS, crop: int = 
         raise DecodeError(f"--hwaccel {hwaccel}: fs decodes on hardware with {', '.join(HW_DOWNLOAD_FORMATS)} only")
     opts = {**({"hwaccel": hwaccel, "hwaccel_output_format": hwaccel} if hwaccel else {}),
             **({"threads": threads} if threads else {})}
-    inp = ffmpeg.input(path, **opts)
+    inp = ffmpeg.input(safe_path(path), **opts)
     video = inp.video
     if hwaccel:
         video = video.filter("hwdownload").filter("format", HW_DOWNLOAD_FORMATS[hwaccel])
@@ -231,7 +259,7 @@ def frames_at(path: str, times: list[float], timeout: float = 30.0, fps: int = F
     for i, t in enumerate(times):
         slot = int(round(float(t) * fps))
         lead = min(max(slot, 0), fps)                  # grid frames decoded before t
-        video = frame_filters(ffmpeg.input(path, ss=f"{(slot - lead) / fps:.6f}").video, fps, short_side, crop,
+        video = frame_filters(ffmpeg.input(safe_path(path), ss=f"{(slot - lead) / fps:.6f}").video, fps, short_side, crop,
                               select=f"gte(t,{(lead - 0.5) / fps:.6f})")
         cmd = (video.output("pipe:1", vframes=1, format="rawvideo", pix_fmt="rgb24")
                .global_args("-hide_banner", "-nostdin", "-loglevel", "error")

@@ -16,7 +16,9 @@ from featurestore.config import ExtractConfig
 from featurestore.decode import DecodeError, DecoderStopped, DecodeTimeout, hwaccel_failure
 from featurestore.extractor import get_extractor
 from featurestore.launch import DeviceError, check_worker_devices, is_device_fault, restart_worker, worker_device
+from featurestore.segments import fit_segments
 from featurestore.store import FeatureStore, StoreError, store_fault
+from featurestore.text import printable
 
 
 @dataclass
@@ -46,14 +48,20 @@ def extract_video_task(row: dict, store_path: str, config: ExtractConfig) -> Vid
             extractor = get_extractor(config, worker_device(config))
         arrays, attrs = extractor.extract(path, stage)
         stage[0] = "write"
+        # segments past the decoded end are cut to it (dropped when they start after it), with a note
+        manifest_segments = row.get("segments", "") or ""
+        segments, notes = fit_segments(manifest_segments, attrs["duration"])
         attrs.update({"label": row["label"], "split": row["split"], "path": path,
-                      "segments": row.get("segments", "") or "", "provenance": extractor.provenance()})
+                      "segments": segments, "provenance": extractor.provenance()})
+        if segments != manifest_segments:
+            attrs["manifest_segments"] = manifest_segments
         if row.get("distractors"):       # the synthetic manifest's other-class segments, drawn by ``fs show``
             attrs["distractors"] = row["distractors"]
         written = FeatureStore(store_path, mode="a").write_video(vid, arrays, attrs)
         return VideoResult(vid, path, True, n_steps=attrs["n_steps"], duration=attrs["duration"],
                            seconds=time.perf_counter() - t0, written=written,
-                           details={"hwaccel_error": hwaccel_failure(config.hwaccel)} if config.hwaccel else {})
+                           details={**({"hwaccel_error": hwaccel_failure(config.hwaccel)} if config.hwaccel else {}),
+                                    **({"notes": notes} if notes else {})})
     except Exception as e:  # noqa: BLE001 - every failure becomes a failures-table row, never a crashed run
         msg = f"{type(e).__name__}: {e}" if not isinstance(e, DecodeError) else str(e)
         details = {"traceback": traceback.format_exc(limit=3)}
@@ -324,6 +332,8 @@ def run_extraction(manifest: pd.DataFrame | Iterable[Mapping[str, Any]], store: 
                 if res.details.get("hwaccel_error") and not summary.hwaccel_error:
                     summary.hwaccel_error = res.details["hwaccel_error"]
                     bar.write(f"warning: {summary.hwaccel_error}")
+                for note in res.details.get("notes", ()):
+                    bar.write(f"note: {printable(res.video_id, 80)}: {note}")
                 if res.ok:
                     summary.stored += 1
                     summary.steps += res.n_steps
@@ -334,7 +344,7 @@ def run_extraction(manifest: pd.DataFrame | Iterable[Mapping[str, Any]], store: 
                     store.record_failure(res.video_id, res.path, res.stage, res.error)
                     summary.failed += 1
                     failed_ids.add(res.video_id)
-                    bar.write(f"failed {res.video_id} ({res.stage}): {res.error}")
+                    bar.write(f"failed {printable(res.video_id, 80)} ({res.stage}): {printable(res.error)}")
                 finished[0] += 1
                 bar.set_postfix(stored=summary.stored, failed=summary.failed)
                 bar.update(1)

@@ -469,9 +469,13 @@ def verify(store: "FeatureStore", progress=None, reindex: bool = False) -> tuple
     for name in sorted(set(_subdirs(vdir)) - set(entries)):
         problems.append(f"{name}: group under videos/ without its completion marker")
 
+    classes = set(attrs.get("classes", []))
+
     def check(vid: str) -> list[str]:
         video = store.read_video(vid)
         found = check_video(video, attrs)
+        if video.attrs.get("label") not in classes:       # every trainer would refuse the store for it
+            found.append(f"{vid}: label {video.attrs.get('label')!r} is not among the store's {len(classes)} classes")
         entry = entries[vid]
         for key in INDEXED_KEYS:
             if key in video.attrs and entry.get(key) != video.attrs.get(key):

@@ -212,7 +212,7 @@ def build_activitynet(annotations: Path, videos: VideoIndex) -> BuildReport:
         if path is None:
             report.missing.append({"video_id": vid, "label": label, "split": split_of[subset], "reason": "not on disk"})
             continue
-        valid = [(s, e) for s, e in segs if 0 <= s < e]
+        valid = [(s, e) for s, e in segs if 0 <= s < e < float("inf")]      # read_manifest refuses the rest
         rows.append({"video_id": vid, "path": str(path), "label": label, "split": split_of[subset],
                      "duration": entry.get("duration", ""),
                      "segments": ";".join(f"{s:.2f}-{e:.2f}" for s, e in sorted(valid))})

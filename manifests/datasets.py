@@ -61,7 +61,7 @@ def load_dataset(dataset: str | None = None, manifest: str | Path | None = None,
         from manifests.synth import generate_synthetic
         print(f"generating the default synthetic dataset into {base} (first use)", file=sys.stderr)
         generate_synthetic(base, jobs=os.cpu_count() or 1)
-    df = read_manifest(csv, base=base)
     classes_txt = csv.parent / "classes.txt"
-    classes = classes_txt.read_text().split() if name == "synthetic" and classes_txt.is_file() else class_list(df)
-    return Dataset(df, name, classes)
+    classes = classes_txt.read_text().split() if name == "synthetic" and classes_txt.is_file() else None
+    df = read_manifest(csv, base=base, classes=classes)      # a label outside classes.txt is refused here
+    return Dataset(df, name, classes if classes is not None else class_list(df))

@@ -12,6 +12,7 @@ import torch
 from featurestore.constants import FEATURE_DIMS, KEPT_CLIPS, KEPT_INPUTS
 from featurestore.packed import BLOCK_CHUNKS, BlockReader, PackedSplit, open_packed
 from featurestore.store import FeatureStore, StoreError, VideoFeatures, require_arrays
+from featurestore.text import printable
 from featurestore.weights import WeightsError, load_recorded
 from manifests.schema import parse_segments
 from models.imgaud import Fusion
@@ -270,8 +271,15 @@ def _packed_bytes(store: FeatureStore, split: str, names: tuple[str, ...]) -> in
 
 def action_mask(video: VideoFeatures) -> np.ndarray | None:
     """For each step, whether it starts inside a ground-truth action segment; None when the video has none
-    annotated (needs the ``t`` array)."""
-    segs = parse_segments(video.attrs.get("segments", "") or "")
+    annotated (needs the ``t`` array). A segment starting at or after the video's end (a store extracted before
+    extraction fitted segments to the decoded duration) does not count."""
+    try:
+        segs = parse_segments(video.attrs.get("segments", "") or "")
+    except ValueError as e:            # a store extracted before segments were validated ("1-inf")
+        raise StoreError(f"video {printable(video.video_id, 80)}: {e}") from None
+    duration = video.attrs.get("duration")
+    if duration is not None:
+        segs = [(s, e) for s, e in segs if s < float(duration)]
     if not segs:
         return None
     t = video.arrays["t"]
