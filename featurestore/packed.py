@@ -381,6 +381,27 @@ def _extend(store: FeatureStore, entries: list[dict], path: Path, names: list[st
     fsync_path(path / "zarr.json")
 
 
+def packed_problems(store: FeatureStore) -> list[str]:
+    """Chunks missing or empty on disk in the current version of every split's packed view (``fs verify``)."""
+    root = store.path / PACK_DIR
+    problems = []
+    for pointer in sorted(root.glob("[!.]*.json")) if root.is_dir() else []:
+        split = pointer.stem
+        version = _version(root, split)
+        if version is None or not (root / version / "zarr.json").is_file():
+            problems.append(f"packed view of {split}: its pointer {pointer.name} names no view (fs pack rebuilds it)")
+            continue
+        group = zarr.open_group(str(root / version), mode="r")
+        for name in ["offsets", *group.attrs.get("arrays", [])]:
+            try:
+                bad = chunk_problems(group[name], root / version / name)
+            except Exception as e:              # noqa: BLE001 - a damaged zarr.json of the array
+                bad = [f"has unreadable metadata ({type(e).__name__})"]
+            problems += [f"packed view of {split}: array {name} {b} (remove {root} and run fs pack {store.path})"
+                         for b in bad]
+    return problems
+
+
 def pack_store(store: FeatureStore, names: tuple[str, ...], splits: tuple[str, ...] = ("train", "test"),
                progress: Callable[[str, int, int], None] | None = None) -> dict[str, str]:
     """Bring the views of ``splits`` up to date for ``names`` (``fs pack``, and after ``fs extract`` / ``fs refresh``);

@@ -9,11 +9,16 @@ Layout::
     <store>/partial/<video_id>-<tag>/ groups being written (never read)
     <store>/failures.csv              video_id, path, stage, error
     <store>/index.jsonl               one line per published video (featurestore.index): what listings read
-    <store>/packed/<split>/           the packed training views (featurestore.packed), rebuilt when the index changes
+    <store>/packed/<split>.json       the packed training views (featurestore.packed), rebuilt when the index changes:
+    <store>/packed/<split>-<id>/      a pointer to the current version; versions still held by readers are kept
 
 A video is written under ``partial/``, its ``complete`` attribute set last, and the finished directory renamed
 into ``videos/`` in one atomic step, so a crash never leaves a half-written video where readers look; its index
-line is appended after the rename, so the index never lists a video that is not complete.
+line is appended after the rename, so the index never lists a video that is not complete. Every file and directory
+of the group is fsynced before the rename (and the parent directories after it), so a power cut cannot publish a
+video with torn chunks. Every chunk of every array is written (also chunks equal to the fill value, NaN for floats),
+and readers check that each chunk the array's shape implies is on disk before reading it: a missing, empty or
+undecodable chunk is a one-line StoreError naming the video and the array, never zeros.
 """
 from __future__ import annotations
 
