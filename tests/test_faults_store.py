@@ -208,4 +208,5 @@ def test_a_damaged_packed_view_is_one_line_naming_the_split_and_array(tmp_path, 
         SplitData(FeatureStore(store.path), "train", ("image",))
     _one_line(e, "packed view of train", "array image", "missing chunk c/2/0")
     result = CliRunner().invoke(main, ["verify", str(store.path)])
-    assert result.exit_code != 0 and "problem: packed view of train: array image is missing chunk c/2/0" in result.output
+    assert result.exit_code != 0
+    assert "problem: packed view of train: array image is missing chunk c/2/0" in result.output
