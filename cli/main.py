@@ -335,10 +335,11 @@ def info(store, as_json, failures) -> None:
 @click.argument("store", default=_store_default, required=False)
 @click.option("--reindex", is_flag=True, help="First rebuild the store index from the video groups.")
 def verify(store, reindex) -> None:
-    """Check every complete video: all arrays, equal step counts, finite values, provenance and schema of the store,
-    and that the index agrees with the groups."""
+    """Check every complete video: all arrays, every chunk on disk and decodable, equal step counts, finite values,
+    provenance and schema of the store, and that the index agrees with the groups; lists every problem."""
     from tqdm import tqdm
 
+    from featurestore.packed import packed_problems
     from featurestore.store import FeatureStore, StoreError, verify as verify_store
     from featurestore.text import printable
 
@@ -349,6 +350,7 @@ def verify(store, reindex) -> None:
                 bar.total = n
                 bar.update(i - bar.n)
             problems, notes = verify_store(fs, progress, reindex=reindex)
+        problems += packed_problems(fs)
     except StoreError as e:
         _fail(e)
     for line in notes:

@@ -9,11 +9,16 @@ Layout::
     <store>/partial/<video_id>-<tag>/ groups being written (never read)
     <store>/failures.csv              video_id, path, stage, error
     <store>/index.jsonl               one line per published video (featurestore.index): what listings read
-    <store>/packed/<split>/           the packed training views (featurestore.packed), rebuilt when the index changes
+    <store>/packed/<split>.json       the packed training views (featurestore.packed), rebuilt when the index changes:
+    <store>/packed/<split>-<id>/      a pointer to the current version; versions still held by readers are kept
 
 A video is written under ``partial/``, its ``complete`` attribute set last, and the finished directory renamed
 into ``videos/`` in one atomic step, so a crash never leaves a half-written video where readers look; its index
-line is appended after the rename, so the index never lists a video that is not complete.
+line is appended after the rename, so the index never lists a video that is not complete. Every file and directory
+of the group is fsynced before the rename (and the parent directories after it), so a power cut cannot publish a
+video with torn chunks. Every chunk of every array is written (also chunks equal to the fill value, NaN for floats),
+and readers check that each chunk the array's shape implies is on disk before reading it: a missing, empty or
+undecodable chunk is a one-line StoreError naming the video and the array, never zeros.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import csv
 import errno
 import fcntl
 import io
+import itertools
 import os
 import shutil
 import time
@@ -42,6 +48,9 @@ from featurestore.index import StoreIndex, directory_bytes, entry_of
 
 FAILURE_COLUMNS = ["video_id", "path", "stage", "error"]
 COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+ALL_CHUNKS = "fs_all_chunks"
+"""Array attribute of every array fs writes since chunks equal to the fill value are written too: each chunk its
+shape implies must then be on disk. Arrays without it (older stores) skipped such chunks (see :func:`may_skip`)."""
 
 
 def chunk_shape(data: np.ndarray, target_bytes: int = 4 << 20) -> tuple[int, ...]:
@@ -52,6 +61,90 @@ def chunk_shape(data: np.ndarray, target_bytes: int = 4 << 20) -> tuple[int, ...
 
 class StoreError(RuntimeError):
     """The store is missing, of another schema, or was built with other settings than asked."""
+
+
+def array_options(dtype: np.dtype) -> dict:
+    """``create_array`` keywords of every array fs writes: every chunk is written even when it equals the fill value
+    (so a chunk missing on disk is a fault, never "all fill value"), marked by :data:`ALL_CHUNKS`, and floats get a
+    NaN fill value, so that a chunk lost anyway reads as values the finite check refuses, never as zeros."""
+    opts: dict = {"config": {"write_empty_chunks": True}, "attributes": {ALL_CHUNKS: True}}
+    if np.dtype(dtype).kind == "f":
+        opts["fill_value"] = np.nan
+    return opts
+
+
+def chunk_problems(array: zarr.Array, directory: str | Path, skipped_ok: bool = False) -> list[str]:
+    """What is wrong on disk with the chunks of ``array`` stored under ``directory``: each chunk its shape and chunk
+    shape imply (keys from its chunk key encoding, ``c/i/j`` by default) that is missing or empty (0 bytes), as
+    "is missing chunk c/0/0 on disk". One ``stat`` per chunk (a video's array is one chunk). ``skipped_ok``: missing
+    chunks are fine (an array of an older store whose chunks equal to the fill value were never written)."""
+    encode = array.metadata.chunk_key_encoding.encode_chunk_key
+    base = str(directory)
+    missing, empty = [], []
+    for coords in itertools.product(*(range(n) for n in array.cdata_shape)):
+        key = encode(coords)
+        try:
+            size = os.stat(os.path.join(base, key)).st_size
+        except FileNotFoundError:
+            missing.append(key)
+            continue
+        if size == 0:
+            empty.append(key)
+    found = [] if skipped_ok else [f"is missing chunk {k} on disk" for k in missing]
+    return found + [f"chunk {k} is empty (0 bytes) on disk" for k in empty]
+
+
+def may_skip(name: str, array: zarr.Array, attrs: dict) -> bool:
+    """Whether array ``name`` of a video with group ``attrs`` may lack chunks on disk: only an array written before
+    :data:`ALL_CHUNKS` (zarr skipped chunks equal to the fill value, 0) that can be all zeros: the audio and mel of
+    a video without audio, the times ``t`` of a one-step video."""
+    if array.attrs.get(ALL_CHUNKS):
+        return False
+    return (name in ("audio", "mel") and not attrs.get("has_audio", True)) or (name == "t" and array.shape[0] <= 1)
+
+
+def decode_problem(array: zarr.Array, error: Exception) -> str:
+    """"chunk c/0/0 cannot be decoded (...)" for an array whose read failed: the chunks that fail when read one by one
+    (only on this error path), else the array as a whole."""
+    encode = array.metadata.chunk_key_encoding.encode_chunk_key
+    bad = []
+    for coords in itertools.product(*(range(n) for n in array.cdata_shape)):
+        try:
+            array.get_block_selection(coords)
+        except Exception:                       # noqa: BLE001 - any codec error marks the chunk as damaged
+            bad.append(encode(coords))
+    reason = " ".join(f"{type(error).__name__}: {error}".split())[:200]
+    if not bad:
+        return f"cannot be read ({reason})"
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    return f"chunk{'s' if len(bad) > 1 else ''} {', '.join(bad[:3])}{more} cannot be decoded ({reason})"
+
+
+def fsync_path(path: str | Path, directory: bool = False) -> None:
+    """fsync one file or directory."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | Path) -> None:
+    """fsync every file and directory under ``root`` (``root`` included), so that what was written there is on disk
+    before a rename publishes it. The fsyncs run on a few threads at once (they then share the file system's journal
+    commits: several times faster than one after another); all are done when this returns."""
+    paths, stack = [], [str(root)]
+    while stack:
+        d = stack.pop()
+        paths.append((d, True))
+        with os.scandir(d) as it:
+            for e in it:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(e.path)
+                elif e.is_file(follow_symlinks=False):
+                    paths.append((e.path, False))
+    with ThreadPoolExecutor(min(8, len(paths))) as pool:
+        list(pool.map(lambda pd: fsync_path(*pd), paths))
 
 
 @dataclass
@@ -221,8 +314,14 @@ class FeatureStore:
         except OSError:
             shutil.rmtree(src, ignore_errors=True)
             return False
+        self._fsync_renamed()
         self._index_published(video_id, attrs, tag, nbytes)
         return True
+
+    def _fsync_renamed(self) -> None:
+        """Make renames between ``partial/`` and ``videos/`` durable (before the index line names the video)."""
+        for sub in ("videos", "partial"):
+            fsync_path(self.path / sub, directory=True)
 
     def _index_published(self, video_id: str, attrs: dict, tag: str, nbytes: int) -> None:
         """Append the index line of a copy just renamed into ``videos/`` (never before the rename)."""
@@ -239,8 +338,9 @@ class FeatureStore:
             if len(data) != n:
                 raise ValueError(f"{video_id}: array {name} has {len(data)} rows, expected {n}")
             group.create_array(name, data=np.ascontiguousarray(data), chunks=chunk_shape(data),
-                               compressors=COMPRESSOR)
+                               compressors=COMPRESSOR, **array_options(data.dtype))
         group.attrs["complete"] = True   # the completion marker, written after every array
+        fsync_tree(self.path / "partial" / tag)   # every chunk on disk before the rename publishes it
         return tag
 
     def replace_video(self, video_id: str, arrays: dict[str, np.ndarray], attrs: dict) -> None:
@@ -254,16 +354,55 @@ class FeatureStore:
         old = self.path / "partial" / f"{tag}-old"
         os.rename(self.path / "videos" / video_id, old)
         os.rename(self.path / "partial" / tag, self.path / "videos" / video_id)
+        self._fsync_renamed()
         self._index_published(video_id, attrs, tag, nbytes)
         shutil.rmtree(old, ignore_errors=True)
 
     def read_video(self, video_id: str, names: Iterable[str] | None = None) -> VideoFeatures:
-        """Load a complete video's arrays (all, or ``names``) as numpy."""
+        """Load a complete video's arrays (all, or ``names``) as numpy. Each array is first checked complete on disk
+        (every chunk present and not empty); a missing array, a missing, empty or undecodable chunk is a one-line
+        StoreError naming the video and the array."""
         if not self.has_video(video_id):
             raise StoreError(f"video {video_id!r} is not a complete video of store {self.path}")
-        g = zarr.open_group(str(self.path / "videos" / video_id), mode="r")
-        names = list(names) if names is not None else sorted(k for k, _ in g.arrays())
-        return VideoFeatures(video_id, dict(g.attrs), {k: g[k][...] for k in names})
+        video, problems = self.load_video(video_id, names, first=True)
+        if problems:
+            raise StoreError(f"{problems[0]} (fs verify {self.path} lists every problem)")
+        return video
+
+    def load_video(self, video_id: str, names: Iterable[str] | None = None,
+                   first: bool = False) -> tuple[VideoFeatures, list[str]]:
+        """(the arrays that could be read, the problems of the others) of the video under ``videos/``: each problem
+        names the video and the array ("v3: array fused is missing chunk c/0/0 on disk"). ``first``: stop at the
+        first problem. ``names`` None: every array of the group."""
+        gdir = self.path / "videos" / video_id
+        g = zarr.open_group(str(gdir), mode="r")
+        attrs = dict(g.attrs)
+        if names is None:
+            names = sorted(d for d in _subdirs(gdir) if (gdir / d / "zarr.json").is_file())
+        arrays, problems = {}, []
+        for name in names:
+            found = None
+            if not (gdir / name / "zarr.json").is_file():
+                found = f"{video_id}: array {name} missing"
+            else:
+                try:
+                    arr = g[name]
+                except Exception as e:          # noqa: BLE001 - a damaged zarr.json of the array
+                    arr, found = None, f"{video_id}: array {name} has unreadable metadata ({type(e).__name__}: {e})"
+                if arr is not None:
+                    bad = chunk_problems(arr, gdir / name, may_skip(name, arr, attrs))
+                    if bad:
+                        found = "; ".join(f"{video_id}: array {name} {b}" for b in bad)
+                    else:
+                        try:
+                            arrays[name] = arr[...]
+                        except Exception as e:  # noqa: BLE001 - codec errors (blosc, zstd, shape) of damaged chunks
+                            found = f"{video_id}: array {name} {decode_problem(arr, e)}"
+            if found:
+                problems.append(" ".join(found.split()))
+                if first:
+                    break
+        return VideoFeatures(video_id, attrs, arrays), problems
 
     def video_attrs(self, video_id: str) -> dict:
         """A complete video's attributes from the index (all but its provenance: see :meth:`read_video`)."""
@@ -289,6 +428,7 @@ class FeatureStore:
             target = self.path / "videos" / str(vid)
             if vid and attrs.get("complete") is True and not target.exists():
                 os.rename(p, target)
+                self._fsync_renamed()
                 entry = self._group_entry(target)
                 if entry is not None:
                     self.index.append([entry])
@@ -472,8 +612,13 @@ def verify(store: "FeatureStore", progress=None, reindex: bool = False) -> tuple
     classes = set(attrs.get("classes", []))
 
     def check(vid: str) -> list[str]:
-        video = store.read_video(vid)
-        found = check_video(video, attrs)
+        try:
+            video, found = store.load_video(vid)
+        except Exception as e:                  # noqa: BLE001 - a damaged group: listed, and verify goes on
+            return [" ".join(f"{vid}: group unreadable ({type(e).__name__}: {e})".split())]
+        gdir = store.path / "videos" / vid
+        failed = {n for n in expected_arrays(attrs) if n not in video.arrays and (gdir / n / "zarr.json").is_file()}
+        found += check_video(video, attrs, set(expected_arrays(attrs)) - failed)   # each array's problem once
         if video.attrs.get("label") not in classes:       # every trainer would refuse the store for it
             found.append(f"{vid}: label {video.attrs.get('label')!r} is not among the store's {len(classes)} classes")
         entry = entries[vid]
