@@ -384,7 +384,9 @@ def pack(store, arrays) -> None:
         bars: dict = {}
 
         def progress(split: str, i: int, n: int) -> None:
-            bar = bars.setdefault(split, tqdm(total=n, unit="video", desc=f"pack {split}", dynamic_ncols=True))
+            if split not in bars:             # one bar a split (setdefault built a new bar on every call)
+                bars[split] = tqdm(total=n, unit="video", desc=f"pack {split}", dynamic_ncols=True)
+            bar = bars[split]
             bar.update(i - bar.n)
         done = pack_store(fs, names, progress=progress)
         for bar in bars.values():

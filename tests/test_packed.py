@@ -145,3 +145,24 @@ def test_a_stale_view_of_a_read_only_store_is_a_clear_error(store, monkeypatch):
     monkeypatch.setattr(packed_mod.os, "access", lambda path, mode: False)
     with pytest.raises(StoreError, match="read-only here: run fs pack"):
         open_packed(store, "train", ("fused",))
+
+
+def test_fs_pack_draws_one_progress_bar_a_split(store, monkeypatch):
+    import tqdm as tqdm_mod
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    for i in range(30, 36):
+        _write(FeatureStore(store.path, mode="a"), i, 6, split="test")
+    made = []
+
+    class Counted(tqdm_mod.tqdm):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs.get("desc"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(tqdm_mod, "tqdm", Counted)
+    res = CliRunner().invoke(main, ["pack", str(store.path), "--arrays", "image,fused"])
+    assert res.exit_code == 0, res.output
+    assert made == ["pack train", "pack test"]
