@@ -210,3 +210,24 @@ def test_a_damaged_packed_view_is_one_line_naming_the_split_and_array(tmp_path, 
     result = CliRunner().invoke(main, ["verify", str(store.path)])
     assert result.exit_code != 0
     assert "problem: packed view of train: array image is missing chunk c/2/0" in result.output
+
+
+def test_a_packed_view_with_damaged_metadata_is_listed_by_verify_and_rebuilt_by_fs_pack(tmp_path):
+    store = _store(tmp_path / "s.zarr", 8)
+    view = open_packed(store, "train", ("image",))
+    damaged = view.path
+    view.close()
+    (damaged / "zarr.json").write_text("garbage")                 # bit rot, or a torn write of an older fs
+
+    run = _cli("verify", str(store.path))
+    out = run.stdout + run.stderr
+    assert run.returncode != 0 and "Traceback" not in out, out
+    assert f"problem: packed view of train: its metadata cannot be read (JSONDecodeError) (fs pack {store.path} " \
+           f"rebuilds it)" in out
+    run = _cli("pack", str(store.path), "--arrays", "image")
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    data = SplitData(FeatureStore(store.path), "train", ("image",))
+    assert not damaged.exists()
+    image = data.tensors("image")
+    for j, vid in enumerate(data.video_ids):
+        np.testing.assert_array_equal(image[j].numpy(), store.read_video(vid)["image"].astype(np.float32))
