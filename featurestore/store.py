@@ -361,8 +361,14 @@ class FeatureStore:
     def read_video(self, video_id: str, names: Iterable[str] | None = None) -> VideoFeatures:
         """Load a complete video's arrays (all, or ``names``) as numpy. Each array is first checked complete on disk
         (every chunk present and not empty); a missing array, a missing, empty or undecodable chunk is a one-line
-        StoreError naming the video and the array."""
-        if not self.has_video(video_id):
+        StoreError naming the video and the array, and so is a group whose own zarr.json cannot be read."""
+        try:
+            complete = self.has_video(video_id)
+        except Exception as e:                  # noqa: BLE001 - a damaged zarr.json of the group
+            reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+            raise StoreError(f"{video_id}: group unreadable ({reason}) (fs verify {self.path} lists every "
+                             f"problem)") from None
+        if not complete:
             raise StoreError(f"video {video_id!r} is not a complete video of store {self.path}")
         video, problems = self.load_video(video_id, names, first=True)
         if problems:

@@ -231,3 +231,15 @@ def test_a_packed_view_with_damaged_metadata_is_listed_by_verify_and_rebuilt_by_
     image = data.tensors("image")
     for j, vid in enumerate(data.video_ids):
         np.testing.assert_array_equal(image[j].numpy(), store.read_video(vid)["image"].astype(np.float32))
+
+
+def test_a_video_whose_group_metadata_is_damaged_is_one_line_naming_it_from_readers(tmp_path):
+    store = _store(tmp_path / "s.zarr")
+    (store.path / "videos" / "v002" / "zarr.json").write_text("{bad")
+    with pytest.raises(StoreError) as e:
+        store.read_video("v002")
+    _one_line(e, "v002: group unreadable (JSONDecodeError")
+    with pytest.raises(StoreError) as e:                          # the trainers' packed view is built from it
+        SplitData(FeatureStore(store.path), "train", ("fused",))
+    _one_line(e, "v002: group unreadable")
+    assert store.read_video("v001")["fused"].shape == (5 + 7, 4)
