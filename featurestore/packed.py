@@ -111,7 +111,8 @@ class PackedSplit:
         try:
             return arr[start:stop]
         except Exception as e:                  # noqa: BLE001 - codec errors of damaged chunks
-            raise self._damaged(name, decode_problem(arr, e)) from None
+            rows = (start, arr.shape[0] if stop is None else min(stop, arr.shape[0]))
+            raise self._damaged(name, decode_problem(arr, e, rows)) from None
 
     def reader(self, name: str, cache_rows: int = 0) -> "BlockReader":
         """A block-cached reader of ``name`` holding about ``cache_rows`` rows (at least two blocks)."""

@@ -103,12 +103,17 @@ def may_skip(name: str, array: zarr.Array, attrs: dict) -> bool:
     return (name in ("audio", "mel") and not attrs.get("has_audio", True)) or (name == "t" and array.shape[0] <= 1)
 
 
-def decode_problem(array: zarr.Array, error: Exception) -> str:
+def decode_problem(array: zarr.Array, error: Exception, rows: tuple[int, int] | None = None) -> str:
     """"chunk c/0/0 cannot be decoded (...)" for an array whose read failed: the chunks that fail when read one by one
-    (only on this error path), else the array as a whole."""
+    (only on this error path), else the array as a whole. ``rows`` (start, stop): only the chunks holding the rows
+    whose read failed are tried (a packed array may have thousands of chunks)."""
     encode = array.metadata.chunk_key_encoding.encode_chunk_key
+    grid = [range(n) for n in array.cdata_shape]
+    if rows is not None and grid:
+        step = int(array.chunks[0])
+        grid[0] = range(max(0, rows[0] // step), min(array.cdata_shape[0], -(-rows[1] // step)))
     bad = []
-    for coords in itertools.product(*(range(n) for n in array.cdata_shape)):
+    for coords in itertools.product(*grid):
         try:
             array.get_block_selection(coords)
         except Exception:                       # noqa: BLE001 - any codec error marks the chunk as damaged

@@ -243,3 +243,22 @@ def test_a_video_whose_group_metadata_is_damaged_is_one_line_naming_it_from_read
         SplitData(FeatureStore(store.path), "train", ("fused",))
     _one_line(e, "v002: group unreadable")
     assert store.read_video("v001")["fused"].shape == (5 + 7, 4)
+
+
+def test_a_damaged_packed_chunk_tries_only_the_chunks_of_the_failed_read(tmp_path, small_chunks, monkeypatch):
+    """On the error path each chunk is decoded alone to name the bad ones: only those of the rows that failed, not
+    every chunk of the packed array (thousands, gigabytes, on a large store)."""
+    store = _store(tmp_path / "s.zarr", 8)
+    view = open_packed(store, "train", ("image",))
+    arr = view.array("image")
+    per_chunk, n_chunks = int(arr.chunks[0]), arr.cdata_shape[0]
+    assert n_chunks > 4
+    (view.path / "image" / "c" / "2" / "0").write_bytes(np.random.default_rng(0).bytes(50))
+    tried = []
+    real = zarr.Array.get_block_selection
+    monkeypatch.setattr(zarr.Array, "get_block_selection",
+                        lambda self, coords, *a, **k: (tried.append(tuple(coords)), real(self, coords, *a, **k))[1])
+    with pytest.raises(StoreError) as e:
+        view.read("image", 2 * per_chunk, 3 * per_chunk)
+    _one_line(e, "packed view of train", "array image", "chunk c/2/0 cannot be decoded")
+    assert tried == [(2, 0)]
