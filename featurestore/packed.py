@@ -97,7 +97,10 @@ class PackedSplit:
         """Packed array ``name``, checked complete on disk (every chunk present and not empty) on first use."""
         if name not in self.names and name != "offsets":
             raise StoreError(f"packed view {self.path} has no array {name}")
-        arr = self.group[name]
+        try:
+            arr = self.group[name]
+        except Exception as e:                  # noqa: BLE001 - a damaged zarr.json of the array
+            raise self._damaged(name, f"has unreadable metadata ({type(e).__name__})") from None
         if name not in self._checked:
             bad = chunk_problems(arr, self.path / name)
             if bad:

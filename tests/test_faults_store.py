@@ -262,3 +262,13 @@ def test_a_damaged_packed_chunk_tries_only_the_chunks_of_the_failed_read(tmp_pat
         view.read("image", 2 * per_chunk, 3 * per_chunk)
     _one_line(e, "packed view of train", "array image", "chunk c/2/0 cannot be decoded")
     assert tried == [(2, 0)]
+
+
+def test_a_packed_array_with_damaged_metadata_is_one_line_naming_the_split_and_array(tmp_path):
+    store = _store(tmp_path / "s.zarr", 8)
+    view = open_packed(store, "train", ("image", "fused"))
+    (view.path / "fused" / "zarr.json").write_bytes(b"")
+    view.close()
+    with pytest.raises(StoreError) as e:
+        SplitData(FeatureStore(store.path), "train", ("fused",))
+    _one_line(e, "packed view of train", "array fused has unreadable metadata (JSONDecodeError)", "fs pack")
