@@ -97,7 +97,10 @@ class PackedSplit:
         """Packed array ``name``, checked complete on disk (every chunk present and not empty) on first use."""
         if name not in self.names and name != "offsets":
             raise StoreError(f"packed view {self.path} has no array {name}")
-        arr = self.group[name]
+        try:
+            arr = self.group[name]
+        except Exception as e:                  # noqa: BLE001 - a damaged zarr.json of the array
+            raise self._damaged(name, f"has unreadable metadata ({type(e).__name__})") from None
         if name not in self._checked:
             bad = chunk_problems(arr, self.path / name)
             if bad:
@@ -111,7 +114,8 @@ class PackedSplit:
         try:
             return arr[start:stop]
         except Exception as e:                  # noqa: BLE001 - codec errors of damaged chunks
-            raise self._damaged(name, decode_problem(arr, e)) from None
+            rows = (start, arr.shape[0] if stop is None else min(stop, arr.shape[0]))
+            raise self._damaged(name, decode_problem(arr, e, rows)) from None
 
     def reader(self, name: str, cache_rows: int = 0) -> "BlockReader":
         """A block-cached reader of ``name`` holding about ``cache_rows`` rows (at least two blocks)."""
@@ -199,13 +203,23 @@ def _view_path(store: FeatureStore, split: str) -> tuple[Path | None, bool]:
     return (legacy, True) if (legacy / "zarr.json").is_file() else (None, False)
 
 
+def _view_attrs(path: Path) -> dict | None:
+    """The attributes of the view at ``path``, None when its metadata cannot be read (a damaged zarr.json)."""
+    try:
+        return dict(zarr.open_group(str(path), mode="r").attrs)
+    except Exception:                           # noqa: BLE001 - JSON or zarr metadata errors of a damaged file
+        return None
+
+
 def pack_state(store: FeatureStore, split: str) -> tuple[str, list[str]]:
-    """("current" | "stale" | "missing", arrays packed) of a split's view (a view of the older layout is "stale":
-    it is rebuilt where the store can be written)."""
+    """("current" | "stale" | "missing", arrays packed) of a split's view (a view of the older layout, or one whose
+    metadata cannot be read, is "stale": it is rebuilt where the store can be written)."""
     path, legacy = _view_path(store, split)
     if path is None or not (path / "zarr.json").is_file():
         return "missing", []
-    attrs = zarr.open_group(str(path), mode="r").attrs
+    attrs = _view_attrs(path)
+    if attrs is None:
+        return "stale", []
     current = attrs.get("fingerprint") == fingerprint(_split_entries(store, split)) and not legacy
     return ("current" if current else "stale"), list(attrs.get("arrays", []))
 
@@ -391,7 +405,12 @@ def packed_problems(store: FeatureStore) -> list[str]:
         if version is None or not (root / version / "zarr.json").is_file():
             problems.append(f"packed view of {split}: its pointer {pointer.name} names no view (fs pack rebuilds it)")
             continue
-        group = zarr.open_group(str(root / version), mode="r")
+        try:
+            group = zarr.open_group(str(root / version), mode="r")
+        except Exception as e:                  # noqa: BLE001 - a damaged zarr.json of the view
+            problems.append(f"packed view of {split}: its metadata cannot be read ({type(e).__name__}) "
+                            f"(fs pack {store.path} rebuilds it)")
+            continue
         for name in ["offsets", *group.attrs.get("arrays", [])]:
             try:
                 bad = chunk_problems(group[name], root / version / name)

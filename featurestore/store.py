@@ -103,12 +103,17 @@ def may_skip(name: str, array: zarr.Array, attrs: dict) -> bool:
     return (name in ("audio", "mel") and not attrs.get("has_audio", True)) or (name == "t" and array.shape[0] <= 1)
 
 
-def decode_problem(array: zarr.Array, error: Exception) -> str:
+def decode_problem(array: zarr.Array, error: Exception, rows: tuple[int, int] | None = None) -> str:
     """"chunk c/0/0 cannot be decoded (...)" for an array whose read failed: the chunks that fail when read one by one
-    (only on this error path), else the array as a whole."""
+    (only on this error path), else the array as a whole. ``rows`` (start, stop): only the chunks holding the rows
+    whose read failed are tried (a packed array may have thousands of chunks)."""
     encode = array.metadata.chunk_key_encoding.encode_chunk_key
+    grid = [range(n) for n in array.cdata_shape]
+    if rows is not None and grid:
+        step = int(array.chunks[0])
+        grid[0] = range(max(0, rows[0] // step), min(array.cdata_shape[0], -(-rows[1] // step)))
     bad = []
-    for coords in itertools.product(*(range(n) for n in array.cdata_shape)):
+    for coords in itertools.product(*grid):
         try:
             array.get_block_selection(coords)
         except Exception:                       # noqa: BLE001 - any codec error marks the chunk as damaged
@@ -361,8 +366,14 @@ class FeatureStore:
     def read_video(self, video_id: str, names: Iterable[str] | None = None) -> VideoFeatures:
         """Load a complete video's arrays (all, or ``names``) as numpy. Each array is first checked complete on disk
         (every chunk present and not empty); a missing array, a missing, empty or undecodable chunk is a one-line
-        StoreError naming the video and the array."""
-        if not self.has_video(video_id):
+        StoreError naming the video and the array, and so is a group whose own zarr.json cannot be read."""
+        try:
+            complete = self.has_video(video_id)
+        except Exception as e:                  # noqa: BLE001 - a damaged zarr.json of the group
+            reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+            raise StoreError(f"{video_id}: group unreadable ({reason}) (fs verify {self.path} lists every "
+                             f"problem)") from None
+        if not complete:
             raise StoreError(f"video {video_id!r} is not a complete video of store {self.path}")
         video, problems = self.load_video(video_id, names, first=True)
         if problems:

@@ -73,6 +73,8 @@ def id_problem(video_id: str) -> str:
         return "video_id holds control characters"
     if "/" in video_id or video_id.startswith((".", "__")):
         return "video_id may not contain '/' or start with '.' or '__'"
+    if "\\" in video_id:          # zarr turns a backslash into '/': the group would land in another directory
+        return "video_id may not contain '\\' (zarr reads it as '/')"
     if video_id.lower() in RESERVED_IDS:
         return f"video_id {video_id!r} is a name zarr uses for its metadata"
     n = len(video_id.encode("utf-8", "surrogatepass"))

@@ -134,6 +134,7 @@ def test_fs_verify_reports_a_stored_video_whose_label_is_not_a_class_of_the_stor
     ("ZARR.JSON", "is a name zarr uses for its metadata"),               # one file on a case-insensitive disk
     (".zgroup", "may not contain '/' or start with '.' or '__'"),
     ("..", "may not contain '/' or start with '.' or '__'"),
+    ("v\\", "may not contain '\\' (zarr reads it as '/')"),          # once failed at write, left partial/v/
     ("a\tb", "video_id holds control characters"),
     ("a\u202eb", "video_id holds control characters"),                   # a right-to-left override
 ])

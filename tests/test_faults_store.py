@@ -210,3 +210,65 @@ def test_a_damaged_packed_view_is_one_line_naming_the_split_and_array(tmp_path, 
     result = CliRunner().invoke(main, ["verify", str(store.path)])
     assert result.exit_code != 0
     assert "problem: packed view of train: array image is missing chunk c/2/0" in result.output
+
+
+def test_a_packed_view_with_damaged_metadata_is_listed_by_verify_and_rebuilt_by_fs_pack(tmp_path):
+    store = _store(tmp_path / "s.zarr", 8)
+    view = open_packed(store, "train", ("image",))
+    damaged = view.path
+    view.close()
+    (damaged / "zarr.json").write_text("garbage")                 # bit rot, or a torn write of an older fs
+
+    run = _cli("verify", str(store.path))
+    out = run.stdout + run.stderr
+    assert run.returncode != 0 and "Traceback" not in out, out
+    assert f"problem: packed view of train: its metadata cannot be read (JSONDecodeError) (fs pack {store.path} " \
+           f"rebuilds it)" in out
+    run = _cli("pack", str(store.path), "--arrays", "image")
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    data = SplitData(FeatureStore(store.path), "train", ("image",))
+    assert not damaged.exists()
+    image = data.tensors("image")
+    for j, vid in enumerate(data.video_ids):
+        np.testing.assert_array_equal(image[j].numpy(), store.read_video(vid)["image"].astype(np.float32))
+
+
+def test_a_video_whose_group_metadata_is_damaged_is_one_line_naming_it_from_readers(tmp_path):
+    store = _store(tmp_path / "s.zarr")
+    (store.path / "videos" / "v002" / "zarr.json").write_text("{bad")
+    with pytest.raises(StoreError) as e:
+        store.read_video("v002")
+    _one_line(e, "v002: group unreadable (JSONDecodeError")
+    with pytest.raises(StoreError) as e:                          # the trainers' packed view is built from it
+        SplitData(FeatureStore(store.path), "train", ("fused",))
+    _one_line(e, "v002: group unreadable")
+    assert store.read_video("v001")["fused"].shape == (5 + 7, 4)
+
+
+def test_a_damaged_packed_chunk_tries_only_the_chunks_of_the_failed_read(tmp_path, small_chunks, monkeypatch):
+    """On the error path each chunk is decoded alone to name the bad ones: only those of the rows that failed, not
+    every chunk of the packed array (thousands, gigabytes, on a large store)."""
+    store = _store(tmp_path / "s.zarr", 8)
+    view = open_packed(store, "train", ("image",))
+    arr = view.array("image")
+    per_chunk, n_chunks = int(arr.chunks[0]), arr.cdata_shape[0]
+    assert n_chunks > 4
+    (view.path / "image" / "c" / "2" / "0").write_bytes(np.random.default_rng(0).bytes(50))
+    tried = []
+    real = zarr.Array.get_block_selection
+    monkeypatch.setattr(zarr.Array, "get_block_selection",
+                        lambda self, coords, *a, **k: (tried.append(tuple(coords)), real(self, coords, *a, **k))[1])
+    with pytest.raises(StoreError) as e:
+        view.read("image", 2 * per_chunk, 3 * per_chunk)
+    _one_line(e, "packed view of train", "array image", "chunk c/2/0 cannot be decoded")
+    assert tried == [(2, 0)]
+
+
+def test_a_packed_array_with_damaged_metadata_is_one_line_naming_the_split_and_array(tmp_path):
+    store = _store(tmp_path / "s.zarr", 8)
+    view = open_packed(store, "train", ("image", "fused"))
+    (view.path / "fused" / "zarr.json").write_bytes(b"")
+    view.close()
+    with pytest.raises(StoreError) as e:
+        SplitData(FeatureStore(store.path), "train", ("fused",))
+    _one_line(e, "packed view of train", "array fused has unreadable metadata (JSONDecodeError)", "fs pack")
