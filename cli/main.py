@@ -378,19 +378,21 @@ def pack(store, arrays) -> None:
 
     names = tuple(a.strip() for a in arrays.split(",") if a.strip())
     t0 = time.perf_counter()
+    bars: dict = {}
+
+    def progress(split: str, i: int, n: int) -> None:
+        if split not in bars:                 # one bar a split (setdefault built a new bar on every call)
+            bars[split] = tqdm(total=n, unit="video", desc=f"pack {split}", dynamic_ncols=True)
+        bar = bars[split]
+        bar.update(i - bar.n)
     try:
         fs = FeatureStore(store)
         require_arrays(fs, names)
-        bars: dict = {}
-
-        def progress(split: str, i: int, n: int) -> None:
-            if split not in bars:             # one bar a split (setdefault built a new bar on every call)
-                bars[split] = tqdm(total=n, unit="video", desc=f"pack {split}", dynamic_ncols=True)
-            bar = bars[split]
-            bar.update(i - bar.n)
-        done = pack_store(fs, names, progress=progress)
-        for bar in bars.values():
-            bar.close()
+        try:
+            done = pack_store(fs, names, progress=progress)
+        finally:                              # ends the bar's line, so that an error starts a line of its own
+            for bar in bars.values():
+                bar.close()
     except StoreError as e:
         _fail(e)
     for split, what in done.items():
