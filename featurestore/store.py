@@ -59,6 +59,9 @@ def chunk_shape(data: np.ndarray, target_bytes: int = 4 << 20) -> tuple[int, ...
     return (max(1, min(len(data), target_bytes // row)),) + data.shape[1:]
 
 
+LISTED_KEYS = ("label", "split", "n_steps", "duration", "has_audio")   # what listings and fs info read of an entry
+
+
 class StoreError(RuntimeError):
     """The store is missing, of another schema, or was built with other settings than asked."""
 
@@ -270,8 +273,11 @@ class FeatureStore:
         vdir = self.path / "videos"
         names = set(_subdirs(vdir))
         entries = {v: e for v, e in indexed.items() if v in names}
-        missing = sorted(names - set(indexed))
-        found = [e for e in threaded_map(lambda v: self._group_entry(vdir / v), missing) if e is not None]
+        # a well-formed line that lacks what listings read (a damaged or hand-edited index) is read from the group
+        partial = {v for v, e in entries.items() if not all(k in e for k in LISTED_KEYS)}
+        missing = sorted((names - set(indexed)) | partial)
+        found = [e for e in threaded_map(lambda v: self._group_entry(vdir / v), missing) if e is not None
+                 and (e["video_id"] not in partial or all(k in e for k in LISTED_KEYS))]
         entries.update((e["video_id"], e) for e in found)
         if found and self.mode == "a":
             self.index.append(found)

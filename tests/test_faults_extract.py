@@ -234,6 +234,22 @@ def test_an_index_line_without_a_video_never_stops_a_reader(damaged):
     assert "1 complete" in cli("info", damaged).output
 
 
+def test_an_index_line_lacking_what_listings_read_is_read_from_the_group(damaged):
+    """A well-formed line that supersedes a video's real entry but lacks its split, label, ... (hand-edited or
+    damaged): listings read that video from its group (fs info failed with KeyError: 'split'), and a writer
+    re-indexes it."""
+    want = FeatureStore(damaged).video_attrs("silent")
+    with open(damaged / "index.jsonl", "a") as f:
+        f.write('{"video_id": "silent", "tag": "x"}\n')
+    store = FeatureStore(damaged)
+    assert store.video_attrs("silent")["split"] == want["split"] and store.info()["videos"] == 1
+    res = cli("info", damaged)
+    assert res.exit_code == 0 and "1 complete" in res.output, res.output
+    FeatureStore(damaged, mode="a").video_ids()              # a writer's listing indexes the group's entry again
+    last = (damaged / "index.jsonl").read_text().splitlines()[-1]
+    assert '"split"' in last and '"silent"' in last
+
+
 def test_a_failure_row_of_a_video_stored_since_is_forgotten(damaged, video_dir, client):
     """A run stopped after storing a video that had a row leaves the row; the next run drops it."""
     FeatureStore(damaged, mode="a").record_failure("silent", str(video_dir / "silent.mp4"), "decode", "old")
