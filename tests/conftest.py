@@ -62,3 +62,13 @@ def manifest_of(tmp_path):
         df.to_csv(out, index=False)
         return out
     return _write
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A local Dask cluster of one in-process worker, one per test module (a module may define its own)."""
+    from featurestore.cluster import close_client, make_client
+
+    c = make_client(workers=1, processes=False)
+    yield c
+    close_client(c)

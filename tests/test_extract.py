@@ -28,13 +28,6 @@ def decodes(monkeypatch):
     return counts
 
 
-@pytest.fixture(scope="module")
-def client():
-    c = make_client(workers=1, processes=False)
-    yield c
-    close_client(c)
-
-
 def manifest(video_dir, names):
     return pd.DataFrame([{"video_id": n.split(".")[0], "path": str(video_dir / n), "label": f"c{i % 2}",
                           "split": "train" if i % 2 else "test", "segments": ""} for i, n in enumerate(names)])

@@ -26,13 +26,6 @@ from tests.conftest import make_video
 LIGHT = ExtractConfig(descriptors=("image", "audio", "fused"), student_weights="random", batch_size=4)
 
 
-@pytest.fixture(scope="module")
-def client():
-    c = make_client(workers=1, processes=False)
-    yield c
-    close_client(c)
-
-
 def rows(**paths) -> pd.DataFrame:
     return pd.DataFrame([{"video_id": k, "path": str(p), "label": "a", "split": "train", "segments": ""}
                          for k, p in paths.items()])

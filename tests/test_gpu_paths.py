@@ -13,7 +13,6 @@ import pytest
 import torch
 
 import featurestore.decode as decode
-from featurestore.cluster import close_client, make_client
 from featurestore.config import ExtractConfig
 from featurestore.extract import run_extraction
 from featurestore.store import FeatureStore, StoreError
@@ -21,13 +20,6 @@ from featurestore.store import FeatureStore, StoreError
 LIGHT = ExtractConfig(descriptors=("image", "audio", "fused"), batch_size=1, student_weights="random", threads=2)
 WORKER_GPU = 5                     # the worker's GPU: PCI index 5 of 8, CUDA ordinal 0 for the worker
 UUIDS = [f"GPU-{i:08x}-0000-0000-0000-{i:012x}" for i in range(8)]
-
-
-@pytest.fixture(scope="module")
-def client():
-    c = make_client(workers=1, processes=False)
-    yield c
-    close_client(c)
 
 
 def one_video(video_dir, name: str = "tone.mp4") -> pd.DataFrame:

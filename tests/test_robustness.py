@@ -14,7 +14,6 @@ import zarr
 from click.testing import CliRunner
 
 from cli.main import main
-from featurestore.cluster import close_client, make_client
 from featurestore.decode import ffmpeg_exe
 from featurestore.config import ExtractConfig
 from featurestore.extract import run_extraction
@@ -27,13 +26,6 @@ LIGHT = ExtractConfig(descriptors=("image", "audio", "fused"), student_weights="
 
 def ffmpeg(*args):
     subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *map(str, args)], check=True)
-
-
-@pytest.fixture(scope="module")
-def client():
-    c = make_client(workers=1, processes=False)
-    yield c
-    close_client(c)
 
 
 def run(store_path, rows, client):
