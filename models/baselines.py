@@ -15,7 +15,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from models.imgaud import FUSED_DIM
-from models.selection import BUDGET, Selection, UnitCosts, VideoArrays, counted, stored
+from models.selection import (BUDGET, NO_STEP, BlockSelection, Selection, ShapeCosts, UnitCosts, VideoArrays,
+                              VideoBlock, counted, counted_gflops, masked_top, mean_at, scatter_rows, stored)
 
 
 
@@ -59,8 +60,31 @@ def index_end(n: int, k: int) -> np.ndarray:
 def _video_seed(video: VideoArrays) -> int:
     """RANDOM's per-video seed, from the video's id: the same steps wherever the store or the video file lies (the
     stored path is absolute, so it differs between machines)."""
-    key = getattr(video, "video_id", None) or video.attrs.get("video_id") or video.attrs.get("path", "")
+    return _id_seed(getattr(video, "video_id", None), video.attrs)
+
+
+def _id_seed(video_id: str | None, attrs) -> int:
+    key = video_id or attrs.get("video_id") or attrs.get("path", "")
     return zlib.crc32(str(key).encode())
+
+
+def blind_steps(rule: str, lengths: torch.Tensor, k: int) -> torch.Tensor:
+    """The steps of UNIFORM, FRONT, CENTER or END for videos of ``lengths`` (B,) steps at once: (B, k) int64, NO_STEP
+    past min(k, n) (each rule picks min(k, n) steps, as :func:`index_uniform` and its siblings)."""
+    n = lengths.long()[:, None]
+    j = torch.arange(k, device=lengths.device)[None]
+    if rule == "uniform":     # float64, in index_uniform's order of operations: the same steps
+        spread = ((j.double() + 0.5) * n.double() / k).long()
+        steps = torch.where(n <= k, j, spread)
+    elif rule == "front":
+        steps = j.expand(len(n), k)
+    elif rule == "center":
+        steps = ((n - k) // 2).clamp(min=0) + j
+    elif rule == "end":
+        steps = (n - k).clamp(min=0) + j
+    else:
+        raise ValueError(f"no blind rule {rule!r}")
+    return steps.masked_fill(j >= n, NO_STEP)
 
 
 class HeadSelector:
@@ -77,6 +101,9 @@ class HeadSelector:
         self.name, self.head, self.feature, self.k, self.rule = name, head, feature, k, rule
         self.step_gflops = costs.of(feature)
         self.class_index = class_index
+        self.head_gflops = ShapeCosts(lambda rows: counted_gflops(
+            lambda: F.softmax(self.head(torch.zeros(rows, in_features(self.head), device=_device(self.head))), dim=1)))
+        """GFLOPs of the head (and its softmax) on a given number of rows, counted once per count."""
 
     @torch.inference_mode()
     def select(self, video: VideoArrays) -> Selection:
@@ -97,8 +124,63 @@ class HeadSelector:
             rank = probs.max(1).values
         else:
             rank = probs[:, self.class_index[video.attrs["label"]]]
-        steps = torch.argsort(rank, descending=True)[: self.k].numpy()
+        steps = torch.argsort(rank, descending=True, stable=True)[: self.k].numpy()
         return Selection(steps, probs[steps].mean(0).numpy(), cost)
+
+    @torch.inference_mode()
+    def select_batch(self, block: VideoBlock) -> BlockSelection:
+        """:meth:`select` for a block of videos: the head runs once over every step of the block, and its
+        probabilities are shared with every other row of the same head (the head-rule baselines, ORACLE, the
+        samplers' recogniser)."""
+        probs = head_probabilities(block, self.head, self.feature)           # (B, N, C)
+        mask, lengths = block.mask, block.lengths
+        n = lengths.cpu().numpy()
+        if self.rule in ("random", "uniform", "front", "center", "end"):
+            if self.rule == "random":
+                steps = torch.full((len(block), min(self.k, block.n)), NO_STEP, dtype=torch.long)
+                for i, (vid, attrs) in enumerate(zip(block.video_ids, block.attrs)):
+                    chosen = index_random(int(n[i]), self.k, _id_seed(vid, attrs))
+                    steps[i, :len(chosen)] = torch.from_numpy(chosen)
+                steps = steps.to(mask.device)
+            else:
+                steps = blind_steps(self.rule, lengths, self.k)
+            m = (steps != NO_STEP).sum(1).cpu().numpy()
+            gflops = m * self.step_gflops + self.head_gflops.each(m)
+        else:
+            gflops = n * self.step_gflops + self.head_gflops.each(n)
+            if self.rule == "dense":
+                steps = torch.arange(block.n, device=mask.device)[None].expand(len(block), -1).masked_fill(~mask,
+                                                                                                      NO_STEP)
+            else:
+                if self.rule == "confidence":
+                    rank = probs.max(-1).values
+                else:
+                    y = torch.tensor([self.class_index[a["label"]] for a in block.attrs], device=probs.device)
+                    rank = torch.gather(probs, 2, y[:, None, None].expand(-1, probs.shape[1], 1))[..., 0]
+                steps = masked_top(rank, mask, self.k)
+        return BlockSelection(steps.cpu().numpy(), mean_at(probs, steps).double().cpu().numpy(), gflops)
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def in_features(module: nn.Module) -> int:
+    """The width of the rows ``module`` reads: its first BatchNorm's or Linear layer's input width."""
+    for m in module.modules():
+        for attr in ("in_dim", "num_features", "in_features"):
+            if isinstance(getattr(m, attr, None), int):
+                return getattr(m, attr)
+    raise ValueError(f"cannot tell the input width of {type(module).__name__}")
+
+
+def head_probabilities(block: VideoBlock, head: nn.Module, feature: str) -> torch.Tensor:
+    """softmax(head(z)) of every valid step of the block's ``feature`` (B, N, C), computed once per block and head
+    and shared by every row that reads it."""
+    def compute() -> torch.Tensor:
+        head.to(block.device)
+        return scatter_rows(F.softmax(head(block.rows(feature)), dim=1), block.mask)
+    return block.memo(("head", id(head), feature), compute)
 
 
 class LSTMBaseline(nn.Module):
@@ -136,9 +218,29 @@ class LSTMSelector:
 
     def __init__(self, name: str, model: LSTMBaseline, costs: UnitCosts):
         self.name, self.model, self.pair_gflops = name, model.eval(), costs.pair
+        self.model_gflops = ShapeCosts(self._count)
+        """The LSTM's GFLOPs on one video of n steps, counted once per n."""
+
+    def _count(self, n: int) -> float:
+        gflops = getattr(self.model, "gflops", None)
+        if gflops is not None:
+            return gflops(n)
+        dev = _device(self.model)
+        return counted_gflops(self.model, torch.zeros(1, n, in_features(self.model), device=dev),
+                              torch.ones(1, n, dtype=torch.bool, device=dev))
 
     @torch.inference_mode()
     def select(self, video: VideoArrays) -> Selection:
         z = stored(video, "fused")[None]
         logits, gflops = counted(self.model, z, torch.ones(1, z.shape[1], dtype=torch.bool))
         return Selection(np.arange(z.shape[1]), F.softmax(logits[0], 0).numpy(), z.shape[1] * self.pair_gflops + gflops)
+
+    @torch.inference_mode()
+    def select_batch(self, block: VideoBlock) -> BlockSelection:
+        """:meth:`select` for a block: the padded, masked sequences in one forward."""
+        self.model.to(block.device)
+        logits = self.model(block.padded("fused"), block.mask)
+        n = block.lengths.cpu().numpy()
+        steps = torch.arange(block.n)[None].expand(len(block), -1).masked_fill(~block.mask.cpu(), NO_STEP)
+        return BlockSelection(steps.numpy(), F.softmax(logits, 1).double().cpu().numpy(),
+                              n * self.pair_gflops + self.model_gflops.each(n))

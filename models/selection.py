@@ -75,3 +75,141 @@ def counted(fn: Callable, *args, **kwargs):
     with FlopCounterMode(display=False) as fc:
         out = fn(*args, **kwargs)
     return out, fc.get_total_flops() / 1e9
+
+
+# --- selection in blocks of videos -----------------------------------------------------------------------------------
+
+NO_STEP = -1   # pads a block's chosen-step rows past each video's own count
+
+
+@dataclass
+class BlockSelection:
+    """A selector's answers for a block of B videos: what :class:`Selection` holds, one row per video."""
+
+    steps: np.ndarray      # (B, K) int64 chosen step indices in the order chosen, NO_STEP past each video's count
+    scores: np.ndarray     # (B, C) video-level class scores (probabilities)
+    gflops: np.ndarray     # (B,) what this method computed for each video
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Steps chosen per video (B,)."""
+        return (self.steps != NO_STEP).sum(1)
+
+    def video(self, i: int) -> Selection:
+        """Video ``i``'s answer as a :class:`Selection` (without display details)."""
+        return Selection(self.steps[i][self.steps[i] != NO_STEP], self.scores[i], float(self.gflops[i]))
+
+    @classmethod
+    def stack(cls, selections: list[Selection]) -> "BlockSelection":
+        """Per-video answers as one block."""
+        k = max((len(s.steps) for s in selections), default=0)
+        steps = np.full((len(selections), k), NO_STEP, np.int64)
+        for i, s in enumerate(selections):
+            steps[i, :len(s.steps)] = np.asarray(s.steps, np.int64)
+        return cls(steps, np.stack([np.asarray(s.scores, np.float64) for s in selections]),
+                   np.array([s.gflops for s in selections], np.float64))
+
+
+class VideoBlock:
+    """B videos padded to the longest with a validity mask, on one device: what ``select_batch`` reads.
+
+    ``load(name)`` returns array ``name`` of the block as (B, N, ...) float32 on ``device`` (zeros past each video's
+    length); every array is loaded once and shared by all selectors, and :meth:`memo` shares any other work (the
+    per-step head's probabilities, interpolated indexing features, a skimmer's run) between the rows that need it.
+    ``video(i)`` gives one video as :class:`VideoArrays`, for selectors that only answer one video at a time."""
+
+    def __init__(self, video_ids: list[str], attrs: list[Mapping], lengths: torch.Tensor,
+                 load: Callable[[str], torch.Tensor], video: Callable[[int], VideoArrays], device: str = "cpu"):
+        self.video_ids, self.attrs, self.device = list(video_ids), list(attrs), device
+        self.lengths = torch.as_tensor(lengths, dtype=torch.long).to(device)
+        self._load, self._video = load, video
+        self._memo: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+    @property
+    def n(self) -> int:
+        """Padded length: the longest video's steps."""
+        return int(self.lengths.max()) if len(self) else 0
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """(B, N) bool: which padded positions are steps of their video."""
+        return self.memo("mask", lambda: torch.arange(self.n, device=self.device)[None] < self.lengths[:, None])
+
+    def padded(self, name: str) -> torch.Tensor:
+        """Array ``name`` of every video, (B, N, ...) float32 on the block's device, zero past each length."""
+        return self.memo(("array", name), lambda: self._load(name))
+
+    def rows(self, name: str) -> torch.Tensor:
+        """Array ``name`` of every valid step of the block, video after video: (sum of lengths, ...)."""
+        return self.memo(("rows", name), lambda: self.padded(name)[self.mask])
+
+    def memo(self, key, compute: Callable):
+        """``compute()`` once per block and ``key``; later calls with the same key share the result."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def video(self, i: int) -> VideoArrays:
+        return self._video(i)
+
+
+def scatter_rows(rows: torch.Tensor, mask: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+    """Per-step values of the valid steps (M, ...) back into a padded (B, N, ...) tensor, ``fill`` elsewhere."""
+    out = rows.new_full(tuple(mask.shape) + tuple(rows.shape[1:]), fill)
+    out[mask] = rows
+    return out
+
+
+def masked_top(rank: torch.Tensor, mask: torch.Tensor, k: int, descending: bool = True) -> torch.Tensor:
+    """Each video's ``k`` best steps by ``rank`` (B, N) among its valid ones, in rank order (ties: the earlier step
+    first, as a stable sort); NO_STEP where a video has fewer than ``k`` steps. (B, min(k, N)) int64."""
+    fill = float("-inf") if descending else float("inf")
+    order = torch.sort(rank.masked_fill(~mask, fill), dim=1, descending=descending, stable=True).indices[:, :k]
+    valid = torch.arange(order.shape[1], device=order.device)[None] < mask.sum(1, keepdim=True)
+    return order.masked_fill(~valid, NO_STEP)
+
+
+def mean_at(values: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` (B, N, C) over each video's chosen ``steps`` (B, K), NO_STEP ignored. (B, C)"""
+    valid = steps != NO_STEP
+    got = torch.gather(values, 1, steps.clamp(min=0).unsqueeze(-1).expand(-1, -1, values.shape[-1]))
+    w = valid.unsqueeze(-1).to(values.dtype)
+    return (got * w).sum(1) / w.sum(1).clamp(min=1)
+
+
+def select_block(selector: Selector, block: VideoBlock) -> BlockSelection:
+    """``selector``'s answers for a block: its own ``select_batch`` when it has one, else ``select`` on each video
+    (a user-written selector with only ``select`` still runs in the bench)."""
+    batch = getattr(selector, "select_batch", None)
+    if batch is not None:
+        return batch(block)
+    return BlockSelection.stack([selector.select(block.video(i)) for i in range(len(block))])
+
+
+class ShapeCosts:
+    """GFLOPs of a computation that depend only on its input shapes (step count N and options, never the values):
+    ``count(*key)`` runs it under FlopCounterMode on one shape, once per distinct key, and the answer is cached."""
+
+    def __init__(self, count: Callable[..., float]):
+        self.count = count
+        self.cache: dict = {}
+
+    def __call__(self, *key) -> float:
+        if key not in self.cache:
+            self.cache[key] = float(self.count(*key))
+        return self.cache[key]
+
+    def each(self, keys: np.ndarray | torch.Tensor) -> np.ndarray:
+        """GFLOPs of every key of an integer array (one count per distinct value)."""
+        keys = np.asarray(keys.cpu() if isinstance(keys, torch.Tensor) else keys, np.int64)
+        uniq, inverse = np.unique(keys, return_inverse=True)
+        return np.array([self(int(k)) for k in uniq], np.float64)[inverse.reshape(keys.shape)]
+
+
+def counted_gflops(fn: Callable, *args, **kwargs) -> float:
+    """GFLOPs of ``fn(*args, **kwargs)`` counted with FlopCounterMode, in inference mode."""
+    with torch.inference_mode():
+        return counted(fn, *args, **kwargs)[1]

@@ -7,14 +7,18 @@ the T fused features (Eq. 9) and an FC layer classifies it.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
+
+import numpy as np
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from models.imgaud import AUDIO_DIM, FUSED_DIM, IMAGE_DIM, Fusion
-from models.selection import BUDGET, Selection, UnitCosts, VideoArrays, counted, stored
+from models.selection import (BUDGET, NO_STEP, BlockSelection, Selection, ShapeCosts, UnitCosts, VideoArrays,
+                              VideoBlock, counted, counted_gflops, masked_top, stored)
 
 INDEXING_MODES = ("audio-visual", "visual", "single")
 NEG = -1e9   # what padded or already-chosen positions score before the softmax
@@ -259,14 +263,69 @@ class ImgAudSkimmer(nn.Module):
         return torch.where(avail.any(1, keepdim=True), avail, mask)
 
 
+def kept_counts(lengths: np.ndarray, subsample: int) -> np.ndarray:
+    """len(kept_steps(n, subsample)) for every n of ``lengths``: every s-th step, and the last one."""
+    n = np.asarray(lengths, np.int64)
+    return np.where(n > 0, -(-n // subsample) + ((n - 1) % subsample != 0), 0)
+
+
+_SKIM_COSTS: "weakref.WeakKeyDictionary[ImgAudSkimmer, dict]" = weakref.WeakKeyDictionary()
+
+
+def skim_gflops(skimmer: ImgAudSkimmer, n: int, steps: int, hard: bool = False) -> float:
+    """GFLOPs of the skimmer's own modules on one video of ``n`` steps skimmed with T = ``steps``: counted with
+    FlopCounterMode at T = 1 and T = 2 once per (n, hard), and affine in T beyond (every skimming step runs the same
+    modules on the same shapes). The indexing features themselves are paid for by the caller."""
+    cache = _SKIM_COSTS.setdefault(skimmer, {})
+    if (n, hard) not in cache:
+        cache[(n, hard)] = (_count_skim(skimmer, n, 1, hard), _count_skim(skimmer, n, 2, hard))
+    one, two = cache[(n, hard)]
+    return one + (steps - 1) * (two - one)
+
+
+def _count_skim(skimmer: ImgAudSkimmer, n: int, steps: int, hard: bool) -> float:
+    dev = next(skimmer.parameters()).device
+    mask = torch.ones(1, n, dtype=torch.bool, device=dev)
+    if skimmer.indexing == "single":
+        z = torch.zeros(1, n, skimmer.key_f.net[0].in_channels, device=dev)
+        return counted_gflops(skimmer, None, None, mask, steps, hard, z, lookup=(z,))
+    z_i = torch.zeros(1, n, skimmer.key_i.net[0].in_channels, device=dev)
+    z_a = torch.zeros(1, n, skimmer.key_a.net[0].in_channels, device=dev)
+    return counted_gflops(skimmer, z_i, z_a, mask, steps, hard, lookup=(z_i, z_a))
+
+
+def skim_block(block: VideoBlock, skimmer: ImgAudSkimmer, subsample: int, hard: bool, steps: int) -> SkimOutput:
+    """One skimmer run with T = ``steps`` over a block (padded, masked), shared through the block's memo by every
+    row of the same network, subsampling and hard option: an early stop at t < T is a prefix of it (the sweep's ten
+    early-stop rows are one run); the interpolated indexing features are shared by every network at that s."""
+    def run() -> SkimOutput:
+        skimmer.to(block.device)
+        names = ("fused",) if skimmer.indexing == "single" else ("image", "audio")
+        real = [block.padded(k) for k in names]
+        feats = [block.memo(("interpolated", k, subsample),
+                            lambda z=z: interpolate_padded(z, block.lengths, subsample)) for k, z in zip(names, real)]
+        if skimmer.indexing == "single":
+            return skimmer(None, None, block.mask, steps, hard, feats[0], lookup=real)
+        return skimmer(feats[0], feats[1], block.mask, steps, hard, lookup=real)
+    return block.memo(("skim", id(skimmer), subsample, hard, steps), run)
+
+
 class SkimSelector:
     """ImgAud-Skimming with its inference options: early stop (``steps``), sparse indexing features
-    (``subsample``), unaggregated argmax features (``hard``, ablation G.3)."""
+    (``subsample``), unaggregated argmax features (``hard``, ablation G.3). In a block, the skimmer runs for
+    ``run_steps`` (default ``steps``) and this row reads the first ``steps`` of it: rows that differ only in the
+    early stop share one run."""
 
     def __init__(self, name: str, skimmer: ImgAudSkimmer, costs: UnitCosts, steps: int = BUDGET,
-                 subsample: int = 1, hard: bool = False):
+                 subsample: int = 1, hard: bool = False, run_steps: int | None = None):
         self.name, self.skimmer, self.pair_gflops = name, skimmer.eval(), costs.pair
         self.steps, self.subsample, self.hard = steps, subsample, hard
+        self.run_steps = max(steps, run_steps or steps)
+
+    @property
+    def looks_up(self) -> bool:
+        """Whether the chosen steps' own features are read (computed) beside the indexing features."""
+        return self.hard or self.skimmer.indexing == "visual"
 
     @torch.inference_mode()
     def select(self, video: VideoArrays) -> Selection:
@@ -276,20 +335,36 @@ class SkimSelector:
         feats = [interpolate_features(z[0], self.subsample)[None] for z in real]
         n = feats[0].shape[1]
         mask = torch.ones(1, n, dtype=torch.bool)
-        looks_up = self.hard or self.skimmer.indexing == "visual"    # reads the real features at the chosen steps
         if single:
             out, gflops = counted(self.skimmer, None, None, mask, self.steps, self.hard, feats[0], lookup=real)
         else:
             out, gflops = counted(self.skimmer, feats[0], feats[1], mask, self.steps, self.hard, lookup=real)
         steps = out.steps[0].numpy()
         computed = set(kept_steps(n, self.subsample).tolist())
-        if looks_up:
+        if self.looks_up:
             computed |= set(steps.tolist())      # the chosen steps' own features are computed and used
         details = {"attention": out.attention[0].numpy()}
         if self.skimmer.indexing == "audio-visual":          # s^I, s^A mix the two attentions only in this mode
             details["modality"] = out.modality[0].numpy()
         return Selection(steps, F.softmax(out.logits[0], 0).numpy(), len(computed) * self.pair_gflops + gflops,
                          details)
+
+    @torch.inference_mode()
+    def select_batch(self, block: VideoBlock) -> BlockSelection:
+        """:meth:`select` for a block of videos, reading a shared run (:func:`skim_block`); GFLOPs by shape."""
+        out = skim_block(block, self.skimmer, self.subsample, self.hard, self.run_steps)
+        t = self.steps
+        logits = out.logits if t == out.fused.shape[1] else self.skimmer.classify(out.fused[:, :t].mean(1))
+        steps = out.steps[:, :t - 1].cpu().numpy()
+        n = block.lengths.cpu().numpy()
+        computed = kept_counts(n, self.subsample)
+        if self.looks_up and self.subsample > 1:      # chosen steps that are not kept, each counted once
+            extra = (steps % self.subsample != 0) & (steps != (n - 1)[:, None])
+            ordered = np.sort(np.where(extra, steps, -1), axis=1)
+            computed = computed + ((ordered >= 0) & np.diff(ordered, axis=1, prepend=-1).astype(bool)).sum(1)
+        own = np.array([skim_gflops(self.skimmer, int(v), t, self.hard) for v in np.unique(n)])[
+            np.searchsorted(np.unique(n), n)]
+        return BlockSelection(steps, F.softmax(logits, 1).double().cpu().numpy(), computed * self.pair_gflops + own)
 
 
 class NonRecurrentSelector:
@@ -298,16 +373,37 @@ class NonRecurrentSelector:
 
     def __init__(self, name: str, skimmer: ImgAudSkimmer, costs: UnitCosts, k: int = BUDGET):
         self.name, self.skimmer, self.pair_gflops, self.k = name, skimmer.eval(), costs.pair, k
+        self.own_gflops = ShapeCosts(self._count)
+        """GFLOPs of the query, the k fusions and the classifier on one video of n steps, counted once per n."""
+
+    def _run(self, z_i: torch.Tensor, z_a: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Steps (B, k; NO_STEP past each video's count) and class probabilities (B, C) of padded videos."""
+        sk = self.skimmer
+        steps = masked_top(sk.first_query_weights(z_i, z_a, mask), mask, self.k)
+        valid, idx = steps != NO_STEP, steps.clamp(min=0)
+        pick = lambda z: torch.gather(z, 1, idx.unsqueeze(-1).expand(-1, -1, z.shape[-1]))  # noqa: E731
+        zi, za = pick(z_i), pick(z_a)
+        fused = sk.fusion(zi.reshape(-1, zi.shape[-1]), za.reshape(-1, za.shape[-1])).reshape(*idx.shape, -1)
+        return steps, F.softmax(sk.classify(masked_mean(fused, valid)), 1)
+
+    def _count(self, n: int) -> float:
+        dev = next(self.skimmer.parameters()).device
+        z_i = torch.zeros(1, n, self.skimmer.key_i.net[0].in_channels, device=dev)
+        z_a = torch.zeros(1, n, self.skimmer.key_a.net[0].in_channels, device=dev)
+        return counted_gflops(self._run, z_i, z_a, torch.ones(1, n, dtype=torch.bool, device=dev))
 
     @torch.inference_mode()
     def select(self, video: VideoArrays) -> Selection:
         z_i, z_a = stored(video, "image")[None], stored(video, "audio")[None]
         mask = torch.ones(1, z_i.shape[1], dtype=torch.bool)
+        (steps, probs), gflops = counted(self._run, z_i, z_a, mask)
+        return Selection(steps[0].numpy(), probs[0].numpy(), z_i.shape[1] * self.pair_gflops + gflops)
 
-        def run():
-            sk = self.skimmer
-            steps = torch.argsort(sk.first_query_weights(z_i, z_a, mask)[0], descending=True)[: self.k]
-            m = sk.fusion(z_i[0, steps], z_a[0, steps]).mean(0)
-            return steps, F.softmax(sk.classify(m[None])[0], 0)
-        (steps, probs), gflops = counted(run)
-        return Selection(steps.numpy(), probs.numpy(), z_i.shape[1] * self.pair_gflops + gflops)
+    @torch.inference_mode()
+    def select_batch(self, block: VideoBlock) -> BlockSelection:
+        """:meth:`select` for a block of videos; GFLOPs by shape."""
+        self.skimmer.to(block.device)
+        steps, probs = self._run(block.padded("image"), block.padded("audio"), block.mask)
+        n = block.lengths.cpu().numpy()
+        return BlockSelection(steps.cpu().numpy(), probs.double().cpu().numpy(),
+                              n * self.pair_gflops + self.own_gflops.each(n))

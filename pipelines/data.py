@@ -16,6 +16,7 @@ from featurestore.text import printable
 from featurestore.weights import WeightsError, load_recorded
 from manifests.schema import parse_segments
 from models.imgaud import Fusion
+from models.selection import VideoBlock
 
 INPUT_ARRAYS = KEPT_INPUTS + KEPT_CLIPS     # kept inputs are read from the groups; descriptors from the packed view
 READ_BUDGET_BYTES = int(os.environ.get("FS_READ_BUDGET_MB", "512")) << 20
@@ -201,6 +202,36 @@ class SplitData:
         out = torch.from_numpy(buf).to(self.device).float()
         return out, torch.arange(n, device=out.device)[None, :] < lengths.to(out.device)[:, None]
 
+    def block(self, idx: Sequence[int], device: str | None = None) -> VideoBlock:
+        """The videos ``idx`` as one :class:`~models.selection.VideoBlock` (padded arrays with a mask) on ``device``
+        (the split's own by default), for the selectors' ``select_batch``."""
+        idx = [int(i) for i in idx]
+        device = device or self.device
+
+        def load(name: str) -> torch.Tensor:
+            return self.padded(name, idx)[0].to(device)
+        return VideoBlock([self.video_ids[i] for i in idx], [self.attrs[i] for i in idx],
+                          torch.as_tensor(self.n_steps[idx], dtype=torch.long), load,
+                          lambda i: self.videos[idx[i]], device)
+
+    def blocks(self, videos: int = 128, values: int = 32 << 20) -> Iterator[np.ndarray]:
+        """The split cut into blocks of video indices for selection: consecutive windows that the read cache holds,
+        each sorted by length (so a block pads little) and cut into blocks of at most ``videos`` videos and about
+        ``values`` padded values per array row width 1024. Every video is in exactly one block."""
+        n_steps = self.n_steps
+        starts = self.packed.offsets[:-1]
+        window = starts // max(self.window_rows, 1) if not self.fits() else np.zeros(len(self), np.int64)
+        for w in np.unique(window):
+            members = np.nonzero(window == w)[0]
+            members = members[np.argsort(n_steps[members], kind="stable")]
+            i = 0
+            while i < len(members):
+                j = i + 1
+                while j < len(members) and j - i < videos and (j - i + 1) * n_steps[members[j]] * 1024 <= values:
+                    j += 1
+                yield members[i:j]
+                i = j
+
     def moments(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and unbiased standard deviation of array ``name`` over every step of the split (on the CPU): from
         the rows at once when the split fits the budget, else accumulated video by video in float64."""
@@ -290,7 +321,7 @@ def action_mask(video: VideoFeatures) -> np.ndarray | None:
 def pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack variable-length (N_i, D) sequences into (B, max N, D) with a (B, max N) validity mask."""
     n = max(len(s) for s in seqs)
-    out = seqs[0].new_zeros(len(seqs), n, seqs[0].shape[1])
+    out = seqs[0].new_zeros((len(seqs), n) + tuple(seqs[0].shape[1:]))
     mask = torch.zeros(len(seqs), n, dtype=torch.bool, device=seqs[0].device)
     for i, s in enumerate(seqs):
         out[i, : len(s)] = s
