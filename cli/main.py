@@ -636,7 +636,9 @@ def train_sampler_cmd(store, runs, modality, loss, margin, epochs, batch_size, l
 @click.option("--gallery", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also draw the fs show figure of this many test videos (the most and the least confident, right "
                    "and wrong) into <out>/gallery and report.html.")
-def bench(store, runs, subsample, steps, methods, out, no_sweep, clip_level, student, gallery) -> None:
+@click.option("--device", default="auto", show_default=True,
+              help="Where selection runs: auto (the first GPU when torch sees one, else the CPU), cpu or cuda[:N].")
+def bench(store, runs, subsample, steps, methods, out, no_sweep, clip_level, student, gallery, device) -> None:
     """Compare every selector on the test split: top-1, mAP, GFLOPs, time, trade-off plot, sweep of s and T;
     report.html beside bench.csv holds them all (and the gallery) in one page."""
     from featurestore.store import FeatureStore, StoreError
@@ -660,7 +662,7 @@ def bench(store, runs, subsample, steps, methods, out, no_sweep, clip_level, stu
     chosen = tuple(METHODS) if methods == "all" else tuple(m.strip().upper() for m in methods.split(",") if m.strip())
     try:
         table = run_bench(FeatureStore(store), runs, out_dir, chosen, subsample, steps, not no_sweep,
-                          say=lambda m: click.echo(m, err=True), gallery=gallery)
+                          say=lambda m: click.echo(m, err=True), gallery=gallery, device=device)
     except (StoreError, ValueError) as e:
         _fail(e)
     click.echo(format_table(table) + "\n(top1, mAP, train_top1, segment_hit in %; [95 % bootstrap interval over test "

@@ -128,6 +128,21 @@ class VideoBlock:
     def __len__(self) -> int:
         return len(self.video_ids)
 
+    @classmethod
+    def of(cls, videos: list[VideoArrays], device: str = "cpu") -> "VideoBlock":
+        """A block of videos held in memory (each with ``arrays`` of equal step counts and ``attrs``)."""
+        videos = list(videos)
+        lengths = torch.tensor([len(next(iter(v.arrays.values()))) for v in videos], dtype=torch.long)
+
+        def load(name: str) -> torch.Tensor:
+            rows = [np.asarray(v.arrays[name]) for v in videos]
+            out = np.zeros((len(rows), int(lengths.max())) + rows[0].shape[1:], np.float32)
+            for i, r in enumerate(rows):
+                out[i, :len(r)] = r
+            return torch.from_numpy(out).to(device)
+        ids = [getattr(v, "video_id", None) or v.attrs.get("video_id", str(i)) for i, v in enumerate(videos)]
+        return cls(ids, [v.attrs for v in videos], lengths, load, lambda i: videos[i], device)
+
     @property
     def n(self) -> int:
         """Padded length: the longest video's steps."""
@@ -213,3 +228,19 @@ def counted_gflops(fn: Callable, *args, **kwargs) -> float:
     """GFLOPs of ``fn(*args, **kwargs)`` counted with FlopCounterMode, in inference mode."""
     with torch.inference_mode():
         return counted(fn, *args, **kwargs)[1]
+
+
+def to_device(selector: Selector, device: str) -> Selector:
+    """Move every module a selector holds (directly, or in a dict, list or tuple attribute) to ``device``."""
+    def move(value):
+        if isinstance(value, torch.nn.Module):
+            value.to(device)
+        elif isinstance(value, dict):
+            for v in value.values():
+                move(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                move(v)
+    for value in vars(selector).values():
+        move(value)
+    return selector

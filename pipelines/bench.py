@@ -5,17 +5,19 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
 
 from featurestore.constants import STUDENT_DESCRIPTORS
 from featurestore.store import FeatureStore, StoreError
-from models.selection import Selector
+from featurestore.text import printable
+from manifests.schema import parse_segments
+from models.selection import NO_STEP, Selector, VideoBlock, select_block, to_device
 from models.skim import SkimSelector
 from pipelines.checkpoints import checkpoint_path
-from pipelines.data import SplitData, action_mask, load_split
+from pipelines.data import SplitData, load_split, resolve_device
 from pipelines.methods import METHODS, BenchContext, build_selectors, check_methods
 from pipelines.report import GalleryItem, gallery_videos, write_report
 from pipelines.show import SHOW_METHODS, render_video, show_rows
@@ -56,43 +58,122 @@ class MethodResult:
 
 @dataclass
 class Predictions:
-    """One selector's answers over a split: class scores (V, C), labels (V,), and per video its chosen steps."""
+    """One selector's answers over a split: class scores (V, C), labels (V,), per video how many chosen steps lie
+    inside an action segment of the videos that have them, and mean cost, time and steps per video."""
 
     scores: np.ndarray
     labels: np.ndarray
-    hits: list[np.ndarray]        # per video: for each chosen step, whether it lies inside an action segment
+    hits: np.ndarray              # (V,) chosen steps inside a ground-truth action segment
+    chosen: np.ndarray            # (V,) chosen steps of each annotated video (0 for a video without segments)
     gflops: float
     seconds: float
     steps: float
     annotated: bool = False       # some video of the split has ground-truth action segments
 
+    @property
+    def segment_hit(self) -> float:
+        """Share of the chosen steps of annotated videos that lie inside an action segment (NaN without any)."""
+        total = int(self.chosen.sum())
+        return float(self.hits.sum() / total) if self.annotated and total else float("nan")
+
+
+def block_videos(device: str) -> dict:
+    """Block size of :meth:`~pipelines.data.SplitData.blocks` on ``device``: small enough for a CPU's caches and a
+    few hundred MB of padded arrays, large on a GPU."""
+    return {"videos": 2048, "values": 1 << 30} if device.startswith("cuda") else {"videos": 128, "values": 32 << 20}
+
+
+def action_masks(block: VideoBlock) -> tuple[np.ndarray, np.ndarray] | None:
+    """(B, N) whether each step of the block starts inside a ground-truth action segment, and (B,) which videos have
+    segments (the rule of :func:`~pipelines.data.action_mask`); None when no video of the block has any."""
+    segments = []
+    for vid, attrs in zip(block.video_ids, block.attrs):
+        try:
+            segs = parse_segments(attrs.get("segments", "") or "")
+        except ValueError as e:            # a store extracted before segments were validated ("1-inf")
+            raise StoreError(f"video {printable(vid, 80)}: {e}") from None
+        duration = attrs.get("duration")
+        segments.append([(a, b) for a, b in segs if duration is None or a < float(duration)])
+    if not any(segments):
+        return None
+    width = max(len(g) for g in segments)
+    bounds = np.full((len(segments), width, 2), np.nan)
+    for i, g in enumerate(segments):
+        if g:
+            bounds[i, :len(g)] = g
+    t = block.padded("t").cpu().numpy()[:, :, None]
+    inside = ((t >= bounds[:, None, :, 0]) & (t < bounds[:, None, :, 1])).any(-1)
+    return inside & block.mask.cpu().numpy(), np.array([bool(g) for g in segments])
+
+
+def share_runs(selectors: list[Selector]) -> None:
+    """Skimmer rows that differ only in their early stop read one run of the longest (a prefix each)."""
+    longest: dict = {}
+    skims = [s for s in selectors if isinstance(s, SkimSelector)]
+    for s in skims:
+        key = (id(s.skimmer), s.subsample, s.hard)
+        longest[key] = max(longest.get(key, 0), s.run_steps)
+    for s in skims:
+        s.run_steps = longest[(id(s.skimmer), s.subsample, s.hard)]
+
 
 def run_selectors(selectors: list[Selector], data: SplitData,
-                  progress: Callable[[int, int], None] | None = None) -> list[Predictions]:
-    """Run every selector over every video of ``data`` in one pass over the split (each video is read once, whatever
-    the number of selectors); indices outside [0, N) are an error, not a number. ``progress(done, total)`` after
-    each video."""
-    scores, gflops, seconds, n_steps, hits = ([[] for _ in selectors] for _ in range(5))
-    annotated = False
-    for video in data.videos:
-        n = video.n_steps
-        inside = action_mask(video)
-        annotated |= inside is not None
+                  progress: Callable[[int, int], None] | None = None, device: str | None = None) -> list[Predictions]:
+    """Run every selector over every video of ``data``, a block of videos at a time (:meth:`SplitData.blocks`):
+    each block is read once and every selector answers it whole (``select_batch``, or its ``select`` per video),
+    sharing the work they have in common through the block. Indices outside [0, N) are an error, not a number.
+    ``progress(done, total)`` after each block."""
+    device = device or getattr(data, "device", "cpu")
+    share_runs(selectors)
+    v, k_sel = len(data), len(selectors)
+    scores: list = [None] * k_sel
+    gflops, counts, hits, chosen = (np.zeros((k_sel, v)) for _ in range(4))
+    seconds = np.zeros(k_sel)
+    annotated, done = False, 0
+    for idx, block in _blocks(data, device):
+        n = block.lengths.cpu().numpy()
+        segments = action_masks(block)
+        annotated |= segments is not None
         for k, selector in enumerate(selectors):
             t0 = time.perf_counter()
-            sel = selector.select(video)
-            seconds[k].append(time.perf_counter() - t0)
-            if len(sel.steps) and (sel.steps.min() < 0 or sel.steps.max() >= n):
-                raise RuntimeError(f"{selector.name} chose steps outside [0, {n}) for {video.video_id}")
-            scores[k].append(sel.scores)
-            gflops[k].append(sel.gflops)
-            n_steps[k].append(len(sel.steps))
-            hits[k].append(inside[np.asarray(sel.steps, int)] if inside is not None else np.zeros(0, bool))
+            sel = select_block(selector, block)
+            seconds[k] += time.perf_counter() - t0
+            valid = sel.steps != NO_STEP
+            bad = (valid & ((sel.steps < 0) | (sel.steps >= n[:, None]))).any(1)
+            if bad.any():
+                i = int(np.nonzero(bad)[0][0])
+                raise RuntimeError(f"{selector.name} chose steps outside [0, {n[i]}) for {block.video_ids[i]}")
+            if scores[k] is None:
+                scores[k] = np.zeros((v, sel.scores.shape[1]))
+            scores[k][idx] = sel.scores
+            gflops[k, idx] = sel.gflops
+            counts[k, idx] = valid.sum(1)
+            if segments is not None:
+                inside, has = segments
+                at = np.take_along_axis(inside, np.where(valid, sel.steps, 0), 1) & valid
+                hits[k, idx] = np.where(has, at.sum(1), 0)
+                chosen[k, idx] = np.where(has, valid.sum(1), 0)
+        done += len(idx)
         if progress:
-            progress(len(scores[0]) if selectors else 0, len(data))
+            progress(done, v)
     labels = data.labels.numpy()
-    return [Predictions(np.stack(scores[k]), labels, hits[k], float(np.mean(gflops[k])), float(np.mean(seconds[k])),
-                        float(np.mean(n_steps[k])), annotated) for k in range(len(selectors))]
+    return [Predictions(scores[k] if scores[k] is not None else np.zeros((0, 0)), labels,
+                        hits[k], chosen[k], float(gflops[k].mean()) if v else float("nan"),
+                        float(seconds[k] / max(v, 1)), float(counts[k].mean()) if v else float("nan"), annotated)
+            for k in range(k_sel)]
+
+
+def _blocks(data, device: str) -> Iterator[tuple[np.ndarray, VideoBlock]]:
+    """(video indices, block) over a :class:`SplitData`, or over any split-like object whose ``videos`` are held in
+    memory (consecutive blocks)."""
+    size = block_videos(device)
+    if isinstance(data, SplitData):
+        for idx in data.blocks(**size):
+            yield idx, data.block(idx, device)
+        return
+    for i in range(0, len(data.videos), size["videos"]):
+        idx = np.arange(i, min(i + size["videos"], len(data.videos)))
+        yield idx, VideoBlock.of([data.videos[int(j)] for j in idx], device)
 
 
 def run_selector(selector: Selector, data: SplitData) -> Predictions:
@@ -137,28 +218,29 @@ def top1_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def evaluate_all(selectors: list[Selector], data: SplitData, train: SplitData | None = None,
                  intervals: bool = True, progress: Callable[[str, int, int], None] | None = None,
-                 predictions: list[Predictions] | None = None) -> list[MethodResult]:
+                 predictions: list[Predictions] | None = None, extra: list[Selector] = (),
+                 device: str | None = None) -> list[MethodResult]:
     """Each selector's row: top-1 and mAP on ``data`` with bootstrap intervals, cost, segment_hit, the one-class
     flag, and its top-1 on ``train`` when given; one pass over each split for all of them. The test split's
-    :class:`Predictions` are appended to ``predictions`` when given (the gallery picks videos from them)."""
+    :class:`Predictions` are appended to ``predictions`` when given (the gallery picks videos from them), followed
+    by those of the ``extra`` selectors, which run in the same pass over the test split but get no row (the
+    sweep)."""
     rows = []
     def split_progress(name: str):
         return (lambda i, n: progress(name, i, n)) if progress else None
 
-    test = run_selectors(selectors, data, split_progress("test"))
+    test = run_selectors(list(selectors) + list(extra), data, split_progress("test"), device)
     if predictions is not None:
         predictions.extend(test)
     for selector, p in zip(selectors, test):
-        hits = np.concatenate(p.hits) if p.hits else np.zeros(0, bool)
         r = MethodResult(selector.name, top1_accuracy(p.scores, p.labels), mean_average_precision(p.scores, p.labels),
-                         p.gflops, p.seconds, p.steps,
-                         segment_hit=float(hits.mean()) if p.annotated and len(hits) else float("nan"),
+                         p.gflops, p.seconds, p.steps, segment_hit=p.segment_hit,
                          one_class=bool(len(np.unique(p.labels)) > 1 and len(np.unique(p.scores.argmax(1))) == 1))
         if intervals:
             (r.top1_lo, r.top1_hi), (r.mAP_lo, r.mAP_hi) = bootstrap_intervals(p.scores, p.labels)
         rows.append(r)
     if train is not None:
-        for r, t in zip(rows, run_selectors(selectors, train, split_progress("train"))):
+        for r, t in zip(rows, run_selectors(selectors, train, split_progress("train"), device)):
             r.train_top1 = top1_accuracy(t.scores, t.labels)
     return rows
 
@@ -169,15 +251,24 @@ def evaluate(selector: Selector, data: SplitData, train: SplitData | None = None
     return evaluate_all([selector], data, train, intervals)[0]
 
 
-def sweep(ctx: BenchContext, data: SplitData) -> pd.DataFrame:
-    """The skimmer over subsampling factors x early-stop steps (the papers' Fig. 6), plus UNIFORM for reference."""
+def sweep_selectors(ctx: BenchContext) -> list[SkimSelector]:
+    """The skimmer at every (s, T) of the sweep, s major: the ten early stops of each s read one T = 10 run."""
     net = ctx.skim_model("skim")
-    grid = [(s, t) for s in SWEEP_SUBSAMPLE for t in SWEEP_STEPS]
-    results = evaluate_all([SkimSelector("skim", net, ctx.costs, steps=t, subsample=s) for s, t in grid], data,
-                           intervals=False)
-    return pd.DataFrame([{"subsample": s, "steps": t, "top1": r.top1, "mAP": r.mAP,
-                          "gflops_per_video": r.gflops_per_video, "segment_hit": r.segment_hit}
-                         for (s, t), r in zip(grid, results)])
+    return [SkimSelector(f"sweep s={s} T={t}", net, ctx.costs, steps=t, subsample=s, run_steps=max(SWEEP_STEPS))
+            for s in SWEEP_SUBSAMPLE for t in SWEEP_STEPS]
+
+
+def sweep_table(selectors: list[SkimSelector], predictions: list[Predictions]) -> pd.DataFrame:
+    """The sweep's table (the papers' Fig. 6) from its selectors' predictions on the test split."""
+    return pd.DataFrame([{"subsample": s.subsample, "steps": s.steps, "top1": top1_accuracy(p.scores, p.labels),
+                          "mAP": mean_average_precision(p.scores, p.labels), "gflops_per_video": p.gflops,
+                          "segment_hit": p.segment_hit} for s, p in zip(selectors, predictions)])
+
+
+def sweep(ctx: BenchContext, data: SplitData, device: str | None = None) -> pd.DataFrame:
+    """The skimmer over subsampling factors x early-stop steps (the papers' Fig. 6), in one pass over ``data``."""
+    selectors = sweep_selectors(ctx)
+    return sweep_table(selectors, run_selectors(selectors, data, device=device))
 
 
 def plot_tradeoff(table: pd.DataFrame, path: Path, title: str) -> None:
@@ -275,22 +366,27 @@ def bench_notes(table: pd.DataFrame, n_test: int | None = None) -> list[str]:
 
 def run_bench(store: FeatureStore, runs: Path, out: Path, methods: tuple[str, ...] = tuple(METHODS),
               subsample: int = 5, steps: int = 3, do_sweep: bool = True,
-              say: Callable[[str], None] = print, gallery: int = 0) -> pd.DataFrame:
+              say: Callable[[str], None] = print, gallery: int = 0, device: str = "auto") -> pd.DataFrame:
     """Evaluate, write ``bench.csv``, ``tradeoff.png`` (and ``sweep.csv``, ``sweep.png``), ``gallery/*.png`` for
-    ``gallery`` test videos (see :func:`write_gallery`) and ``report.html`` with all of them into ``out``."""
+    ``gallery`` test videos (see :func:`write_gallery`) and ``report.html`` with all of them into ``out``.
+    Selection runs on ``device`` (auto: the first GPU when torch sees one), in blocks of videos; each split is
+    resident on a GPU when it fits (as for the trainers), else streamed."""
     check_methods(methods)
     if subsample < 1 or not 1 <= steps <= 10:
         raise ValueError("--subsample must be >= 1 and --steps within 1..10")
+    device = resolve_device(device)
     ctx = BenchContext(store, runs, subsample, steps, say)
     names = ("t",) + STUDENT_DESCRIPTORS + (("r2p1d",) if ctx.has_r2p1d else ())
-    data = load_split(store, "test", names)
-    train = load_split(store, "train", names)
+    data = load_split(store, "test", names, device)
+    train = load_split(store, "train", names, device)
     selectors = build_selectors(ctx, methods)
     if not selectors:
         raise StoreError("no method could be evaluated (see the lines above)")
+    for sel in selectors:
+        to_device(sel, device)
     rows = []
-    say(f"evaluating {len(selectors)} selectors on {len(data)} test and {len(train)} training videos (one pass over "
-        f"each split)")
+    say(f"evaluating {len(selectors)} selectors on {len(data)} test and {len(train)} training videos on {device} "
+        f"(one pass over each split, blocks of videos)")
     from tqdm import tqdm
 
     bars: dict = {}
@@ -300,9 +396,16 @@ def run_bench(store: FeatureStore, runs: Path, out: Path, methods: tuple[str, ..
                                           leave=False, disable=n < 200))
         bar.update(i - bar.n)
     test_predictions: list[Predictions] = []
-    results = evaluate_all(selectors, data, train, progress=progress, predictions=test_predictions)
+    swept = sweep_selectors(ctx) if do_sweep and checkpoint_path(runs, "skim").is_file() else []
+    if swept:
+        say(f"with the sweep: {len(swept)} skimmer rows (s x T) on the test split, one T = 10 run per s")
+    results = evaluate_all(selectors, data, train, progress=progress, predictions=test_predictions, extra=swept,
+                           device=device)
+    test_predictions, sweep_predictions = test_predictions[:len(selectors)], test_predictions[len(selectors):]
     for bar in bars.values():
         bar.close()
+    for sel in selectors + swept:         # the gallery and fs show answer one video at a time, on the CPU
+        to_device(sel, "cpu")
     for r in results:
         rows.append(r.__dict__)
         say(f"  {r.method:<40} top1 {100 * r.top1:5.1f}% [{100 * r.top1_lo:3.0f}-{100 * r.top1_hi:3.0f}]  "
@@ -317,8 +420,8 @@ def run_bench(store: FeatureStore, runs: Path, out: Path, methods: tuple[str, ..
     plot_tradeoff(table, out / "tradeoff.png", title)
     figures = {"accuracy against GFLOPs per video": out / "tradeoff.png"}
     sw = None
-    if do_sweep and checkpoint_path(runs, "skim").is_file():
-        sw = sweep(ctx, data)
+    if swept:
+        sw = sweep_table(swept, sweep_predictions)
         sw.to_csv(out / "sweep.csv", index=False)
         uni = table.loc[table["method"] == "UNIFORM", "top1"]
         plot_sweep(sw, float(uni.iloc[0]) if len(uni) else None, out / "sweep.png")
