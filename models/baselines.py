@@ -102,7 +102,8 @@ class HeadSelector:
         self.step_gflops = costs.of(feature)
         self.class_index = class_index
         self.head_gflops = ShapeCosts(lambda rows: counted_gflops(
-            lambda: F.softmax(self.head(torch.zeros(rows, in_features(self.head), device=_device(self.head))), dim=1)))
+            lambda: F.softmax(self.head(torch.zeros(rows, in_features(self.head), device=_device(self.head))), dim=1)),
+            affine_from=1)
         """GFLOPs of the head (and its softmax) on a given number of rows, counted once per count."""
 
     @torch.inference_mode()
@@ -218,8 +219,8 @@ class LSTMSelector:
 
     def __init__(self, name: str, model: LSTMBaseline, costs: UnitCosts):
         self.name, self.model, self.pair_gflops = name, model.eval(), costs.pair
-        self.model_gflops = ShapeCosts(self._count)
-        """The LSTM's GFLOPs on one video of n steps, counted once per n."""
+        self.model_gflops = ShapeCosts(self._count, affine_from=1)
+        """The LSTM's GFLOPs on one video of n steps, by shape (linear in n)."""
 
     def _count(self, n: int) -> float:
         gflops = getattr(self.model, "gflops", None)

@@ -205,20 +205,32 @@ def select_block(selector: Selector, block: VideoBlock) -> BlockSelection:
 
 
 class ShapeCosts:
-    """GFLOPs of a computation that depend only on its input shapes (step count N and options, never the values):
-    ``count(*key)`` runs it under FlopCounterMode on one shape, once per distinct key, and the answer is cached."""
+    """GFLOPs of a computation that depend only on its input shapes (an integer key: a step or row count N), never
+    on the values: ``count(key)`` runs it under FlopCounterMode once per distinct key and the answer is cached.
 
-    def __init__(self, count: Callable[..., float]):
-        self.count = count
+    With ``affine_from`` = a, keys below a are counted one by one and keys from a on follow the line through the
+    counts at a and 2a: for computations whose counted operations (matmuls, convolutions) grow linearly in N once
+    N >= a (a head on N rows; a skimmer's keys and attention over N steps; a top-k that reads min(k, N) rows, from
+    a = k). Tests compare the line with fresh counts at random N."""
+
+    def __init__(self, count: Callable[[int], float], affine_from: int | None = None):
+        self.count, self.affine_from = count, affine_from
         self.cache: dict = {}
 
-    def __call__(self, *key) -> float:
+    def _exact(self, key: int) -> float:
         if key not in self.cache:
-            self.cache[key] = float(self.count(*key))
+            self.cache[key] = float(self.count(key))
         return self.cache[key]
 
+    def __call__(self, key: int) -> float:
+        a = self.affine_from
+        if a is None or key < a:
+            return self._exact(key)
+        low, high = self._exact(a), self._exact(2 * a)
+        return low + (key - a) * (high - low) / a
+
     def each(self, keys: np.ndarray | torch.Tensor) -> np.ndarray:
-        """GFLOPs of every key of an integer array (one count per distinct value)."""
+        """GFLOPs of every key of an integer array (one count per distinct value at most)."""
         keys = np.asarray(keys.cpu() if isinstance(keys, torch.Tensor) else keys, np.int64)
         uniq, inverse = np.unique(keys, return_inverse=True)
         return np.array([self(int(k)) for k in uniq], np.float64)[inverse.reshape(keys.shape)]

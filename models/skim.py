@@ -95,7 +95,8 @@ class IndexKey(nn.Module):
     def forward(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, N, D), (B, N) -> keys (B, N, key_dim), zero at padded steps (BN statistics see valid steps only)."""
         rows = z[mask]                                   # (M, D)
-        keys = self.net(rows.unsqueeze(-1)).squeeze(-1)  # each row is a length-1 sequence
+        conv, norm, relu = self.net                      # a 1x1 convolution is a matmul over the rows
+        keys = relu(norm(F.linear(rows, conv.weight.squeeze(-1), conv.bias)))
         out = z.new_zeros(*mask.shape, self.key_dim)
         out[mask] = keys
         return out
@@ -270,16 +271,19 @@ def kept_counts(lengths: np.ndarray, subsample: int) -> np.ndarray:
 
 
 _SKIM_COSTS: "weakref.WeakKeyDictionary[ImgAudSkimmer, dict]" = weakref.WeakKeyDictionary()
+SKIM_AFFINE_FROM = 16     # step counts from which a skimmer's counted FLOPs are read off a line in N
 
 
 def skim_gflops(skimmer: ImgAudSkimmer, n: int, steps: int, hard: bool = False) -> float:
-    """GFLOPs of the skimmer's own modules on one video of ``n`` steps skimmed with T = ``steps``: counted with
-    FlopCounterMode at T = 1 and T = 2 once per (n, hard), and affine in T beyond (every skimming step runs the same
-    modules on the same shapes). The indexing features themselves are paid for by the caller."""
-    cache = _SKIM_COSTS.setdefault(skimmer, {})
-    if (n, hard) not in cache:
-        cache[(n, hard)] = (_count_skim(skimmer, n, 1, hard), _count_skim(skimmer, n, 2, hard))
-    one, two = cache[(n, hard)]
+    """GFLOPs of the skimmer's own modules on one video of ``n`` steps skimmed with T = ``steps``, by shape: counted
+    with FlopCounterMode at T = 1 and T = 2, and affine in T beyond (every skimming step runs the same modules on the
+    same shapes); counted for each n below SKIM_AFFINE_FROM and affine in n from there (keys, attention and soft
+    indexing grow linearly with the steps). The indexing features themselves are paid for by the caller."""
+    per_n = _SKIM_COSTS.setdefault(skimmer, {})
+    if hard not in per_n:
+        per_n[hard] = tuple(ShapeCosts(lambda m, t=t: _count_skim(skimmer, m, t, hard), SKIM_AFFINE_FROM)
+                            for t in (1, 2))
+    one, two = (c(n) for c in per_n[hard])
     return one + (steps - 1) * (two - one)
 
 
@@ -373,8 +377,8 @@ class NonRecurrentSelector:
 
     def __init__(self, name: str, skimmer: ImgAudSkimmer, costs: UnitCosts, k: int = BUDGET):
         self.name, self.skimmer, self.pair_gflops, self.k = name, skimmer.eval(), costs.pair, k
-        self.own_gflops = ShapeCosts(self._count)
-        """GFLOPs of the query, the k fusions and the classifier on one video of n steps, counted once per n."""
+        self.own_gflops = ShapeCosts(self._count, affine_from=max(k, 1))
+        """GFLOPs of the query, the min(k, n) fusions and the classifier on one video of n steps, by shape."""
 
     def _run(self, z_i: torch.Tensor, z_a: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Steps (B, k; NO_STEP past each video's count) and class probabilities (B, C) of padded videos."""
