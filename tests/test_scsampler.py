@@ -123,7 +123,7 @@ def test_batched_combinations_give_the_per_video_steps_in_order(ties):
     for _ in range(60):
         lengths = rng.integers(1, 41, rng.integers(1, 7))
         n_max, k_max, k_visual = int(lengths.max()), int(rng.integers(1, 13)), int(rng.integers(1, 10))
-        v, a = rng.random((len(lengths), n_max)).astype(np.float32), rng.random((len(lengths), n_max)).astype(np.float32)
+        v, a = (rng.random((len(lengths), n_max)).astype(np.float32) for _ in range(2))
         if ties:
             v, a = (np.round(v * 4) / 4).astype(np.float32), (np.round(a * 3) / 3).astype(np.float32)
         mask = torch.arange(n_max)[None] < torch.from_numpy(lengths)[:, None]
