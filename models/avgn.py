@@ -10,6 +10,7 @@ The spatial glance (AESPA, patch policy) needs pixels and is not part of this mo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -17,7 +18,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from models.imgaud import AUDIO_DIM, IMAGE_DIM
-from models.selection import Selection, UnitCosts, counted, stored
+from models.selection import (NO_STEP, BlockSelection, Selection, ShapeCosts, UnitCosts, VideoBlock, counted,
+                              counted_gflops, stored)
 
 
 def glance_order(t: int) -> list[int]:
@@ -183,6 +185,17 @@ def sample_steps(n: int, t: int, generator: torch.Generator | None = None) -> to
     return steps[torch.tensor(glance_order(t))]
 
 
+@lru_cache(maxsize=None)
+def centre_steps(n: int, t: int) -> tuple[int, ...]:
+    """:func:`sample_steps` without a generator (bin centres): it depends only on n and t, so it is computed once."""
+    return tuple(sample_steps(n, t).tolist())
+
+
+def _at(z: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows ``idx`` (B, K) of each video of ``z`` (B, N, D). (B, K, D)"""
+    return torch.gather(z, 1, idx.unsqueeze(-1).expand(-1, -1, z.shape[-1]))
+
+
 class AVGNSelector:
     """Top-k steps by AV-TeST saliency with T_G visual glances; recognition by the prediction head on those k.
 
@@ -191,6 +204,27 @@ class AVGNSelector:
 
     def __init__(self, name: str, model: AVTeST, costs: UnitCosts, k: int, t_g: int | None, t: int = 16):
         self.name, self.model, self.costs, self.k, self.t_g, self.t = name, model.eval(), costs, k, t_g, t
+        self.glance_gflops = ShapeCosts(self._count_glance)
+        """GFLOPs of the glance over the t sampled steps (the same shape for every video), counted once."""
+        self.classify_gflops = ShapeCosts(self._count_classify)
+        """GFLOPs of the prediction head on a number of chosen steps, counted once per number."""
+
+    @property
+    def glances(self) -> int:
+        """T_G: the sampled steps whose visual features are computed before any saliency is known."""
+        return self.t if self.t_g is None else min(self.t_g, self.t)
+
+    def _zeros(self, rows: int, norm: Standardize) -> torch.Tensor:
+        return torch.zeros(1, rows, norm.mean.numel(), device=norm.mean.device)
+
+    def _count_glance(self) -> float:
+        visible = torch.arange(self.t, device=self.model.pos.device)[None] < self.glances
+        return counted_gflops(self.model.glance, self._zeros(self.t, self.model.norm_g),
+                              self._zeros(self.t, self.model.norm_a), visible)
+
+    def _count_classify(self, rows: int) -> float:
+        return counted_gflops(self.model.classify, self._zeros(rows, self.model.norm_g),
+                              self._zeros(self.t, self.model.norm_a))
 
     @torch.inference_mode()
     def select(self, video):
@@ -212,3 +246,31 @@ class AVGNSelector:
         gflops = self.t * self.costs.audio + n_visual * self.costs.image + flops_glance + flops_head
         return Selection(chosen.numpy(), F.softmax(logits[0], 0).numpy(), gflops,
                          {"saliency": {"AV-TeST": (steps.numpy(), g.saliency[0].numpy())}})
+
+    @torch.inference_mode()
+    def select_batch(self, block: VideoBlock) -> BlockSelection:
+        """:meth:`select` for a block of videos: one glance over (B, t) sampled steps, the top-k back in glance order
+        with repeated steps (short videos) dropped, the prediction head on the kept rows by mask; GFLOPs by shape."""
+        model, dev, t, t_g = self.model.to(block.device), block.device, self.t, self.glances
+        sampled = torch.tensor([centre_steps(int(n), t) for n in block.lengths.tolist()], dtype=torch.long,
+                               device=dev).reshape(len(block), t)
+        visible = (torch.arange(t, device=dev) < t_g)[None].expand(len(block), t)
+        image = block.padded("image")
+        e_g = _at(image, sampled) * visible[..., None]        # unglanced visual features are never computed
+        e_a = _at(block.padded("audio"), sampled)
+        g = model.glance(e_g, e_a, visible)
+        top = torch.sort(g.saliency, dim=1, descending=True, stable=True).indices[:, :min(self.k, t)]
+        top = torch.sort(top, dim=1).values                                  # in glance order
+        steps = sampled.gather(1, top)
+        j = torch.arange(top.shape[1], device=dev)
+        again = ((steps[:, :, None] == steps[:, None, :]) & (j[None, None, :] < j[None, :, None])).any(2)
+        first = torch.sort(again.long(), dim=1, stable=True).indices         # each step once, still in glance order
+        top, keep = top.gather(1, first), ~again.gather(1, first)
+        steps = steps.gather(1, first)
+        logits = model.f_av(model.fused(_at(image, steps), e_a), mask=keep)
+        kept = keep.sum(1).cpu().numpy()
+        n_visual = t_g + ((top >= t_g) & keep).sum(1).cpu().numpy()
+        gflops = t * self.costs.audio + n_visual * self.costs.image + self.glance_gflops() + self.classify_gflops.each(
+            kept)
+        return BlockSelection(steps.masked_fill(~keep, NO_STEP).cpu().numpy(),
+                              F.softmax(logits, 1).double().cpu().numpy(), gflops)

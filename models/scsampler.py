@@ -7,7 +7,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.selection import BUDGET, Selection, UnitCosts, counted, stored
+from models.baselines import head_probabilities, in_features
+from models.selection import (BUDGET, NO_STEP, BlockSelection, Selection, ShapeCosts, UnitCosts, VideoBlock, counted,
+                              counted_gflops, masked_top, mean_at, scatter_rows, stored)
 
 LOSSES = ("ac", "sal-cl", "sal-rank")
 MODALITY_FEATURE = {"visual": "image", "audio": "audio"}     # the stored descriptor a sampler of each modality reads
@@ -110,6 +112,74 @@ def intersect_list(s_visual: np.ndarray, s_audio: np.ndarray, k: int) -> np.ndar
     return common[np.argsort(total[common], kind="stable")[:k]]
 
 
+# --- the same combinations for a block of videos at once: scores (B, N), ``mask`` (B, N) valid steps, ``k`` (B,) steps
+# per video (min(K, n)); (B, width) int64 steps in the per-video functions' order, NO_STEP past each video's k --------
+
+def saliency_order(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each video's steps by decreasing score, ties by step index, padded positions last (np.argsort(-x, "stable"))."""
+    return torch.sort(scores.masked_fill(~mask, float("-inf")), dim=1, descending=True, stable=True).indices
+
+
+def saliency_ranks(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """:func:`_ranks` of every video (B, N) int64; padded positions rank after every valid step."""
+    order = saliency_order(scores, mask)
+    pos = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, pos)
+
+
+def first_by(key: torch.Tensor, chosen: torch.Tensor, k: torch.Tensor, width: int) -> torch.Tensor:
+    """The ``k`` (B,) ``chosen`` steps of each video with the smallest ``key``, ties by step index. (B, width)"""
+    order = torch.sort(key.double().masked_fill(~chosen, float("inf")), dim=1, stable=True).indices[:, :width]
+    return order.masked_fill(torch.arange(width, device=k.device)[None] >= k[:, None], NO_STEP)
+
+
+def convex_list_batch(s_visual: torch.Tensor, s_audio: torch.Tensor, mask: torch.Tensor, k: torch.Tensor,
+                      width: int, alpha: float = 0.8) -> torch.Tensor:
+    """:func:`convex_list` of every video (positions combined in float64, as numpy does with integer ranks)."""
+    pos = alpha * saliency_ranks(s_visual, mask).double() + (1 - alpha) * saliency_ranks(s_audio, mask).double()
+    return first_by(pos, mask, k, width)
+
+
+def union_list_batch(s_visual: torch.Tensor, s_audio: torch.Tensor, mask: torch.Tensor, k: torch.Tensor,
+                     width: int, k_visual: int = 8) -> torch.Tensor:
+    """:func:`union_list` of every video: the K' visual steps keep their visual ranks, the audio steps not among them
+    follow in audio order, as many as each video lacks."""
+    k_v = k.clamp(max=k_visual)[:, None]
+    rank_v = saliency_ranks(s_visual, mask)
+    in_visual = mask & (rank_v < k_v)
+    order_a = saliency_order(s_audio, mask)
+    new = (mask & ~in_visual).gather(1, order_a)                   # along the audio list: a step not yet chosen
+    nth = new.long().cumsum(1)
+    taken = new & (nth <= k[:, None] - k_v)
+    after = torch.empty_like(order_a).scatter_(1, order_a, torch.where(taken, k_v + nth - 1, -1))
+    key = torch.where(in_visual, rank_v, after)
+    return first_by(key, in_visual | (after >= 0), k, width)
+
+
+def intersect_list_batch(s_visual: torch.Tensor, s_audio: torch.Tensor, mask: torch.Tensor, k: torch.Tensor,
+                         width: int) -> torch.Tensor:
+    """:func:`intersect_list` of every video: a step is in both top-m lists iff max(rank_v, rank_a) < m, so m is the
+    smallest m >= k with k such steps; of those, the k with the smallest summed rank, ties by step index."""
+    rank_v, rank_a = saliency_ranks(s_visual, mask), saliency_ranks(s_audio, mask)
+    both = torch.maximum(rank_v, rank_a)
+    kth = torch.sort(both, dim=1).values.gather(1, (k - 1).clamp(min=0)[:, None])   # padded ranks sort last
+    m = torch.maximum(k[:, None], kth + 1)
+    return first_by(rank_v + rank_a, mask & (both < m), k, width)
+
+
+def sampler_saliency(block: VideoBlock, modality: str, sampler: nn.Module) -> torch.Tensor:
+    """A sampler's saliency over every valid step of the block (B, N; 0 at padded steps), computed once per block
+    and sampler and shared by every row that reads it (alone, in combinations, with either recogniser)."""
+    def compute() -> torch.Tensor:
+        sampler.to(block.device)
+        if modality == "av":
+            rows = sampler.saliency(block.rows("image"), block.rows("audio"))
+        else:
+            rows = sampler.saliency(block.rows(MODALITY_FEATURE[modality]))
+        return scatter_rows(rows, block.mask)
+    return block.memo(("saliency", id(sampler), modality), compute)
+
+
 class JointSampler(nn.Module):
     """AV-joint-training: the visual and audio samplers' outputs averaged, and both fine-tuned through that average."""
 
@@ -148,6 +218,17 @@ class SamplerSelector:
         self.name, self.samplers, self.costs, self.k = name, {m: s.eval() for m, s in samplers.items()}, costs, k
         self.head, self.feature = recogniser[0].eval(), recogniser[1]
         self.combine, self.alpha, self.k_visual = combine, alpha, k_visual
+        self.sampler_gflops = {m: ShapeCosts(lambda n, m=m: self._count_sampler(m, n)) for m in self.samplers}
+        """GFLOPs of each sampler's saliency on n steps, counted once per n."""
+        self.head_gflops = ShapeCosts(lambda rows: counted_gflops(lambda: F.softmax(self.head(torch.zeros(
+            rows, in_features(self.head), device=next(self.head.parameters()).device)), 1).mean(0)))
+        """GFLOPs of the recogniser on k steps, counted once per k."""
+
+    def _count_sampler(self, modality: str, n: int) -> float:
+        sampler = self.samplers[modality]
+        dev = next(sampler.parameters()).device
+        parts = (sampler.visual, sampler.audio) if modality == "av" else (sampler,)
+        return counted_gflops(sampler.saliency, *(torch.zeros(n, in_features(p), device=dev) for p in parts))
 
     @torch.inference_mode()
     def select(self, video) -> Selection:
@@ -184,3 +265,36 @@ class SamplerSelector:
         every = np.arange(n_steps)
         return Selection(np.asarray(steps), probs.numpy(), gflops + g,
                          {"saliency": {m: (every, s) for m, s in scores.items()}})
+
+    @torch.inference_mode()
+    def select_batch(self, block: VideoBlock) -> BlockSelection:
+        """:meth:`select` for a block of videos: each sampler's saliency and the recogniser's probabilities are
+        computed once per block and shared with the other rows of the same modules; GFLOPs by shape."""
+        mask = block.mask
+        scores = {m: sampler_saliency(block, m, s) for m, s in self.samplers.items()}
+        k = block.lengths.clamp(max=self.k)
+        width = min(self.k, block.n)
+        if self.combine is None:
+            steps = masked_top(next(iter(scores.values())), mask, self.k)
+        else:
+            v, a = scores["visual"], scores["audio"]
+            alpha = self.alpha if self.alpha is not None else {"convex-score": 0.9, "convex-list": 0.8}.get(
+                self.combine)
+            steps = {"convex-score": lambda: masked_top(alpha * v + (1 - alpha) * a, mask, self.k),
+                     "convex-list": lambda: convex_list_batch(v, a, mask, k, width, alpha),
+                     "union-list": lambda: union_list_batch(v, a, mask, k, width, self.k_visual),
+                     "intersect-list": lambda: intersect_list_batch(v, a, mask, k, width)}[self.combine]()
+        probs = head_probabilities(block, self.head, self.feature)
+        n, kk = block.lengths.cpu().numpy(), k.cpu().numpy()
+        gflops = np.zeros(len(block))
+        computed: set[str] = set()
+        for modality in self.samplers:
+            gflops += self.sampler_gflops[modality].each(n)
+            computed |= {"image", "audio"} if modality == "av" else {MODALITY_FEATURE[modality]}
+        gflops += n * sum(self.costs.of(f) for f in computed)
+        if self.feature == "fused":
+            gflops += kk * (sum(self.costs.of(f) for f in ("image", "audio") if f not in computed) + self.costs.fusion)
+        else:
+            gflops += kk * self.costs.of(self.feature)
+        return BlockSelection(steps.cpu().numpy(), mean_at(probs, steps).double().cpu().numpy(),
+                              gflops + self.head_gflops.each(kk))

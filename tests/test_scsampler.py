@@ -111,3 +111,33 @@ def test_sampler_saliency_is_the_sigmoid_of_its_logit_or_the_top_class_probabili
         # the two logits are averaged, then squashed (not the average of two sigmoids)
         want = [1 / (1 + math.exp(-(x + y) / 2)) for x, y in zip(sv(z).tolist(), sa(-z).tolist())]
         assert joint.saliency(z, -z).tolist() == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_batched_combinations_give_the_per_video_steps_in_order(ties):
+    """Over padded blocks of videos of 1..40 steps, with and without tied saliencies: the (B, N) versions of top-K
+    and the four combinations return exactly each video's per-video answer, in the same order."""
+    from models.scsampler import convex_list_batch, intersect_list_batch, top_k, union_list_batch
+    from models.selection import NO_STEP, masked_top
+    rng = np.random.default_rng(7 + ties)
+    for _ in range(60):
+        lengths = rng.integers(1, 41, rng.integers(1, 7))
+        n_max, k_max, k_visual = int(lengths.max()), int(rng.integers(1, 13)), int(rng.integers(1, 10))
+        v, a = (rng.random((len(lengths), n_max)).astype(np.float32) for _ in range(2))
+        if ties:
+            v, a = (np.round(v * 4) / 4).astype(np.float32), (np.round(a * 3) / 3).astype(np.float32)
+        mask = torch.arange(n_max)[None] < torch.from_numpy(lengths)[:, None]
+        vt, at = torch.from_numpy(v).masked_fill(~mask, 0), torch.from_numpy(a).masked_fill(~mask, 0)
+        k, width = torch.from_numpy(lengths).clamp(max=k_max), min(k_max, n_max)
+        got = {top_k: masked_top(vt, mask, k_max), convex_score: masked_top(0.9 * vt + (1 - 0.9) * at, mask, k_max),
+               convex_list: convex_list_batch(vt, at, mask, k, width, 0.8),
+               union_list: union_list_batch(vt, at, mask, k, width, k_visual),
+               intersect_list: intersect_list_batch(vt, at, mask, k, width)}
+        for i, n in enumerate(lengths):
+            kk, vi, ai = min(k_max, n), v[i, :n], a[i, :n]
+            want = {top_k: top_k(vi, kk), convex_score: convex_score(vi, ai, kk, 0.9),
+                    convex_list: convex_list(vi, ai, kk, 0.8), union_list: union_list(vi, ai, kk, k_visual),
+                    intersect_list: intersect_list(vi, ai, kk)}
+            for fn, steps in got.items():
+                row = steps[i][steps[i] != NO_STEP].tolist()
+                assert row == want[fn].tolist(), (fn.__name__, n, k_max)
