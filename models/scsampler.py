@@ -218,8 +218,9 @@ class SamplerSelector:
         self.name, self.samplers, self.costs, self.k = name, {m: s.eval() for m, s in samplers.items()}, costs, k
         self.head, self.feature = recogniser[0].eval(), recogniser[1]
         self.combine, self.alpha, self.k_visual = combine, alpha, k_visual
-        self.sampler_gflops = {m: ShapeCosts(lambda n, m=m: self._count_sampler(m, n)) for m in self.samplers}
-        """GFLOPs of each sampler's saliency on n steps, counted once per n."""
+        self.sampler_gflops = {m: ShapeCosts(lambda n, m=m: self._count_sampler(m, n), affine_from=1)
+                               for m in self.samplers}
+        """GFLOPs of each sampler's saliency on n steps, by shape (linear in n)."""
         self.head_gflops = ShapeCosts(lambda rows: counted_gflops(lambda: F.softmax(self.head(torch.zeros(
             rows, in_features(self.head), device=next(self.head.parameters()).device)), 1).mean(0)))
         """GFLOPs of the recogniser on k steps, counted once per k."""

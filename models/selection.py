@@ -213,18 +213,19 @@ class ShapeCosts:
     N >= a (a head on N rows; a skimmer's keys and attention over N steps; a top-k that reads min(k, N) rows, from
     a = k). Tests compare the line with fresh counts at random N."""
 
-    def __init__(self, count: Callable[[int], float], affine_from: int | None = None):
+    def __init__(self, count: Callable[..., float], affine_from: int | None = None):
         self.count, self.affine_from = count, affine_from
         self.cache: dict = {}
 
-    def _exact(self, key: int) -> float:
+    def _exact(self, key: int | None) -> float:
         if key not in self.cache:
-            self.cache[key] = float(self.count(key))
+            self.cache[key] = float(self.count() if key is None else self.count(key))
         return self.cache[key]
 
-    def __call__(self, key: int) -> float:
+    def __call__(self, key: int | None = None) -> float:
+        """GFLOPs at ``key`` (None: a computation of one fixed shape, ``count()`` without arguments)."""
         a = self.affine_from
-        if a is None or key < a:
+        if a is None or key is None or key < a:
             return self._exact(key)
         low, high = self._exact(a), self._exact(2 * a)
         return low + (key - a) * (high - low) / a

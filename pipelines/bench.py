@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -200,16 +201,47 @@ def average_precisions(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
 
 def bootstrap_intervals(scores: np.ndarray, labels: np.ndarray, draws: int = 1000,
                         seed: int = 0) -> tuple[tuple[float, float], tuple[float, float]]:
-    """95 % percentile intervals of top-1 and mAP over test sets resampled from the videos with replacement."""
-    idx = np.random.default_rng(seed).integers(0, len(labels), (draws, len(labels)))
-    y = labels[idx]                                                    # (D, V)
-    top1 = (scores.argmax(1)[idx] == y).mean(1)
-    aps = np.stack([average_precisions(scores[idx, c], y == c) for c in range(scores.shape[1])], 1)   # (D, C)
+    """95 % percentile intervals of top-1 and mAP over test sets resampled from the videos with replacement.
+
+    A resample is scored through how often it draws each video (the same draws for every row): each class is
+    ranked once, and a resample's AP weighs each video by its count, a video drawn twice being a tie with itself;
+    equal to sorting every resample (:func:`average_precisions`), in O(draws x videos) per class."""
+    counts = _draw_counts(len(labels), draws, seed)                                # (D, V)
+    v = len(labels)
+    top1 = counts @ (scores.argmax(1) == labels).astype(np.float64) / v
+    aps = np.stack([_weighted_average_precisions(scores[:, c], labels == c, counts)
+                    for c in range(scores.shape[1])], 1)                         # (D, C)
     with np.errstate(all="ignore"):
         maps = np.nanmean(np.where(np.isnan(aps).all(1, keepdims=True), 0.0, aps), 1)
     lo_t, hi_t = np.percentile(top1, [2.5, 97.5])
     lo_m, hi_m = np.percentile(maps, [2.5, 97.5])
     return (float(lo_t), float(hi_t)), (float(lo_m), float(hi_m))
+
+
+@lru_cache(maxsize=4)
+def _draw_counts(v: int, draws: int, seed: int) -> np.ndarray:
+    """(draws, v): how many times each resample draws each video (``default_rng(seed).integers(0, v, (draws, v))``)."""
+    idx = np.random.default_rng(seed).integers(0, v, (draws, v))
+    counts = np.bincount((idx + v * np.arange(draws)[:, None]).ravel(), minlength=draws * v).reshape(draws, v)
+    counts.flags.writeable = False
+    return counts
+
+
+def _weighted_average_precisions(scores: np.ndarray, positive: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """AP of one class in every resample given by ``counts`` (D, V): videos ranked by descending score, tied scores
+    one group taking the precision at its end (as :func:`average_precisions`). NaN where a resample has no positive."""
+    order = np.argsort(-scores, kind="stable")
+    ranked = scores[order]
+    pos = positive[order].astype(np.float64)
+    w = counts[:, order].astype(np.float64)
+    v = len(order)
+    ends = np.where(np.concatenate([ranked[1:] != ranked[:-1], [True]]), np.arange(v), v)
+    ends = np.minimum.accumulate(ends[::-1])[::-1]                     # each position's tie-group end
+    cum_w, cum_pos = np.cumsum(w, 1), np.cumsum(w * pos, 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = cum_pos[:, ends] / cum_w[:, ends]
+        n_pos = cum_pos[:, -1]
+        return np.where(n_pos > 0, np.nansum(precision * w * pos, 1) / n_pos, np.nan)
 
 
 def top1_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:

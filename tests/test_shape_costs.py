@@ -240,9 +240,22 @@ def test_selectors_count_each_shape_once_over_blocks_with_repeated_lengths(sampl
             got = select_block(sel, block)
             if sel is avgn:
                 kept += got.counts.tolist()
-    distinct = sorted((n,) for n in set(lengths))
-    for name in ("visual", "audio", "head", "lstm"):
-        assert sorted(calls[name]) == distinct, name
+    owners = {"visual": sampler.sampler_gflops["visual"], "audio": sampler.sampler_gflops["audio"],
+              "head": head.head_gflops, "lstm": lstm.model_gflops}
+    for name, costs in owners.items():
+        a = costs.affine_from            # counted below a, then read off the line through a and 2a
+        want = {n for n in lengths if a is None or n < a} | ({a, 2 * a} if a and max(lengths) >= a else set())
+        assert sorted(calls[name]) == sorted((n,) for n in want), name
     assert sorted(calls["recogniser"]) == sorted((k,) for k in {min(10, n) for n in lengths})
     assert calls["glance"] == [()]                       # t sampled steps whatever the video's length
     assert sorted(calls["classify"]) == sorted((k,) for k in set(kept))
+
+
+def test_affine_shape_costs_count_below_the_line_and_two_points_on_it():
+    calls = []
+    costs = ShapeCosts(lambda n: calls.append(n) or (7.0 * min(n, 4) + 0.25 * n), affine_from=4)  # bends at n = 4
+    keys = np.arange(1, 60)
+    assert costs.each(keys) == pytest.approx(7.0 * np.minimum(keys, 4) + 0.25 * keys, rel=1e-12)
+    assert sorted(calls) == [1, 2, 3, 4, 8]
+    bent = ShapeCosts(lambda n: 7.0 * min(n, 4) + 0.25 * n, affine_from=2)   # a line drawn too early is wrong
+    assert bent(9) != pytest.approx(7.0 * 4 + 0.25 * 9)
