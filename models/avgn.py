@@ -252,14 +252,18 @@ class AVGNSelector:
         """:meth:`select` for a block of videos: one glance over (B, t) sampled steps, the top-k back in glance order
         with repeated steps (short videos) dropped, the prediction head on the kept rows by mask; GFLOPs by shape."""
         model, dev, t, t_g = self.model.to(block.device), block.device, self.t, self.glances
-        sampled = torch.tensor([centre_steps(int(n), t) for n in block.lengths.tolist()], dtype=torch.long,
-                               device=dev).reshape(len(block), t)
-        visible = (torch.arange(t, device=dev) < t_g)[None].expand(len(block), t)
         image = block.padded("image")
-        e_g = _at(image, sampled) * visible[..., None]        # unglanced visual features are never computed
-        e_a = _at(block.padded("audio"), sampled)
-        g = model.glance(e_g, e_a, visible)
-        top = torch.sort(g.saliency, dim=1, descending=True, stable=True).indices[:, :min(self.k, t)]
+
+        def glance() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            sampled = torch.tensor([centre_steps(int(n), t) for n in block.lengths.tolist()], dtype=torch.long,
+                                   device=dev).reshape(len(block), t)
+            visible = (torch.arange(t, device=dev) < t_g)[None].expand(len(block), t)
+            e_g = _at(image, sampled) * visible[..., None]        # unglanced visual features are never computed
+            e_a = _at(block.padded("audio"), sampled)
+            return sampled, e_a, model.glance(e_g, e_a, visible).saliency
+        # the glance depends on the model and T_G only: rows that differ in k share it
+        sampled, e_a, saliency = block.memo(("avgn-glance", id(model), t, t_g), glance)
+        top = torch.sort(saliency, dim=1, descending=True, stable=True).indices[:, :min(self.k, t)]
         top = torch.sort(top, dim=1).values                                  # in glance order
         steps = sampled.gather(1, top)
         j = torch.arange(top.shape[1], device=dev)

@@ -73,9 +73,11 @@ def save_seeded_checkpoints(store, runs: Path) -> None:
                         store, cfg, [])
 
 
-def compute_rows(tmp: Path) -> dict[str, dict[str, dict]]:
+def compute_rows(tmp: Path, blocks: bool = False) -> dict[str, dict[str, dict]]:
     """{method row name: {video_id: {"steps", "scores", "gflops"}}} for every method of ``fs bench``, plus
-    ``"__order__"``: the row names in table order."""
+    ``"__order__"``: the row names in table order. Each video answered alone (``select``), or with ``blocks`` as
+    ``fs bench`` runs them: blocks of videos of mixed lengths (``select_batch``, GFLOPs by shape)."""
+    from models.selection import select_block
     from pipelines.methods import METHODS, BenchContext, build_selectors
     from pipelines.data import load_split
     from tests.test_bench import fabricate_store
@@ -88,14 +90,25 @@ def compute_rows(tmp: Path) -> dict[str, dict[str, dict]]:
     names = ("image", "audio", "fused", "r2p1d")
     data = load_split(store, "test", names)
     rows: dict = {"__order__": []}
-    for sel in build_selectors(BenchContext(store, runs, subsample=5, steps=3, say=quiet), tuple(METHODS)):
+    selectors = build_selectors(BenchContext(store, runs, subsample=5, steps=3, say=quiet), tuple(METHODS))
+    for sel in selectors:
         rows[sel.name] = {}
         rows["__order__"].append(sel.name)
+
+    def record(sel, video_id: str, out) -> None:
+        rows[sel.name][video_id] = {"steps": np.asarray(out.steps).tolist(),
+                                    "scores": np.asarray(out.scores, np.float64).tolist(), "gflops": float(out.gflops)}
+    if blocks:
+        for idx in data.blocks(videos=4):         # 6 test videos of 12-39 steps: blocks of 4 and 2, padded
+            block = data.block(idx)
+            for sel in selectors:
+                answers = select_block(sel, block)
+                for i, j in enumerate(idx):
+                    record(sel, data.video_ids[int(j)], answers.video(i))
+        return rows
+    for sel in selectors:
         for video in data.videos:
-            out = sel.select(video)
-            rows[sel.name][video.video_id] = {"steps": np.asarray(out.steps).tolist(),
-                                              "scores": np.asarray(out.scores, np.float64).tolist(),
-                                              "gflops": float(out.gflops)}
+            record(sel, video.video_id, sel.select(video))
     return rows
 
 

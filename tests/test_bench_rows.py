@@ -1,5 +1,6 @@
 """Behaviour pinned: every bench method's chosen steps, scores and GFLOPs on a fixed fabricated store equal the
-committed fixture (within float tolerance), so moving code around cannot change what ``fs bench`` reports."""
+committed fixture (within float tolerance), so moving code around cannot change what ``fs bench`` reports, whether
+the videos are answered one by one or in padded blocks."""
 import json
 
 import numpy as np
@@ -8,9 +9,10 @@ import pytest
 from tests.bench_rows import FIXTURE, compute_rows
 
 
-@pytest.fixture(scope="module")
-def rows(tmp_path_factory):
-    return compute_rows(tmp_path_factory.mktemp("rows"))
+@pytest.fixture(scope="module", params=["per-video", "blocks"])
+def rows(request, tmp_path_factory):
+    """The rows answered video by video (``fs show``, a user's selector) and in blocks (``fs bench``)."""
+    return compute_rows(tmp_path_factory.mktemp("rows"), blocks=request.param == "blocks")
 
 
 def test_every_recorded_method_row_is_recomputed_in_table_order(rows):
