@@ -13,6 +13,7 @@ from tests.bench_rows import save_seeded_checkpoints
 from tests.test_bench import CLASSES, fabricate_store, write_fabricated
 from featurestore.weights import load_student
 
+PATHS: dict = {}
 SHORT = (1, 2, 3, 5, 9, 10, 11)      # steps of the extra test videos: fewer than the budget, equal, one over
 
 
@@ -33,6 +34,7 @@ def bench(tmp_path_factory):
     save_seeded_checkpoints(store, runs)
     selectors = build_selectors(BenchContext(store, runs, subsample=5, steps=3, say=lambda *_: None), tuple(METHODS))
     data = load_split(store, "test", ("t", "image", "audio", "fused", "r2p1d"))
+    PATHS.update(store=path, runs=runs)
     return selectors, data
 
 
@@ -102,3 +104,18 @@ def test_a_select_only_selector_runs_through_the_default_loop(bench):
     assert got.gflops.tolist() == n.astype(float).tolist()
     assert got.counts.tolist() == np.minimum(2, n).tolist()
     assert (got.steps[n == 1, 1] == NO_STEP).all()
+
+
+@pytest.mark.parametrize("device, says", [("cuda", "torch sees no GPU here"), ("tpu", "--device must be auto, cpu or cuda")])
+def test_bench_refuses_a_device_it_cannot_use_before_writing_anything(bench, tmp_path, device, says):
+    from click.testing import CliRunner
+    from cli.main import main
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    store, runs = PATHS["store"], PATHS["runs"]
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["bench", "--store", str(store), "--runs", str(runs), "--device", device,
+                                    "--out", str(out), "--methods", "UNIFORM"])
+    assert res.exit_code != 0 and says in res.output
+    assert not out.exists()
