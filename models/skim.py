@@ -22,7 +22,7 @@ NEG = -1e9   # what padded or already-chosen positions score before the softmax
 
 def soft_index(w: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Eq. 7: the attention-weighted sum of indexing features. w (B, N), z (B, N, D) -> (B, D)."""
-    return torch.einsum("bn,bnd->bd", w, z)
+    return torch.bmm(w.unsqueeze(1), z).squeeze(1)
 
 
 def kept_steps(n: int, subsample: int) -> torch.Tensor:
@@ -90,8 +90,9 @@ class IndexKey(nn.Module):
 
     def forward(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, N, D), (B, N) -> keys (B, N, key_dim), zero at padded steps (BN statistics see valid steps only)."""
+        conv, norm, relu = self.net
         rows = z[mask]                                   # (M, D)
-        keys = self.net(rows.unsqueeze(-1)).squeeze(-1)  # each row is a length-1 sequence
+        keys = relu(norm(F.linear(rows, conv.weight.squeeze(-1), conv.bias)))   # the 1x1 convolution as one GEMM
         out = z.new_zeros(*mask.shape, self.key_dim)
         out[mask] = keys
         return out
@@ -104,7 +105,7 @@ def attention_query(hidden: int = 1024, key_dim: int = 512) -> nn.Module:
 
 def attend(keys: torch.Tensor, query: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
     """Eq. 6: softmax(k^T q / sqrt(d)) over the available steps. keys (B, N, d), query (B, d) -> w (B, N)."""
-    scores = torch.einsum("bnd,bd->bn", keys, query) / math.sqrt(keys.shape[-1])
+    scores = torch.bmm(query.unsqueeze(1), keys.transpose(1, 2)).squeeze(1) / math.sqrt(keys.shape[-1])
     return F.softmax(scores.masked_fill(~available, NEG), dim=1)
 
 
