@@ -105,7 +105,7 @@ class HeadSelector:
 class LSTMBaseline(nn.Module):
     """LSTM: a one-layer LSTM (1024) run over all N fused features; the last valid hidden state is classified.
 
-    :meth:`forward` runs the fused ``nn.LSTM`` over the packed valid steps (no work on padding; cuDNN on a GPU).
+    :meth:`forward` runs the fused ``nn.LSTM`` (see there for padded and packed inputs).
     :meth:`forward_stepwise` is the same network written as explicit cell steps (``F.linear`` on the same weights),
     which FlopCounterMode counts multiply by multiply whatever the device; :meth:`gflops` counts it once per length.
     """
@@ -127,12 +127,21 @@ class LSTMBaseline(nn.Module):
         return normed
 
     def forward(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Class logits (B, C) of z (B, N, D) whose valid steps ``mask`` (B, N) come first in each row."""
+        """Class logits (B, C) of z (B, N, D) whose valid steps ``mask`` (B, N) come first in each row.
+
+        With gradients on the CPU the fused kernel runs over the padded batch (its backward forms each weight's
+        gradient in one GEMM over all steps; the LSTM is causal, so padding after a video's last step does not change
+        its state there); otherwise over the packed valid steps only (no work on padding; cuDNN on a GPU)."""
         lengths = mask.sum(1)
-        packed = nn.utils.rnn.pack_padded_sequence(self._normed(z, mask), lengths.clamp(min=1).cpu(),
-                                                   batch_first=True, enforce_sorted=False)
-        _, (h, _) = self.lstm(packed)
-        h = h[0] * (lengths > 0).unsqueeze(1).to(h.dtype)     # a video without steps keeps the zero state
+        normed = self._normed(z, mask)
+        if torch.is_grad_enabled() and z.device.type == "cpu":
+            out, _ = self.lstm(normed)
+            h = out[torch.arange(len(z), device=z.device), (lengths - 1).clamp(min=0)]
+        else:
+            packed = nn.utils.rnn.pack_padded_sequence(normed, lengths.clamp(min=1).cpu(), batch_first=True,
+                                                       enforce_sorted=False)
+            h = self.lstm(packed)[1][0][0]
+        h = h * (lengths > 0).unsqueeze(1).to(h.dtype)     # a video without steps keeps the zero state
         return self.classifier(h)
 
     def forward_stepwise(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -62,3 +62,12 @@ def test_a_checkpoint_of_the_lstmcell_version_loads():
             keep = mask[:, t:t + 1]
             h, c = torch.where(keep, h2, h), torch.where(keep, c2, c)
         torch.testing.assert_close(net(z, mask), old.classifier(h), rtol=1e-4, atol=1e-5)
+
+
+def test_padded_training_path_equals_the_packed_path():
+    torch.manual_seed(3)
+    net = LSTMBaseline(4, hidden=32).eval()
+    z, mask = _padded_batch([5, 1, 8, 3], seed=3)
+    with torch.no_grad():
+        packed = net(z, mask)
+    torch.testing.assert_close(net(z, mask), packed, rtol=1e-4, atol=1e-5)    # grad enabled: the padded kernel
