@@ -1,6 +1,6 @@
 """Every trainer's epoch compute beside its FLOP floor (issue 24): a benchmark, not a test.
 
-    .venv/bin/python benchmarks/trainer_floor.py --store PATH [--runs PATH] [--only train-skim:lstm,...]
+    .venv/bin/python benchmarks/trainer_floor.py --store PATH [--runs PATH] [--only train-skim:lstm,...] [--floor-only]
 
 For each trainer (train-head; train-skim for skim, skim-visual, skim-single, non-recurrent, lstm; train-sampler for
 one modality with each loss ac, sal-cl, sal-rank; train-avgn) one epoch is trained on ``--device cpu`` with the batch
@@ -174,6 +174,7 @@ def main() -> None:
     ap.add_argument("--store", required=True)
     ap.add_argument("--runs", default=None, help="checkpoints (default: beside the store, .floor-runs)")
     ap.add_argument("--only", default=None, help="comma list of trainers (default all): " + ",".join(TRAINERS))
+    ap.add_argument("--floor-only", action="store_true", help="count the floors, train nothing")
     args = ap.parse_args()
     store = FeatureStore(args.store)
     runs = Path(args.runs or str(Path(args.store).with_suffix("")) + ".floor-runs")
@@ -187,6 +188,9 @@ def main() -> None:
     print(f"{'trainer':<30} {'batch':>5} {'compute s':>10} {'TFLOP':>8} {'floor s':>8} {'ratio':>6}", flush=True)
     for trainer in trainers:
         tflop = floor_tflop(trainer, data, fusion)
+        if args.floor_only:
+            print(f"{trainer:<30} {'':>5} {'':>10} {tflop:>8.4f} {tflop * 1e3 / rate:>8.2f}", flush=True)
+            continue
         compute, batch = one_epoch(trainer, store, runs, rows, videos)
         floor = tflop * 1e3 / rate
         print(f"{trainer:<30} {batch:>5} {compute:>10.2f} {tflop:>8.4f} {floor:>8.2f} {compute / floor:>6.1f}",
