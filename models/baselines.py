@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from models.imgaud import FUSED_DIM
 from models.selection import (BUDGET, NO_STEP, BlockSelection, Selection, ShapeCosts, UnitCosts, VideoArrays,
@@ -187,31 +188,86 @@ def head_probabilities(block: VideoBlock, head: nn.Module, feature: str) -> torc
 class LSTMBaseline(nn.Module):
     """LSTM: a one-layer LSTM (1024) run over all N fused features; the last valid hidden state is classified.
 
-    Stepped with ``nn.LSTMCell`` so that padded steps leave the state unchanged and FlopCounterMode sees every
-    multiply (it does not count the fused ``aten::lstm`` kernel).
+    :meth:`forward` runs the fused ``nn.LSTM`` (see there for padded and packed inputs).
+    :meth:`forward_stepwise` is the same network written as explicit cell steps (``F.linear`` on the same weights),
+    which FlopCounterMode counts multiply by multiply whatever the device; :meth:`gflops` counts it once per length.
     """
 
     def __init__(self, num_classes: int, in_dim: int = FUSED_DIM, hidden: int = 1024):
         super().__init__()
         self.norm = nn.BatchNorm1d(in_dim)      # input BN over valid steps, for the reason given in models/skim.py
-        self.cell = nn.LSTMCell(in_dim, hidden)
+        self.lstm = nn.LSTM(in_dim, hidden, batch_first=True)
         with torch.no_grad():        # forget-gate bias 1 (gates i, f, g, o): remember across hundreds of steps
-            self.cell.bias_ih[hidden:2 * hidden].fill_(1.0)
-            self.cell.bias_hh[hidden:2 * hidden].zero_()
+            self.lstm.bias_ih_l0[hidden:2 * hidden].fill_(1.0)
+            self.lstm.bias_hh_l0[hidden:2 * hidden].zero_()
         self.classifier = nn.Linear(hidden, num_classes)
-        self.hidden = hidden
+        self.hidden, self.in_dim = hidden, in_dim
+        self._gflops: dict[int, float] = {}
 
-    def forward(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _normed(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         normed = torch.zeros_like(z)
         normed[mask] = self.norm(z[mask])
-        z = normed
+        return normed
+
+    def forward(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Class logits (B, C) of z (B, N, D) whose valid steps ``mask`` (B, N) come first in each row.
+
+        With gradients on the CPU the fused kernel runs over the padded batch (its backward forms each weight's
+        gradient in one GEMM over all steps; the LSTM is causal, so padding after a video's last step does not change
+        its state there); otherwise over the packed valid steps only (no work on padding; cuDNN on a GPU)."""
+        lengths = mask.sum(1)
+        normed = self._normed(z, mask)
+        if torch.is_grad_enabled() and z.device.type == "cpu":
+            out, _ = self.lstm(normed)
+            h = out[torch.arange(len(z), device=z.device), (lengths - 1).clamp(min=0)]
+        else:
+            packed = nn.utils.rnn.pack_padded_sequence(normed, lengths.clamp(min=1).cpu(), batch_first=True,
+                                                       enforce_sorted=False)
+            h = self.lstm(packed)[1][0][0]
+        h = h * (lengths > 0).unsqueeze(1).to(h.dtype)     # a video without steps keeps the zero state
+        return self.classifier(h)
+
+    def forward_stepwise(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` as explicit LSTM cell steps: a padded step leaves the state unchanged (any mask)."""
+        z = self._normed(z, mask)
+        w_ih, w_hh = self.lstm.weight_ih_l0, self.lstm.weight_hh_l0
+        b_ih, b_hh = self.lstm.bias_ih_l0, self.lstm.bias_hh_l0
         h = z.new_zeros(z.shape[0], self.hidden)
         c = torch.zeros_like(h)
         for t in range(z.shape[1]):
-            h2, c2 = self.cell(z[:, t], (h, c))
+            i, f, g, o = (F.linear(z[:, t], w_ih, b_ih) + F.linear(h, w_hh, b_hh)).chunk(4, 1)
+            c2 = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h2 = torch.sigmoid(o) * torch.tanh(c2)
             keep = mask[:, t:t + 1]
             h, c = torch.where(keep, h2, h), torch.where(keep, c2, c)
         return self.classifier(h)
+
+    def gflops(self, n: int) -> float:
+        """GFLOPs of the forward for one video of ``n`` steps: FlopCounterMode on :meth:`forward_stepwise` over
+        zeros of (1, n, D), counted once per ``n`` (the cost depends on the shape, not the values)."""
+        n = int(n)
+        if n not in self._gflops:
+            z = torch.zeros(1, n, self.in_dim, device=self.classifier.weight.device)
+            was = self.training
+            self.eval()
+            try:
+                with torch.no_grad(), FlopCounterMode(display=False) as fc:
+                    self.forward_stepwise(z, torch.ones(1, n, dtype=torch.bool, device=z.device))
+            finally:
+                self.train(was)
+            self._gflops[n] = fc.get_total_flops() / 1e9
+        return self._gflops[n]
+
+    _CELL_KEYS = {"cell.weight_ih": "lstm.weight_ih_l0", "cell.weight_hh": "lstm.weight_hh_l0",
+                  "cell.bias_ih": "lstm.bias_ih_l0", "cell.bias_hh": "lstm.bias_hh_l0"}
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        for old, new in self._CELL_KEYS.items():     # checkpoints written when the LSTM was an nn.LSTMCell
+            if prefix + old in state_dict and prefix + new not in state_dict:
+                state_dict[prefix + new] = state_dict.pop(prefix + old)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
 
 class LSTMSelector:

@@ -26,7 +26,7 @@ NEG = -1e9   # what padded or already-chosen positions score before the softmax
 
 def soft_index(w: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Eq. 7: the attention-weighted sum of indexing features. w (B, N), z (B, N, D) -> (B, D)."""
-    return torch.einsum("bn,bnd->bd", w, z)
+    return torch.bmm(w.unsqueeze(1), z).squeeze(1)
 
 
 def kept_steps(n: int, subsample: int) -> torch.Tensor:
@@ -94,9 +94,9 @@ class IndexKey(nn.Module):
 
     def forward(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, N, D), (B, N) -> keys (B, N, key_dim), zero at padded steps (BN statistics see valid steps only)."""
+        conv, norm, relu = self.net
         rows = z[mask]                                   # (M, D)
-        conv, norm, relu = self.net                      # a 1x1 convolution is a matmul over the rows
-        keys = relu(norm(F.linear(rows, conv.weight.squeeze(-1), conv.bias)))
+        keys = relu(norm(F.linear(rows, conv.weight.squeeze(-1), conv.bias)))   # the 1x1 convolution as one GEMM
         out = z.new_zeros(*mask.shape, self.key_dim)
         out[mask] = keys
         return out
@@ -107,9 +107,67 @@ def attention_query(hidden: int = 1024, key_dim: int = 512) -> nn.Module:
     return nn.Sequential(nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, key_dim))
 
 
-def attend(keys: torch.Tensor, query: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
-    """Eq. 6: softmax(k^T q / sqrt(d)) over the available steps. keys (B, N, d), query (B, d) -> w (B, N)."""
-    scores = torch.einsum("bnd,bd->bn", keys, query) / math.sqrt(keys.shape[-1])
+class KeyBank:
+    """The keys of one feature bank, queried by the T - 1 skimming steps in turn (Eq. 6).
+
+    In training, the gradient of the keys is the sum over steps of (score gradient) x (query): formed here once, as
+    one batched GEMM over the stacked steps when backward reaches the keys, instead of one (B, N, d) outer product
+    and one accumulation per step. Without gradients the keys are used as they are."""
+
+    def __init__(self, keys: torch.Tensor):
+        self.keys = keys
+        self.values = keys.detach()
+        self.queries: list[torch.Tensor] = []
+        self.grads: list[torch.Tensor] = []
+        self.anchor = _BankAnchor.apply(keys, self) if keys.requires_grad and torch.is_grad_enabled() else None
+
+    def scores(self, query: torch.Tensor) -> torch.Tensor:
+        """k^T q of every step: query (B, d) -> (B, N)."""
+        if self.anchor is None:
+            return torch.bmm(query.unsqueeze(1), self.keys.transpose(1, 2)).squeeze(1)
+        return _BankScores.apply(query, self.anchor, self)
+
+
+class _BankAnchor(torch.autograd.Function):
+    """Ties a :class:`KeyBank`'s scores to its keys: its backward runs after every step's, and returns the keys'
+    gradient from the steps' stacked (score gradient, query) pairs."""
+
+    @staticmethod
+    def forward(ctx, keys, bank):
+        ctx.bank = bank
+        return keys.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, _):
+        bank = ctx.bank
+        if not bank.grads:
+            return None, None
+        g = torch.stack(bank.grads, 2)                   # (B, N, steps)
+        q = torch.stack(bank.queries, 1)                 # (B, steps, d)
+        bank.grads, bank.queries = [], []
+        return torch.bmm(g, q), None
+
+
+class _BankScores(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, query, anchor, bank):
+        ctx.bank = bank
+        ctx.save_for_backward(query)
+        return torch.bmm(query.unsqueeze(1), bank.values.transpose(1, 2)).squeeze(1)
+
+    @staticmethod
+    def backward(ctx, g):
+        (query,) = ctx.saved_tensors
+        ctx.bank.grads.append(g)
+        ctx.bank.queries.append(query)
+        return torch.bmm(g.unsqueeze(1), ctx.bank.values).squeeze(1), None, None
+
+
+def attend(keys: torch.Tensor | KeyBank, query: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
+    """Eq. 6: softmax(k^T q / sqrt(d)) over the available steps. keys (B, N, d) or their :class:`KeyBank`,
+    query (B, d) -> w (B, N)."""
+    bank = keys if isinstance(keys, KeyBank) else KeyBank(keys)
+    scores = bank.scores(query) / math.sqrt(bank.values.shape[-1])
     return F.softmax(scores.masked_fill(~available, NEG), dim=1)
 
 
@@ -173,7 +231,7 @@ class ImgAudSkimmer(nn.Module):
             return self._forward_single(z_fused, mask, steps, hard, lookup[0] if lookup else z_fused)
         real_i, real_a = lookup if lookup is not None else (z_image, z_audio)
         b = torch.arange(mask.shape[0], device=mask.device)
-        k_i, k_a = self.key_i(z_image, mask), self.key_a(z_audio, mask)
+        k_i, k_a = KeyBank(self.key_i(z_image, mask)), KeyBank(self.key_a(z_audio, mask))
         avail_i, avail_a, taken = mask.clone(), mask.clone(), torch.zeros_like(mask)
         h = z_image.new_zeros(mask.shape[0], self.hidden)
         c = torch.zeros_like(h)
@@ -189,8 +247,9 @@ class ImgAudSkimmer(nn.Module):
                 zi, za, combined = soft_index(w_i, z_image), real_a[b, j], w_i
             else:
                 s_i, s_a = s[:, :1], s[:, 1:]
-                zi = s_i * soft_index(w_i, z_image) + s_a * soft_index(w_a, z_image)
-                za = s_i * soft_index(w_i, z_audio) + s_a * soft_index(w_a, z_audio)
+                w = torch.stack([w_i, w_a], 1)                                  # each bank read once for both
+                zi = (s.unsqueeze(2) * torch.bmm(w, z_image)).sum(1)      # s^I soft_index(w^I) + s^A soft_index(w^A)
+                za = (s.unsqueeze(2) * torch.bmm(w, z_audio)).sum(1)
                 combined = s_i * w_i + s_a * w_a
             pick = self._pick(combined, mask, taken)
             if hard:
@@ -229,7 +288,7 @@ class ImgAudSkimmer(nn.Module):
     def _forward_single(self, z: torch.Tensor, mask: torch.Tensor, steps: int, hard: bool,
                         real: torch.Tensor) -> SkimOutput:
         b = torch.arange(mask.shape[0], device=mask.device)
-        keys = self.key_f(z, mask)
+        keys = KeyBank(self.key_f(z, mask))
         avail, taken = mask.clone(), torch.zeros_like(mask)
         h = z.new_zeros(mask.shape[0], self.hidden)
         c = torch.zeros_like(h)

@@ -166,16 +166,19 @@ class SplitData:
         """An epoch's order of the videos: a permutation when the split fits the read budget (or is resident), else
         windows of consecutive videos (cut at a random offset each epoch) in random order, each shuffled inside,
         so that every batch reads from a window the cache holds."""
+        return torch.cat(self.windows(gen))
+
+    def windows(self, gen: torch.Generator) -> list[torch.Tensor]:
+        """:meth:`order` as its windows (one, a permutation of all, when the split fits the read budget)."""
         n = len(self)
         if self.fits():
-            return torch.randperm(n, generator=gen)
+            return [torch.randperm(n, generator=gen)]
         starts = self.packed.offsets[:-1]
         shift = int(torch.randint(self.window_rows, (1,), generator=gen))
         window = torch.from_numpy((starts + shift) // self.window_rows)
         groups = [torch.nonzero(window == w).flatten() for w in torch.unique(window)]
-        out = [g[torch.randperm(len(g), generator=gen)] for g in
-               (groups[int(k)] for k in torch.randperm(len(groups), generator=gen))]
-        return torch.cat(out)
+        return [g[torch.randperm(len(g), generator=gen)] for g in
+                (groups[int(k)] for k in torch.randperm(len(groups), generator=gen))]
 
     def fits(self, float32_copy: bool = False) -> bool:
         """Whether the whole split fits the read budget (then it is read once and shuffled as a whole); with

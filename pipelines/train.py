@@ -36,6 +36,25 @@ def minibatches(rows: int | Callable[[torch.Generator], torch.Tensor], batch_siz
     return batches
 
 
+def similar_length_batches(windows: Callable[[torch.Generator], list[torch.Tensor]], lengths, batch_size: int,
+                           collate: Callable[[torch.Tensor, torch.Generator], tuple]
+                           ) -> Callable[[torch.Generator], Iterable[tuple]]:
+    """``batches`` for :func:`fit` over padded sequences: each epoch's windows of shuffled videos
+    (:meth:`~pipelines.data.SplitData.windows`) are sorted by length and cut into batches of at most ``batch_size``
+    of near-equal size, taken in random order window by window, so that a batch pads little and still reads from
+    one window; every video is in one batch an epoch (a window of one video is dropped: batch norm needs two)."""
+    lengths = torch.as_tensor(lengths)
+
+    def batches(gen: torch.Generator):
+        for w in windows(gen):
+            w = w[torch.argsort(lengths[w], stable=True)]       # ties keep the window's random order
+            chunks = torch.tensor_split(w, -(-len(w) // batch_size)) if len(w) else []
+            for k in torch.randperm(len(chunks), generator=gen).tolist():
+                if len(chunks[k]) > 1:
+                    yield collate(chunks[k], gen)
+    return batches
+
+
 @dataclass(frozen=True)
 class Schedule:
     """Batch size, epochs and lr milestones, as asked or sized to the split (:func:`sized_schedule`)."""

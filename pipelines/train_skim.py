@@ -14,7 +14,7 @@ from models.imgaud import Fusion
 from models.skim import ImgAudSkimmer, interpolate_padded
 from pipelines.checkpoints import load_model, save_checkpoint
 from pipelines.data import load_split, resolve_device, student_fusion
-from pipelines.train import MicroBatches, Trained, fit, minibatches, sized_schedule
+from pipelines.train import MicroBatches, Trained, fit, similar_length_batches, sized_schedule
 
 # model name -> (indexing mode of the skimmer, or None for the LSTM baseline)
 SKIM_MODELS = {"skim": "audio-visual", "skim-visual": "visual", "skim-single": "single",
@@ -59,8 +59,9 @@ def train_skim(store: FeatureStore, runs: Path, model: str = "skim", epochs: int
                finetune_fusion: bool = False, device: str = "auto", seed: int = 0,
                report: Callable[[dict], None] | None = None, sized: bool = True) -> Trained:
     """Train on the training split and save ``<runs>/<model>.pt``; videos of different length are padded and
-    masked, never truncated. The schedule is sized to the split (:func:`~pipelines.train.sized_schedule`) unless
-    ``sized`` is False.
+    masked, never truncated, and batched with videos of similar length
+    (:func:`~pipelines.train.similar_length_batches`). The schedule is sized to the split
+    (:func:`~pipelines.train.sized_schedule`) unless ``sized`` is False.
 
     The skimmer keeps the student's Psi frozen (as the authors' release) unless ``finetune_fusion``; each batch
     draws its indexing features' subsampling factor from TRAIN_SUBSAMPLE (sparse features at inference), and the
@@ -114,8 +115,9 @@ def train_skim(store: FeatureStore, runs: Path, model: str = "skim", epochs: int
             loss = loss + F.cross_entropy(prefix_logits, y.repeat_interleave(prefixes.shape[1]))
         return loss, out.logits, y
 
-    history = fit(net, minibatches(data.order, sched.batch_size, collate), loss_fn, sched.epochs, lr,
-                  sched.milestones, seed, report, clip_grad=None if skimmer else 5.0)
+    batches = similar_length_batches(data.windows, data.n_steps, sched.batch_size, collate)
+    history = fit(net, batches, loss_fn, sched.epochs, lr, sched.milestones, seed, report,
+                  clip_grad=None if skimmer else 5.0)
     net.eval().cpu()
     path = save_checkpoint(runs, model, model, net, store,
                            {"model": model, "steps": t_steps, "num_classes": len(data.classes),

@@ -115,3 +115,24 @@ def test_avgn_pays_all_audio_the_glances_and_the_chosen_steps_beyond_them(k, t_g
     glanced = set(order[: (16 if t_g is None else t_g)])
     visual = len(glanced) + len(set(out.steps.tolist()) - glanced)
     assert out.gflops - own == pytest.approx(16 * 0.25 + visual * 0.5, abs=1e-12)
+
+
+def test_lstm_gflops_by_shape_equals_a_fresh_count_of_the_stepwise_forward():
+    from torch.utils.flop_counter import FlopCounterMode
+    torch.manual_seed(0)
+    net = LSTMBaseline(5).eval()
+    for n in np.random.default_rng(3).integers(1, 60, size=5).tolist():
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            net.forward_stepwise(torch.randn(1, n, 512), torch.ones(1, n, dtype=torch.bool))
+        assert net.gflops(n) == fc.get_total_flops() / 1e9
+        assert net.gflops(n) == net.gflops(n)          # cached
+
+
+def test_lstm_selector_cost_equals_the_module_gflops_by_shape():
+    torch.manual_seed(0)
+    net = LSTMBaseline(3)
+    costs = UnitCosts(image=0.5, audio=0.25, fusion=0.25, clip=80.0)
+    video = type("V", (), {"arrays": {"fused": np.random.default_rng(1).normal(0, 1, (11, 512)).astype(np.float16)},
+                           "attrs": {}})()
+    out = LSTMSelector("lstm", net, costs).select(video)
+    assert out.gflops == pytest.approx(11 * costs.pair + net.gflops(11), rel=1e-12)

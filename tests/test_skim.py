@@ -126,3 +126,28 @@ def test_batched_interpolation_equals_each_video_interpolated_alone():
         got = interpolate_padded(batch, mask.sum(1), s)
         assert torch.equal(got, want), s
     assert torch.equal(interpolate_padded(batch, mask.sum(1), 1), batch)
+
+
+@pytest.mark.parametrize("indexing", ["audio-visual", "visual", "single"])
+def test_key_bank_gradients_equal_plain_autograd_through_the_keys(indexing, monkeypatch):
+    import models.skim as skim
+    from models.imgaud import Fusion
+    torch.manual_seed(0)
+    sk = ImgAudSkimmer(Fusion(), 4, indexing=indexing).train()
+    gen = torch.Generator().manual_seed(1)
+    z_i, z_a, z_f = (torch.randn(3, 9, d, generator=gen) for d in (256, 256, 512))
+    mask = torch.arange(9)[None] < torch.tensor([9, 5, 7])[:, None]
+
+    def grads():
+        sk.zero_grad()
+        out = sk(z_i, z_a, mask, 5, z_fused=z_f)
+        (out.logits.square().sum() + out.fused.square().sum()).backward()
+        return {n: p.grad.clone() for n, p in sk.named_parameters() if p.grad is not None}
+
+    banked = grads()
+    monkeypatch.setattr(skim.KeyBank, "scores",
+                        lambda self, q: torch.bmm(q.unsqueeze(1), self.keys.transpose(1, 2)).squeeze(1))
+    plain = grads()
+    assert banked.keys() == plain.keys() and any("key" in n for n in plain)
+    for n in plain:
+        torch.testing.assert_close(banked[n], plain[n], rtol=1e-4, atol=1e-6)

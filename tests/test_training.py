@@ -91,3 +91,22 @@ def test_a_cpu_batch_of_long_videos_is_cut_into_parts_and_a_gpu_batch_is_not():
     assert all(len(p) * 563 * 512 <= CPU_PART_ELEMENTS for p in parts)
     assert micro_batches(list(range(256)), n_steps, 512, "cuda") == [list(range(256))]
     assert micro_batches([0, 1, 2], [20, 30, 40], 512, "cpu") == [[0, 1, 2]]
+
+
+def test_similar_length_batches_hold_every_video_once_within_its_window_and_pad_little():
+    from pipelines.train import similar_length_batches
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(10, 600, (103,), generator=gen)
+    perm = torch.randperm(103, generator=gen)
+    windows = lambda g: [perm[:60][torch.randperm(60, generator=g)], perm[60:][torch.randperm(43, generator=g)]]
+    window_of = {int(j): 0 for j in perm[:60]} | {int(j): 1 for j in perm[60:]}
+    batches = list(similar_length_batches(windows, lengths, 16, lambda idx, g: (idx,))(torch.Generator().manual_seed(1)))
+    seen = torch.cat([b[0] for b in batches])
+    assert sorted(seen.tolist()) == list(range(103))                     # every video once
+    assert all(len({window_of[int(j)] for j in b[0]}) == 1 for b in batches)
+    assert all(2 <= len(b[0]) <= 16 for b in batches)
+    padded = sum(len(b[0]) * int(lengths[b[0]].max()) for b in batches)
+    shuffled = sum(len(c) * int(lengths[c].max()) for c in torch.split(perm, 16))
+    assert padded < 0.8 * shuffled
+    again = list(similar_length_batches(windows, lengths, 16, lambda idx, g: (idx,))(torch.Generator().manual_seed(2)))
+    assert [b[0].tolist() for b in again] != [b[0].tolist() for b in batches]       # the order is drawn per epoch
