@@ -72,8 +72,13 @@ def interpolate_padded(z: torch.Tensor, lengths: torch.Tensor, subsample: int) -
     exact = (pos % subsample == 0) | (pos == last) | (lengths[:, None] <= 2)
     a, bnext = a.clamp(max=n - 1), bnext.clamp(min=0)
     frac = ((pos - a).float() / (bnext - a).clamp(min=1).float()).unsqueeze(2).to(z.dtype)
-    za = torch.gather(z, 1, a.unsqueeze(2).expand(b, n, z.shape[2]))
-    zb = torch.gather(z, 1, bnext.unsqueeze(2).expand(b, n, z.shape[2]))
+    # the kept steps before and after each position without a gather over (B, N, D): the grid z[:, ::s] repeated s
+    # times, its next point likewise; only where the next kept step is a video's last one is it read per video
+    grid = z[:, ::subsample]
+    za = grid.repeat_interleave(subsample, dim=1)[:, :n]
+    zb = torch.cat([grid[:, 1:], grid[:, -1:]], 1).repeat_interleave(subsample, dim=1)[:, :n]
+    tail = (a + subsample > last).unsqueeze(2)
+    zb = torch.where(tail, z[torch.arange(b, device=z.device), last[:, 0]].unsqueeze(1), zb)
     out = torch.where(exact.unsqueeze(2), z, za + frac * (zb - za))
     return out * (pos < lengths[:, None]).unsqueeze(2).to(z.dtype)
 
