@@ -6,6 +6,7 @@
 # Debian ffmpeg's here frame for frame): it has no NVDEC, so only software decoding is measured unless HWACCELS says.
 #
 #   VIDEOS=24 SECONDS_PER_VIDEO=60 IN_FLIGHT="4 16" bash benchmarks/gpu_session.sh     # smaller, to fit 10 minutes
+#   SCALE_VIDEOS=20000 bash benchmarks/gpu_session.sh     # also fs bench and a train-skim epoch at 20,000 videos
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -29,3 +30,13 @@ if [ -z "${HWACCELS:-}" ]; then
   fi
 fi
 bash benchmarks/extract_gpu.sh "$out" 2>&1 | tee "$out/extract_gpu.log"
+# the bench and a train-skim epoch at scale on the GPU (issue 24): a fabricated store of SCALE_VIDEOS videos (generated
+# on the machine's cores, packed), seeded checkpoints, fs bench --device cuda (few methods, then all), one epoch
+if [ -n "${SCALE_VIDEOS:-}" ]; then
+  python3 benchmarks/scale_store.py --videos "$SCALE_VIDEOS" --store /tmp/scale.zarr --generate-only --no-progress \
+    --jobs "$(nproc)" 2>&1 | tail -2 | tee "$out/scale_generate.log"
+  python3 benchmarks/scale_bench.py --videos "$SCALE_VIDEOS" --store /tmp/scale.zarr --device cuda \
+    --out "$out/scale_bench.json" 2>&1 | tee "$out/scale_bench.log"
+  fs train-skim --store /tmp/scale.zarr --runs /tmp/scale-train --epochs 1 --device cuda 2>&1 | tail -4 \
+    | tee "$out/scale_train_skim.log"
+fi

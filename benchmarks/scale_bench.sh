@@ -15,5 +15,6 @@ for n in $sizes; do
   $py benchmarks/scale_bench.py --videos "$n" --device "$device" --out "fs-data/scale-$n.bench-$device.json"
 done
 if [ -f benchmarks/trainer_floor.py ]; then
-  $py benchmarks/trainer_floor.py --store fs-data/scale-2000.zarr --device "$device"
+  $py benchmarks/trainer_floor.py --store fs-data/scale-2000.zarr --only train-skim:skim
+  $py benchmarks/trainer_floor.py --store fs-data/scale-2000.zarr --floor-only
 fi

@@ -22,6 +22,7 @@ from pipelines.data import SplitData, load_split, resolve_device
 from pipelines.methods import METHODS, BenchContext, build_selectors, check_methods
 from pipelines.report import GalleryItem, gallery_videos, write_report
 from pipelines.show import SHOW_METHODS, render_video, show_rows
+from pipelines.train import bound_heap
 
 SWEEP_SUBSAMPLE = (1, 2, 5, 10)
 SWEEP_STEPS = tuple(range(1, 11))
@@ -407,6 +408,7 @@ def run_bench(store: FeatureStore, runs: Path, out: Path, methods: tuple[str, ..
     if subsample < 1 or not 1 <= steps <= 10:
         raise ValueError("--subsample must be >= 1 and --steps within 1..10")
     device = resolve_device(device)
+    bound_heap()            # blocks of varying padded shapes would otherwise fragment the heap over a long run
     ctx = BenchContext(store, runs, subsample, steps, say)
     names = ("t",) + STUDENT_DESCRIPTORS + (("r2p1d",) if ctx.has_r2p1d else ())
     data = load_split(store, "test", names, device)
