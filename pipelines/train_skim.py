@@ -40,7 +40,7 @@ CPU_PART_ELEMENTS = 16 << 20   # on the CPU a batch goes forward in parts of at 
 def micro_batches(idx: list[int], n_steps, width: int, device: str) -> list[list[int]]:
     """``idx`` cut into consecutive parts whose padded features (rows x longest video x ``width``) stay under
     CPU_PART_ELEMENTS on the CPU, so that the activations of a batch of 256 five-minute videos fit a small machine;
-    one part on a GPU."""
+    one part on a GPU. No part holds a single video (its BatchNorm statistics would be undefined)."""
     if device.startswith("cuda"):
         return [idx]
     parts, cur, longest = [], [], 0
@@ -51,7 +51,14 @@ def micro_batches(idx: list[int], n_steps, width: int, device: str) -> list[list
             cur, longest = [], 0
         cur.append(j)
         longest = max(longest, n)
-    return parts + [cur]
+    parts.append(cur)
+    if len(parts) > 1 and len(parts[-1]) == 1:     # a part of one video cannot train BatchNorm: borrow or merge
+        if len(parts[-2]) > 2:
+            parts[-1].insert(0, parts[-2].pop())
+        else:
+            last = parts.pop()
+            parts[-1] += last
+    return parts
 
 
 def train_skim(store: FeatureStore, runs: Path, model: str = "skim", epochs: int = 25, batch_size: int = 256,

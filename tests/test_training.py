@@ -93,6 +93,21 @@ def test_a_cpu_batch_of_long_videos_is_cut_into_parts_and_a_gpu_batch_is_not():
     assert micro_batches([0, 1, 2], [20, 30, 40], 512, "cpu") == [[0, 1, 2]]
 
 
+def test_micro_batches_never_leave_one_video_alone_in_a_part():
+    """A batch whose last part would hold one video (BatchNorm cannot train on one row: the 2,000-video store's
+    length-sorted batches of 300-step videos cut 53 + 1) gets it moved into a part of at least two."""
+    from pipelines.train_skim import CPU_PART_ELEMENTS, micro_batches
+    width = 1024
+    fits = CPU_PART_ELEMENTS // (300 * width)              # videos of 300 steps a part holds
+    for size in (fits + 1, 2 * fits + 1, 3):
+        n_steps = [300] * size
+        parts = micro_batches(list(range(size)), n_steps, width, "cpu")
+        assert sorted(j for p in parts for j in p) == list(range(size))
+        assert all(len(p) >= 2 for p in parts), [len(p) for p in parts]
+    parts = micro_batches([0, 1], [300, 300], CPU_PART_ELEMENTS // 300, "cpu")   # each video alone fills a part
+    assert [len(p) for p in parts] == [2]
+
+
 def test_similar_length_batches_hold_every_video_once_within_its_window_and_pad_little():
     from pipelines.train import similar_length_batches
     gen = torch.Generator().manual_seed(0)
