@@ -1,7 +1,9 @@
 """The one selection interface: given a video's stored arrays and a budget, return chosen steps + prediction.
 
 Every method — the skimmer, the Listen-to-Look baselines, SCSampler variants, AVGN — is a :class:`Selector`, so a
-benchmark compares them all in one loop and never special-cases one.
+benchmark compares them all in one loop and never special-cases one. ``select(video)`` answers one video;
+``select_batch(block)`` (optional) answers a :class:`VideoBlock` of padded videos at once, with GFLOPs counted by
+shape (:class:`ShapeCosts`); :func:`select_block` uses it when a selector has it, else loops over ``select``.
 """
 from __future__ import annotations
 

@@ -219,8 +219,9 @@ class SplitData:
 
     def blocks(self, videos: int = 128, values: int = 32 << 20) -> Iterator[np.ndarray]:
         """The split cut into blocks of video indices for selection: consecutive windows that the read cache holds,
-        each sorted by length (so a block pads little) and cut into blocks of at most ``videos`` videos and about
-        ``values`` padded values per array row width 1024. Every video is in exactly one block."""
+        each sorted by length (so a block pads little) and cut into blocks of at most ``videos`` videos whose padded
+        size (videos x longest x 1024, about the widest rows read together) stays under ``values``. Every video is
+        in exactly one block."""
         n_steps = self.n_steps
         starts = self.packed.offsets[:-1]
         window = starts // max(self.window_rows, 1) if not self.fits() else np.zeros(len(self), np.int64)
