@@ -430,8 +430,8 @@ class SkimSelector:
             extra = (steps % self.subsample != 0) & (steps != (n - 1)[:, None])
             ordered = np.sort(np.where(extra, steps, -1), axis=1)
             computed = computed + ((ordered >= 0) & np.diff(ordered, axis=1, prepend=-1).astype(bool)).sum(1)
-        own = np.array([skim_gflops(self.skimmer, int(v), t, self.hard) for v in np.unique(n)])[
-            np.searchsorted(np.unique(n), n)]
+        lengths, inverse = np.unique(n, return_inverse=True)
+        own = np.array([skim_gflops(self.skimmer, int(v), t, self.hard) for v in lengths])[inverse]
         return BlockSelection(steps, F.softmax(logits, 1).double().cpu().numpy(), computed * self.pair_gflops + own)
 
 

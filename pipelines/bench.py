@@ -13,12 +13,10 @@ import pandas as pd
 
 from featurestore.constants import STUDENT_DESCRIPTORS
 from featurestore.store import FeatureStore, StoreError
-from featurestore.text import printable
-from manifests.schema import parse_segments
 from models.selection import NO_STEP, Selector, VideoBlock, select_block, to_device
 from models.skim import SkimSelector
 from pipelines.checkpoints import checkpoint_path
-from pipelines.data import SplitData, load_split, resolve_device
+from pipelines.data import SplitData, action_segments, load_split, resolve_device
 from pipelines.methods import METHODS, BenchContext, build_selectors, check_methods
 from pipelines.report import GalleryItem, gallery_videos, write_report
 from pipelines.show import SHOW_METHODS, render_video, show_rows
@@ -88,14 +86,7 @@ def block_videos(device: str) -> dict:
 def action_masks(block: VideoBlock) -> tuple[np.ndarray, np.ndarray] | None:
     """(B, N) whether each step of the block starts inside a ground-truth action segment, and (B,) which videos have
     segments (the rule of :func:`~pipelines.data.action_mask`); None when no video of the block has any."""
-    segments = []
-    for vid, attrs in zip(block.video_ids, block.attrs):
-        try:
-            segs = parse_segments(attrs.get("segments", "") or "")
-        except ValueError as e:            # a store extracted before segments were validated ("1-inf")
-            raise StoreError(f"video {printable(vid, 80)}: {e}") from None
-        duration = attrs.get("duration")
-        segments.append([(a, b) for a, b in segs if duration is None or a < float(duration)])
+    segments = [action_segments(vid, attrs) for vid, attrs in zip(block.video_ids, block.attrs)]
     if not any(segments):
         return None
     width = max(len(g) for g in segments)

@@ -305,17 +305,21 @@ def _packed_bytes(store: FeatureStore, split: str, names: tuple[str, ...]) -> in
     return rows * sum(2 * FEATURE_DIMS.get(n, 1) for n in names if n not in INPUT_ARRAYS)
 
 
-def action_mask(video: VideoFeatures) -> np.ndarray | None:
-    """For each step, whether it starts inside a ground-truth action segment; None when the video has none
-    annotated (needs the ``t`` array). A segment starting at or after the video's end (a store extracted before
-    extraction fitted segments to the decoded duration) does not count."""
+def action_segments(video_id: str, attrs: Mapping) -> list[tuple[float, float]]:
+    """A video's ground-truth action segments that count: a segment starting at or after the video's end (a store
+    extracted before extraction fitted segments to the decoded duration) does not."""
     try:
-        segs = parse_segments(video.attrs.get("segments", "") or "")
+        segs = parse_segments(attrs.get("segments", "") or "")
     except ValueError as e:            # a store extracted before segments were validated ("1-inf")
-        raise StoreError(f"video {printable(video.video_id, 80)}: {e}") from None
-    duration = video.attrs.get("duration")
-    if duration is not None:
-        segs = [(s, e) for s, e in segs if s < float(duration)]
+        raise StoreError(f"video {printable(video_id, 80)}: {e}") from None
+    duration = attrs.get("duration")
+    return [(s, e) for s, e in segs if duration is None or s < float(duration)]
+
+
+def action_mask(video: VideoFeatures) -> np.ndarray | None:
+    """For each step, whether it starts inside a ground-truth action segment (:func:`action_segments`); None when
+    the video has none annotated (needs the ``t`` array)."""
+    segs = action_segments(video.video_id, video.attrs)
     if not segs:
         return None
     t = video.arrays["t"]
