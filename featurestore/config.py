@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from featurestore.constants import DESCRIPTORS, KEPT_CLIPS, KEPT_INPUTS, STUDENT_DESCRIPTORS, stored_arrays
+from featurestore.constants import DESCRIPTORS, KEPT_CLIPS, KEPT_INPUTS, SIGNALS, STUDENT_DESCRIPTORS, stored_arrays
 from featurestore.weights import STUDENT_DEFAULT, TEACHER_DEFAULT, is_random_source
 
 VIDEO_TIMEOUT_MIN = 60.0          # default --video-timeout: max(VIDEO_TIMEOUT_MIN, VIDEO_TIMEOUT_PER_SECOND × duration)
@@ -37,6 +37,7 @@ class ExtractConfig:
     hwaccel: str = ""           # ffmpeg hardware decoding ("cuda"); software decoding when empty or unusable
     decode_threads: int = 0     # ffmpeg decoder threads per video; 0 lets ffmpeg choose
     video_timeout: float | None = None   # seconds of ffmpeg time per video; None: video_time_limit's default; 0: none
+    signals: tuple[str, ...] = SIGNALS   # signal-energy arrays (``()`` when appending to a store built before them)
 
     def __post_init__(self) -> None:
         if self.video_timeout is not None and not self.video_timeout >= 0:
@@ -91,5 +92,5 @@ class ExtractConfig:
 
     def stored_arrays(self) -> list[str]:
         """Every array a video extracted with this config holds."""
-        return stored_arrays(self.descriptors, self.inputs)
+        return stored_arrays(self.descriptors, self.inputs, self.signals)
 

@@ -44,6 +44,14 @@ STUDENT_DESCRIPTORS = ("image", "audio", "fused")
 KEPT_INPUTS = ("frames", "mel")              # ``--keep-inputs``: each step's first frame and log-mel
 KEPT_CLIPS = ("clips",)                      # ``--keep-clips``: each step's teacher clip
 
+# --- signal energy: free previews from the single decode, no model (the controls every learned preview must beat) ---
+LOUDNESS_FLOOR_DB = -100.0   # ``loudness`` (N,) float32: RMS level in dBFS of the step's audio window (the log-mel's
+                             # WINDOW_SECONDS from the step's start), floored here; a video without audio is all floor
+MOTION_GRID = 8              # ``motion`` (N, MOTION_DIM) float16: mean |frame difference| (pixel values in [0, 1]) per
+MOTION_DIM = 3 * MOTION_GRID * MOTION_GRID    # RGB channel per cell of a MOTION_GRID x MOTION_GRID grid over the
+                             # crop, averaged over the differences of the step's STEP_FRAMES frames; (c, y, x) order
+SIGNALS = ("loudness", "motion")              # stored by every new store's extraction (root attribute ``signals``)
+
 
 def array_source(name: str) -> str:
     """What produces a stored array: "student", "teacher", "decode" (kept inputs) or "" (the step times ``t``)."""
@@ -51,13 +59,14 @@ def array_source(name: str) -> str:
         return "student"
     if name in DESCRIPTOR_ARRAYS["r2p1d"]:
         return "teacher"
-    return "decode" if name in KEPT_INPUTS + KEPT_CLIPS else ""
+    return "decode" if name in KEPT_INPUTS + KEPT_CLIPS + SIGNALS else ""
 
 
-def stored_arrays(descriptors: Iterable[str], inputs: Iterable[str] = ()) -> list[str]:
-    """Every array a video of a store with these descriptors and kept inputs holds, in store order."""
+def stored_arrays(descriptors: Iterable[str], inputs: Iterable[str] = (), signals: Iterable[str] = ()) -> list[str]:
+    """Every array a video of a store with these descriptors, kept inputs and signal arrays holds, in store order."""
     descriptors = set(descriptors)
-    return ["t"] + [a for d in DESCRIPTORS if d in descriptors for a in DESCRIPTOR_ARRAYS[d]] + list(inputs)
+    return (["t"] + list(signals) + [a for d in DESCRIPTORS if d in descriptors for a in DESCRIPTOR_ARRAYS[d]]
+            + list(inputs))
 
 
 def extraction_params() -> dict:

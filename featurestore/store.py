@@ -569,13 +569,13 @@ class FeatureStore:
 
 def expected_arrays(root_attrs: dict) -> list[str]:
     """The arrays every complete video of a store with these root attributes must hold."""
-    return stored_arrays(root_attrs.get("descriptors", []), root_attrs.get("inputs", []))
+    return stored_arrays(root_attrs.get("descriptors", []), root_attrs.get("inputs", []), root_attrs.get("signals", []))
 
 
 def require_arrays(store: FeatureStore, names: tuple[str, ...],
                    how: str = "re-extract with --descriptors including them") -> None:
     """Refuse a store whose videos lack any of ``names`` (descriptors or kept inputs), saying ``how`` to get them."""
-    have = store.attrs.get("descriptors", []) + store.attrs.get("inputs", [])
+    have = store.attrs.get("descriptors", []) + store.attrs.get("inputs", []) + store.attrs.get("signals", [])
     missing = [n for n in names if n not in have and n not in ("t", "r2p1d_logits")]
     if missing:
         kind = "descriptors" if set(missing) <= set(DESCRIPTORS) else "arrays"
