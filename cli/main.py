@@ -13,7 +13,7 @@ from click.core import ParameterSource
 
 from featurestore import __version__
 from manifests.synth import (DEFAULT_ACTION_SECONDS, DEFAULT_ACTION_SHARE, DEFAULT_ACTIONS, DEFAULT_CLASSES,
-                             DEFAULT_SECONDS, DEFAULT_VIDEOS)
+                             DEFAULT_CONFOUNDERS, DEFAULT_SECONDS, DEFAULT_VIDEOS)
 
 DEFAULT_STORE = "fs-store.zarr"
 
@@ -100,8 +100,11 @@ def main() -> None:
               callback=_seconds_range, help="Segment length range MIN:MAX in seconds (actions and distractors).")
 @click.option("--action-share", type=float, default=DEFAULT_ACTION_SHARE, show_default="1/3",
               help="The most of a video its segments may cover (longer segments are shrunk together).")
+@click.option("--confounders", default="{}:{}".format(*DEFAULT_CONFOUNDERS), show_default=True,
+              callback=_count_range, help="Class-neutral segments per video MIN:MAX: loud noise bursts, moving noise "
+                                          "patches or both, at the loudness and motion of actions.")
 def synth(out, videos, classes, seconds, seed, test_fraction, data_root, jobs, actions, action_seconds,
-          action_share) -> None:
+          action_share, confounders) -> None:
     """Generate the synthetic untrimmed audio-visual dataset (H.264/AAC mp4 + manifest.csv)."""
     from manifests.datasets import data_root as resolve_root
     from manifests.synth import generate_synthetic
@@ -116,7 +119,8 @@ def synth(out, videos, classes, seconds, seed, test_fraction, data_root, jobs, a
         try:
             manifest = generate_synthetic(out, videos, classes, seconds, seed, test_fraction, progress,
                                           jobs=jobs or os.cpu_count() or 1, actions=actions,
-                                          action_seconds=action_seconds, action_share=action_share)
+                                          action_seconds=action_seconds, action_share=action_share,
+                                          confounders=confounders)
         except (ValueError, RuntimeError) as e:
             _fail(e)
     click.echo(f"wrote {videos} videos and {manifest}")

@@ -7,7 +7,7 @@ import time
 import traceback
 import warnings
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 import pandas as pd
@@ -55,8 +55,9 @@ def extract_video_task(row: dict, store_path: str, config: ExtractConfig) -> Vid
                       "segments": segments, "provenance": extractor.provenance()})
         if segments != manifest_segments:
             attrs["manifest_segments"] = manifest_segments
-        if row.get("distractors"):       # the synthetic manifest's other-class segments, drawn by ``fs show``
-            attrs["distractors"] = row["distractors"]
+        for column in ("distractors", "confounders"):   # the synthetic manifest's other segments, drawn by fs show
+            if row.get(column):
+                attrs[column] = row[column]
         written = FeatureStore(store_path, mode="a").write_video(vid, arrays, attrs)
         return VideoResult(vid, path, True, n_steps=attrs["n_steps"], duration=attrs["duration"],
                            seconds=time.perf_counter() - t0, written=written,
@@ -246,9 +247,9 @@ def run_extraction(manifest: pd.DataFrame | Iterable[Mapping[str, Any]], store: 
         raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
     with store.writer_lock("fs extract"):
         local = get_extractor(config, "cpu")
-        store.initialise(dataset, classes, config.descriptors, {**local.provenance(), "compute": config.compute},
-                         config.inputs)
-        config = config.resolved(local.models)
+        signals = store.initialise(dataset, classes, config.descriptors,
+                                   {**local.provenance(), "compute": config.compute}, config.inputs, config.signals)
+        config = replace(config.resolved(local.models), signals=signals)
         workers = 1
         if config.device.startswith("cuda"):
             workers = len(check_worker_devices(client, config))

@@ -16,9 +16,10 @@ from featurestore import SCHEMA_VERSION, __version__
 from featurestore.audio import LogMel, step_windows
 from featurestore.batching import CrossVideoBatcher
 from featurestore.config import GPU_PRECISION, ExtractConfig, compute_record
-from featurestore.constants import (CLIP_FRAMES, CLIP_SPAN, CROP, FEATURE_DIMS, FPS, MEL_FRAMES, N_MELS, SAMPLE_RATE,
-                                    array_source, extraction_params)
+from featurestore.constants import (CLIP_FRAMES, CLIP_SPAN, CROP, FEATURE_DIMS, FPS, LOUDNESS_FLOOR_DB, MEL_FRAMES,
+                                    N_MELS, SAMPLE_RATE, array_source, extraction_params)
 from featurestore.decode import DecodedVideo, DecodeError, decode_with_fallback, probe
+from featurestore.signals import MotionGrid, loudness_db
 from featurestore.steps import iter_steps, step_times
 from featurestore.weights import WeightsError, load_student, load_teacher
 
@@ -151,11 +152,12 @@ class Extractor:
             if len(futs) > limit:
                 _result(futs[-limit - 1], stage)
 
-        def decode(hwaccel: str) -> tuple[int, np.ndarray, int]:
+        def decode(hwaccel: str) -> tuple[int, np.ndarray, int, MotionGrid]:
             n = 0
+            motion = MotionGrid()
             with DecodedVideo(path, with_audio=info.has_audio, hwaccel=hwaccel, threads=cfg.decode_threads,
                               timeout=time_limit) as dec:
-                for k, first, clip in iter_steps(dec.frames()):
+                for k, first, clip in iter_steps(motion.watch(dec.frames())):
                     n = k + 1
                     if cfg.keep_inputs:
                         kept_frames.append(first)
@@ -169,10 +171,10 @@ class Extractor:
                         clips.append(clip)
                         if len(clips) == REQUEST_STEPS:
                             send("clip", clips, clip_futs)
-                return n, dec.audio(), dec.n_frames
+                return n, dec.audio(), dec.n_frames, motion
 
         stage[0] = "decode"
-        (n, audio, n_frames), decoded_with = decode_with_fallback(
+        (n, audio, n_frames, motion), decoded_with = decode_with_fallback(
             decode, cfg.hwaccel, can_retry=lambda: not (first_frames or clips or image_futs or clip_futs or kept_frames))
         stage[0] = "model"
         if first_frames:
@@ -182,9 +184,14 @@ class Extractor:
         t = step_times(n)
         has_audio = bool(info.has_audio and len(audio) > 0)
         arrays: dict[str, np.ndarray] = {"t": t}
+        windows = step_windows(audio, t, SAMPLE_RATE) if has_audio else None
+        if "loudness" in cfg.signals:
+            arrays["loudness"] = loudness_db(windows) if has_audio else np.full(n, LOUDNESS_FLOOR_DB, np.float32)
+        if "motion" in cfg.signals:
+            arrays["motion"] = motion.array(n)
         mel = z_a = None
         if has_audio and (self.student is not None or cfg.keep_inputs):
-            mel, *rest = _result(batcher.submit("audio", step_windows(audio, t, SAMPLE_RATE)), stage)
+            mel, *rest = _result(batcher.submit("audio", windows), stage)
             z_a = rest[0] if rest else None
         if self.student is not None:
             z_i = np.concatenate([_result(f, stage)[0] for f in image_futs])

@@ -218,15 +218,19 @@ class FeatureStore:
             raise StoreError(f"store {self.path} has schema version {found}, this fs reads version {SCHEMA_VERSION}")
 
     def initialise(self, dataset: str, classes: list[str], descriptors: Iterable[str], provenance: dict,
-                   inputs: Iterable[str] = ()) -> None:
-        """Record what the store holds on first use; on later runs refuse settings that differ from the recorded ones."""
+                   inputs: Iterable[str] = (), signals: Iterable[str] = ()) -> tuple[str, ...]:
+        """Record what the store holds on first use; on later runs refuse settings that differ from the recorded ones.
+
+        Returns the signal arrays the store's videos hold: ``signals`` for a new store, the recorded ones otherwise
+        (none for a store built before them, so new videos match the old ones)."""
         self._check_schema()
         want = {"schema_version": SCHEMA_VERSION, "dataset": dataset, "classes": list(classes),
-                "descriptors": list(descriptors), "inputs": list(inputs), "provenance": provenance}
+                "descriptors": list(descriptors), "inputs": list(inputs), "signals": list(signals),
+                "provenance": provenance}
         have = self.attrs
         if "schema_version" not in have:
             self.root.attrs.update({**want, "fs_version": __version__})
-            return
+            return tuple(signals)
         for key in ("dataset", "classes", "descriptors", "inputs"):
             if have.get(key, []) != want[key]:
                 raise StoreError(f"store {self.path} was built with {key}={_short(have.get(key))}, this run asks "
@@ -242,6 +246,7 @@ class FeatureStore:
             raise StoreError(f"store {self.path} holds features computed on {old_compute.get('device')} in "
                              f"{old_compute.get('precision')}; this run computes on {compute.get('device')} in "
                              f"{compute.get('precision')}: extract with the store's setting or use another --store")
+        return tuple(have.get("signals", []))
 
     # --- videos ----------------------------------------------------------------------------------------------
     def _video_dirs(self, sub: str = "videos") -> list[Path]:

@@ -42,6 +42,22 @@ def parse_distractors(text: str) -> list[tuple[str, str, float, float]]:
     return out
 
 
+def parse_confounders(text: str) -> list[tuple[str, float, float]]:
+    """The synthetic manifest's ``confounders``: ``"audio:1.5-3.0;av:9-11"`` -> ``[("audio", 1.5, 3.0), ("av", 9.0,
+    11.0)]`` (class-neutral loud sounds, moving noise patches, or both)."""
+    out = []
+    for part in str(text).split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        kind, _, span = part.partition(":")
+        if kind not in ("audio", "visual", "av") or not span:
+            raise ValueError(f"confounder {part!r} is not audio|visual|av:start-end")
+        (s, e), = parse_segments(span)
+        out.append((kind, s, e))
+    return out
+
+
 # the longest video_id: its group is videos/<id>/ and, while written, partial/<id>-<8 hex>(-old), which must stay
 # within a file name's 255 bytes (NAME_MAX) with room to spare
 MAX_ID_BYTES = 200
@@ -130,7 +146,8 @@ def read_manifest(path: str | Path, base: str | Path | None = None, check_files:
         bad = (df["duration"] != "") & (dur.isna() | (dur < 0) | ~np.isfinite(dur.fillna(0)))
         _refuse(name, df, bad, lambda i: f"duration '{printable(df['duration'].iloc[i], 40)}' is not a finite "
                                          f"non-negative number")
-    for column, parse in (("segments", parse_segments), ("distractors", parse_distractors)):
+    for column, parse in (("segments", parse_segments), ("distractors", parse_distractors),
+                          ("confounders", parse_confounders)):
         for i, text in enumerate(df[column] if column in df.columns else ()):
             try:
                 parse(text)

@@ -2,9 +2,12 @@
 
 Each class has a visual signature (shape, colour, stripe texture, motion path) and an audio signature (tone
 pitch, beep rhythm, chirp direction). A video is mostly background (a drifting noise texture, pink noise and
-babble-like audio) with 2-5 short action segments of its class, plus distractor segments that show another
-class's picture without its sound or its sound without the picture: the situation Listen to Look and SCSampler
-address, where most clips are uninformative and audio is a cheap preview of the useful ones.
+babble-like audio) with 2-5 short action segments of its class, plus distractor segments that show a class's
+picture without its sound or its sound without the picture (any class, the video's own included, so that a
+distractor never tells which class a video is not): the situation Listen to Look and SCSampler address, where most
+clips are uninformative and audio is a cheap preview of the useful ones. Optional confounders (``confounders``) add
+class-neutral loud noise bursts and moving noise patches at the loudness and motion of actions, so that signal
+energy alone finds background as often as actions.
 
 Generation is deterministic in the seed; videos are real H.264/AAC mp4 files encoded by ffmpeg.
 """
@@ -32,6 +35,8 @@ SPRITE = 44
 DEFAULT_VIDEOS, DEFAULT_CLASSES, DEFAULT_SECONDS = 12, 3, (12.0, 20.0)   # the embedded default dataset
 # action statistics: segments per video, segment length (s), and the most of a video segments may cover
 DEFAULT_ACTIONS, DEFAULT_ACTION_SECONDS, DEFAULT_ACTION_SHARE = (2, 5), (1.5, 3.5), 1 / 3
+DEFAULT_CONFOUNDERS = (0, 0)          # class-neutral loud/moving segments per video MIN:MAX (none by default)
+CONFOUNDER_KINDS = ("audio", "visual", "av")   # a noise burst, a moving noise patch, or both at once
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
 COLOURS = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink")
 
@@ -79,9 +84,14 @@ def class_signatures(n_classes: int) -> list[ClassSignature]:
 class Segment:
     start: float
     end: float
-    cls: int
+    cls: int              # the class shown; -1 for a class-neutral confounder
     visual: bool = True
     audio: bool = True
+
+    @property
+    def kind(self) -> str:
+        """``audio``, ``visual`` or ``av``: what the segment shows."""
+        return "av" if self.visual and self.audio else "visual" if self.visual else "audio"
 
 
 @dataclass
@@ -95,6 +105,7 @@ class VideoPlan:
     seed: int
     actions: list[Segment] = field(default_factory=list)
     distractors: list[Segment] = field(default_factory=list)
+    confounders: list[Segment] = field(default_factory=list)
 
 
 def _sprite(sig: ClassSignature) -> tuple[np.ndarray, np.ndarray]:
@@ -138,6 +149,11 @@ def _object_position(sig: ClassSignature, tau: float) -> tuple[float, float]:
     return cx + ax * s * math.cos(sig.angle), cy + ay * s * math.sin(sig.angle)
 
 
+ACTION_TONE_GAIN = 0.5          # an action's tone as mixed over the background ...
+ACTION_TONE_RMS = ACTION_TONE_GAIN * math.sqrt(0.5 * (0.6 ** 2 + 0.25 ** 2) / 2)   # ... and its RMS: the two
+# partials of _segment_tone, sounding half of each beep
+
+
 def _segment_tone(sig: ClassSignature, n: int, rate: int) -> np.ndarray:
     """The class's sound for ``n`` samples: a beeping, optionally chirping tone with a harmonic."""
     t = np.arange(n) / rate
@@ -149,6 +165,35 @@ def _segment_tone(sig: ClassSignature, n: int, rate: int) -> np.ndarray:
     freq = sig.tone_hz * (1 + sig.chirp * phase_in_beep)
     ph = 2 * np.pi * np.cumsum(freq) / rate
     return (0.6 * np.sin(ph) + 0.25 * np.sin(2 * ph)) * gate
+
+
+def _confounder_sound(rng: np.random.Generator, n: int, rate: int) -> np.ndarray:
+    """A class-neutral loud sound for ``n`` samples: band-passed noise bursts (no pitch, no class rhythm), at the
+    RMS level of an action's tone as mixed (:data:`ACTION_TONE_RMS`)."""
+    white = rng.standard_normal(n)
+    spec = np.fft.rfft(white)
+    f = np.fft.rfftfreq(n, 1 / rate)
+    centre = rng.uniform(600, 3000)
+    spec *= np.exp(-0.5 * (np.log(np.maximum(f, 1.0) / centre) / 0.5) ** 2)
+    noise = np.fft.irfft(spec, n)
+    t = np.arange(n) / rate
+    bursts = 0.6 + 0.4 * np.sin(2 * np.pi * rng.uniform(0.3, 1.2) * t + rng.uniform(0, 6.3))
+    sound = noise * bursts
+    return (sound * ACTION_TONE_RMS / (np.sqrt(np.mean(sound ** 2)) + 1e-12)).astype(np.float32)
+
+
+def _noise_patch(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A class-neutral moving object: an irregular blob (alpha (S,S)) of grey-ish noise texture (S,S,3)."""
+    s = SPRITE
+    y, x = np.mgrid[0:s, 0:s].astype(np.float32)
+    u, v = (x - s / 2 + 0.5) / (s / 2), (y - s / 2 + 0.5) / (s / 2)
+    angle = np.arctan2(v, u)
+    radius = 0.75 + 0.15 * np.sin(3 * angle + rng.uniform(0, 6.3)) + 0.08 * np.sin(5 * angle + rng.uniform(0, 6.3))
+    mask = (np.sqrt(u ** 2 + v ** 2) <= radius).astype(np.float32)
+    level = rng.choice((rng.uniform(0.02, 0.12), rng.uniform(0.85, 0.97)))     # a flat dark or bright grey, with
+    grain = np.kron(rng.uniform(-0.04, 0.04, (s // 4 + 1, s // 4 + 1, 1)), np.ones((4, 4, 1)))[:s, :s]   # grain
+    colour = np.clip(level + grain + rng.uniform(-0.03, 0.03, (1, 1, 3)), 0, 1).astype(np.float32)
+    return mask, colour
 
 
 def _background_audio(rng: np.random.Generator, n: int, rate: int) -> np.ndarray:
@@ -174,13 +219,17 @@ def _background_audio(rng: np.random.Generator, n: int, rate: int) -> np.ndarray
 def plan_videos(n_videos: int, n_classes: int, seconds: tuple[float, float], seed: int,
                 test_fraction: float, actions: tuple[int, int] = DEFAULT_ACTIONS,
                 action_seconds: tuple[float, float] = DEFAULT_ACTION_SECONDS,
-                action_share: float = DEFAULT_ACTION_SHARE) -> list[VideoPlan]:
+                action_share: float = DEFAULT_ACTION_SHARE,
+                confounders: tuple[int, int] = DEFAULT_CONFOUNDERS) -> list[VideoPlan]:
     """Lay out every video (label, duration, split, segments) from one seeded generator.
 
-    Each video holds ``actions`` (MIN, MAX) action segments and 1-3 distractors, each ``action_seconds`` long, shrunk
-    together when they would cover more than ``action_share`` of the video."""
+    Each video holds ``actions`` (MIN, MAX) action segments, 1-3 distractors (a class drawn from all classes, its
+    picture or its sound alone) and ``confounders`` (MIN, MAX) class-neutral segments (a loud noise burst, a moving
+    noise patch, or both), each ``action_seconds`` long, shrunk together when they would cover more than
+    ``action_share`` of the video. Without confounders the generator draws exactly what it drew before they existed.
+    """
     if n_classes < 2:
-        raise ValueError("--classes must be at least 2 (distractors show another class)")
+        raise ValueError("--classes must be at least 2")
     if n_videos < n_classes:
         raise ValueError(f"--videos ({n_videos}) must be at least --classes ({n_classes})")
     lo, hi = seconds
@@ -196,6 +245,8 @@ def plan_videos(n_videos: int, n_classes: int, seconds: tuple[float, float], see
         raise ValueError(f"--action-seconds MIN:MAX needs 0 < MIN <= MAX, got {action_seconds[0]}:{action_seconds[1]}")
     if not 0 < action_share < 1:
         raise ValueError(f"--action-share must be in (0, 1), got {action_share}")
+    if not 0 <= confounders[0] <= confounders[1]:
+        raise ValueError(f"--confounders MIN:MAX needs 0 <= MIN <= MAX, got {confounders[0]}:{confounders[1]}")
     rng = np.random.default_rng(seed)
     labels = np.arange(n_videos) % n_classes
     rng.shuffle(labels)
@@ -212,7 +263,8 @@ def plan_videos(n_videos: int, n_classes: int, seconds: tuple[float, float], see
         plan = VideoPlan(f"synth{i:05d}", int(labels[i]), duration, str(splits[i]), int(rng.integers(2**31)))
         n_act = int(rng.integers(actions[0], actions[1] + 1))
         n_dis = int(rng.integers(1, 4))
-        lengths = rng.uniform(*action_seconds, n_act + n_dis)
+        n_con = int(rng.integers(confounders[0], confounders[1] + 1)) if confounders[1] > 0 else 0
+        lengths = rng.uniform(*action_seconds, n_act + n_dis + n_con)
         # never fill more than action_share of the video with segments (sparse actions: a third)
         scale = min(1.0, duration * action_share / lengths.sum())
         lengths *= scale
@@ -225,10 +277,13 @@ def plan_videos(n_videos: int, n_classes: int, seconds: tuple[float, float], see
             start, end = round(t, 2), round(t + seg_len, 2)
             if j < n_act:
                 plan.actions.append(Segment(start, end, plan.label))
-            else:
-                other = int((plan.label + rng.integers(1, n_classes)) % n_classes)
+            elif j < n_act + n_dis:
+                other = int(rng.integers(n_classes))
                 visual_only = bool(rng.integers(2))
                 plan.distractors.append(Segment(start, end, other, visual=visual_only, audio=not visual_only))
+            else:
+                kind = CONFOUNDER_KINDS[int(rng.integers(len(CONFOUNDER_KINDS)))]
+                plan.confounders.append(Segment(start, end, -1, visual=kind != "audio", audio=kind != "visual"))
             t += seg_len + gaps[k + 1]
         plans.append(plan)
     return plans
@@ -243,7 +298,13 @@ def render_audio(plan: VideoPlan, sigs: list[ClassSignature]) -> np.ndarray:
         if not seg.audio:
             continue
         a, b = int(seg.start * AUDIO_RATE), min(n, int(seg.end * AUDIO_RATE))
-        mono[a:b] += 0.5 * _segment_tone(sigs[seg.cls], b - a, AUDIO_RATE)
+        mono[a:b] += ACTION_TONE_GAIN * _segment_tone(sigs[seg.cls], b - a, AUDIO_RATE)
+    crng = np.random.default_rng(plan.seed + 2)        # confounders draw apart: the rest stays as without them
+    for seg in plan.confounders:
+        a, b = int(seg.start * AUDIO_RATE), min(n, int(seg.end * AUDIO_RATE))
+        sound = _confounder_sound(crng, b - a, AUDIO_RATE)   # drawn for every confounder: kinds keep their streams
+        if seg.audio:
+            mono[a:b] += sound
     mono = np.clip(mono, -1, 1)
     return np.stack([mono, 0.9 * mono], axis=1)
 
@@ -263,6 +324,11 @@ def iter_frames(plan: VideoPlan, sigs: list[ClassSignature]):
     tex = 0.25 + 0.35 * tex * tint / tint.mean()
     drift = rng.uniform(-1, 1, 2) * pad * 0.9
     sprites = {}
+    crng = np.random.default_rng(plan.seed + 3)
+    patches = [(seg, _noise_patch(crng), ClassSignature(-1, "confounder", "blob", (0.5, 0.5, 0.5), 0,
+                                                        str(crng.choice(("linear", "circle", "bounce"))),
+                                                        float(crng.uniform(0, 2 * math.pi)), 0.0, 1.0, 0.0))
+               for seg in plan.confounders if seg.visual]
     n_frames = int(round(plan.duration * FPS))
     for f in range(n_frames):
         t = f / FPS
@@ -277,6 +343,13 @@ def iter_frames(plan: VideoPlan, sigs: list[ClassSignature]):
                     sprites[seg.cls] = _sprite(sig)
                 mask, colour = sprites[seg.cls]
                 x, y = _object_position(sig, t - seg.start)
+                x, y = int(round(x)), int(round(y))
+                region = frame[y:y + SPRITE, x:x + SPRITE]
+                m = mask[: region.shape[0], : region.shape[1], None]
+                region[:] = region * (1 - m) + colour[: region.shape[0], : region.shape[1]] * m
+        for seg, (mask, colour), path in patches:
+            if seg.start <= t < seg.end:
+                x, y = _object_position(path, t - seg.start)
                 x, y = int(round(x)), int(round(y))
                 region = frame[y:y + SPRITE, x:x + SPRITE]
                 m = mask[: region.shape[0], : region.shape[1], None]
@@ -331,12 +404,17 @@ def _distractors_str(segs: list[Segment], sigs: list[ClassSignature]) -> str:
     return ";".join(f"{'visual' if s.visual else 'audio'}:{sigs[s.cls].name}:{s.start:.2f}-{s.end:.2f}" for s in segs)
 
 
+def _confounders_str(segs: list[Segment]) -> str:
+    return ";".join(f"{s.kind}:{s.start:.2f}-{s.end:.2f}" for s in segs)
+
+
 def generate_synthetic(out: str | Path, n_videos: int = DEFAULT_VIDEOS, n_classes: int = DEFAULT_CLASSES,
                        seconds: tuple[float, float] = DEFAULT_SECONDS, seed: int = 0, test_fraction: float = 0.25,
                        progress: Callable[[int, int], None] | None = None, jobs: int = 1,
                        actions: tuple[int, int] = DEFAULT_ACTIONS,
                        action_seconds: tuple[float, float] = DEFAULT_ACTION_SECONDS,
-                       action_share: float = DEFAULT_ACTION_SHARE) -> Path:
+                       action_share: float = DEFAULT_ACTION_SHARE,
+                       confounders: tuple[int, int] = DEFAULT_CONFOUNDERS) -> Path:
     """Generate the synthetic dataset into ``out`` and return the path of its ``manifest.csv``.
 
     Videos already present (from an interrupted run with the same settings) are kept, so re-running resumes.
@@ -346,7 +424,8 @@ def generate_synthetic(out: str | Path, n_videos: int = DEFAULT_VIDEOS, n_classe
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     sigs = class_signatures(n_classes)
-    plans = plan_videos(n_videos, n_classes, seconds, seed, test_fraction, actions, action_seconds, action_share)
+    plans = plan_videos(n_videos, n_classes, seconds, seed, test_fraction, actions, action_seconds, action_share,
+                        confounders)
     todo = [p for p in plans if not (out / f"videos/{p.video_id}.mp4").exists()]
     done = len(plans) - len(todo)
     if progress and done:
@@ -374,6 +453,7 @@ def generate_synthetic(out: str | Path, n_videos: int = DEFAULT_VIDEOS, n_classe
             "video_id": plan.video_id, "path": rel, "label": sigs[plan.label].name, "split": plan.split,
             "duration": plan.duration, "segments": _segments_str(plan.actions),
             "distractors": _distractors_str(plan.distractors, sigs),
+            **({"confounders": _confounders_str(plan.confounders)} if confounders[1] > 0 else {}),
         })
     manifest = out / "manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)

@@ -22,7 +22,7 @@ import pandas as pd
 from featurestore.constants import FPS, STEP_FRAMES, STUDENT_DESCRIPTORS
 from featurestore.decode import DecodeError, frames_at
 from featurestore.store import FeatureStore, StoreError, VideoFeatures
-from manifests.schema import parse_distractors, parse_segments
+from manifests.schema import parse_confounders, parse_distractors, parse_segments
 from models.selection import BUDGET, Selection, Selector
 from pipelines.data import action_mask
 from pipelines.methods import METHODS, BenchContext
@@ -140,11 +140,14 @@ def show_selectors(ctx: BenchContext, methods: tuple[str, ...] = SHOW_METHODS,
 
 
 def segment_spans(attrs: dict) -> list[tuple[str, float, float, str]]:
-    """(kind, start, end, label) of the annotated spans: "action" segments of the video's class and the synthetic
-    set's "distractor" segments (another class's picture or sound alone)."""
+    """(kind, start, end, label) of the annotated spans: "action" segments of the video's class, the synthetic
+    set's "distractor" segments (a class's picture or sound alone) and "confounder" segments (class-neutral noise
+    bursts and moving patches)."""
     spans = [("action", s, e, str(attrs.get("label", ""))) for s, e in parse_segments(attrs.get("segments", "") or "")]
     for modality, cls, s, e in parse_distractors(attrs.get("distractors", "") or ""):
         spans.append(("distractor", s, e, f"{cls} ({modality} only)"))
+    for kind, s, e in parse_confounders(attrs.get("confounders", "") or ""):
+        spans.append(("confounder", s, e, f"neutral {kind}"))
     return spans
 
 
@@ -155,11 +158,12 @@ def step_places(video: VideoFeatures, spans: list[tuple[str, float, float, str]]
     t = np.asarray(video.arrays["t"], float)
     if inside is None:
         return ["not annotated"] * len(t)
-    distractor = np.zeros(len(t), bool)
+    distractor, confounder = np.zeros(len(t), bool), np.zeros(len(t), bool)
     for kind, s, e, _ in spans:
-        if kind == "distractor":
-            distractor |= (t >= s) & (t < e)
-    return ["in action" if a else "in a distractor" if d else "not in action" for a, d in zip(inside, distractor)]
+        if kind in ("distractor", "confounder"):
+            (distractor if kind == "distractor" else confounder)[(t >= s) & (t < e)] = True
+    return ["in action" if a else "in a distractor" if d else "in a confounder" if c else "not in action"
+            for a, d, c in zip(inside, distractor, confounder)]
 
 
 def step_frames(store: FeatureStore, video: VideoFeatures, steps: list[int]) -> tuple[dict[int, np.ndarray], str]:
@@ -223,7 +227,8 @@ def render_video(store: FeatureStore, video: VideoFeatures, selections: list[tup
 
     def timeline(ax, title: str) -> None:
         for kind, s, e, label in spans:
-            ax.axvspan(s, e, color="C2" if kind == "action" else "C1", alpha=0.25 if kind == "action" else 0.18,
+            ax.axvspan(s, e, color={"action": "C2", "distractor": "C1"}.get(kind, "C7"),
+                       alpha=0.25 if kind == "action" else 0.18,
                        hatch=None if kind == "action" else "//", gid=f"segment:{kind}", lw=0)
         ax.set_xlim(0, end)
         ax.set_yticks([])
@@ -232,11 +237,13 @@ def render_video(store: FeatureStore, video: VideoFeatures, selections: list[tup
 
     ax = fig.add_subplot(grid[0, 0])
     timeline(ax, "timeline: green = action segments of the true class, hatched orange = distractors "
-                 "(another class's picture or sound alone); ticks = step starts" if spans else
+                 "(a class's picture or sound alone), hatched grey = neutral confounders; ticks = step starts"
+                 if spans else
                  "timeline (this video has no annotated segments); ticks = step starts")
     ax.vlines(t, 0, 0.25, color="k", lw=0.4)
-    for i, (s, e, label) in enumerate((s, e, label) for kind, s, e, label in spans if kind == "distractor"):
-        ax.text((s + e) / 2, 0.45 + 0.3 * (i % 2), label, ha="center", va="center", fontsize=6, color="C1", **plain)
+    for i, (kind, s, e, label) in enumerate(sp for sp in spans if sp[0] != "action"):
+        ax.text((s + e) / 2, 0.45 + 0.3 * (i % 2), label, ha="center", va="center", fontsize=6,
+                color="C1" if kind == "distractor" else "C7", **plain)
     ax.set_ylim(0, 1)
     ax.set_xlabel("seconds", fontsize=7)
     legend = fig.add_subplot(grid[0, 1])

@@ -1,11 +1,12 @@
 import subprocess
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from featurestore.decode import DecodedVideo, ffmpeg_exe, probe
 from manifests.schema import parse_segments, read_manifest
-from manifests.synth import (AUDIO_RATE, class_signatures, generate_synthetic, iter_frames, plan_videos,
+from manifests.synth import (AUDIO_RATE, FPS, class_signatures, generate_synthetic, iter_frames, plan_videos,
                              render_audio)
 
 
@@ -14,7 +15,8 @@ def test_plans_are_deterministic_in_the_seed():
     assert a == b and a != c
 
 
-def test_action_segments_are_sparse_and_distractors_belong_to_other_classes():
+def test_action_segments_are_sparse_and_distractors_are_drawn_from_every_class():
+    own = 0
     for plan in plan_videos(40, 5, (30, 90), 1, 0.25):
         assert 2 <= len(plan.actions) <= 5 and 1 <= len(plan.distractors) <= 3
         segs = sorted(plan.actions + plan.distractors, key=lambda s: s.start)
@@ -23,7 +25,11 @@ def test_action_segments_are_sparse_and_distractors_belong_to_other_classes():
         covered = sum(s.end - s.start for s in plan.actions)
         assert covered <= plan.duration / 3                                   # the class stays sparse
         for d in plan.distractors:
-            assert d.cls != plan.label and d.visual != d.audio               # picture without sound or vice versa
+            assert 0 <= d.cls < 5 and d.visual != d.audio                    # picture without sound or vice versa
+            own += d.cls == plan.label
+        assert not plan.confounders
+    # the video's own class too: a distractor must not tell which class a video is not (elimination)
+    assert own > 0
 
 
 def test_long_action_regime_follows_its_statistics():
@@ -100,3 +106,42 @@ def test_generated_dataset_is_h264_aac_with_a_valid_manifest_whatever_the_jobs(t
     for rel in df["path"]:
         name = rel.split("/")[-1]
         assert (tmp_path / "syn2" / "videos" / name).read_bytes() == (tmp_path / "syn" / "videos" / name).read_bytes()
+
+
+def test_confounders_are_class_neutral_and_as_loud_and_moving_as_actions():
+    sigs = class_signatures(3)
+    plans = plan_videos(30, 3, (30, 40), 9, 0.0, actions=(1, 2), action_seconds=(4, 6), action_share=0.7,
+                        confounders=(1, 3))
+    assert all(1 <= len(p.confounders) <= 3 for p in plans)
+    kinds = {c.kind for p in plans for c in p.confounders}
+    assert kinds == {"audio", "visual", "av"} and all(c.cls == -1 for p in plans for c in p.confounders)
+    for p in plans:
+        segs = sorted(p.actions + p.distractors + p.confounders, key=lambda s: s.start)
+        assert all(a.end <= b.start for a, b in zip(segs, segs[1:]))
+    # without confounders the plans are what they were: the confounder draws come after the rest
+    plain = plan_videos(30, 3, (30, 40), 9, 0.0, actions=(1, 2), action_seconds=(4, 6), action_share=0.7)
+    assert [p.label for p in plain] == [p.label for p in plans] and not any(p.confounders for p in plain)
+
+    plan = next(p for p in plans if any(c.kind == "av" for c in p.confounders))
+    con = next(c for c in plan.confounders if c.kind == "av")
+    act = plan.actions[0]
+    audio = render_audio(plan, sigs)[:, 0].astype(float)
+    bare = render_audio(replace(plan, actions=[], distractors=[], confounders=[]), sigs)[:, 0].astype(float)
+
+    def added_rms(seg) -> float:          # the segment's own sound: the mix minus the background alone
+        a, b = int(seg.start * AUDIO_RATE), int(seg.end * AUDIO_RATE)
+        return float(np.sqrt(np.mean((audio[a:b] - bare[a:b]) ** 2)))
+    assert added_rms(con) == pytest.approx(added_rms(act), rel=0.1)
+    actions, confounders = [], []
+    for plan in [p for p in plans if any(c.visual for c in p.confounders)][:6]:
+        frames = np.stack(list(iter_frames(plan, sigs))).astype(np.float32)
+        diff = np.abs(np.diff(frames, axis=0)).mean(axis=(1, 2, 3))
+        segs = plan.actions + plan.distractors + plan.confounders
+        quiet = [i for i in range(len(diff)) if not any(s.start - 0.1 <= i / FPS < s.end + 0.1 for s in segs)]
+        background = diff[quiet].mean()              # the per-frame noise of the background texture
+
+        def motion(seg) -> float:
+            return float(diff[int(seg.start * FPS) + 1: int(seg.end * FPS) - 1].mean() - background)
+        actions += [motion(a) for a in plan.actions]
+        confounders += [motion(c) for c in plan.confounders if c.visual]
+    assert min(confounders) > 0.1 and 0.4 < np.mean(confounders) / np.mean(actions) < 2.5
