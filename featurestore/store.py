@@ -563,7 +563,7 @@ class FeatureStore:
             "path": str(self.path), "schema_version": self.attrs.get("schema_version"),
             "dataset": self.attrs.get("dataset"), "classes": len(self.attrs.get("classes", [])),
             "descriptors": self.attrs.get("descriptors", []), "inputs": self.attrs.get("inputs", []),
-            "videos": len(ids), "per_split": per_split,
+            "signals": self.attrs.get("signals", []), "videos": len(ids), "per_split": per_split,
             "steps": steps, "video_minutes": seconds / 60, "no_audio": no_audio, "short": short,
             "partial": len(self.partial_ids()), "failures": len(self.failures()), "bytes": size,
             "packed_bytes": packed,

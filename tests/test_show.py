@@ -260,3 +260,13 @@ def test_figure_for_the_real_videos_reads_the_kept_frames_from_the_files(tmp_pat
         frames = kept.read_video(vid, ["frames"]).arrays["frames"]
         assert all(np.array_equal(img, frames[s]) for img, s in zip(shown.tile_images, shown.methods[0].steps))
         assert png_size(shown.path)[0] == 1500
+
+
+def test_confounders_are_spans_of_their_own_and_steps_inside_them_say_so():
+    from pipelines.show import segment_spans, step_places
+    from featurestore.store import VideoFeatures
+    attrs = {"label": "c0", "segments": "0.0-1.0", "distractors": "audio:c1:1.0-2.0", "confounders": "av:2.0-3.0"}
+    spans = segment_spans(attrs)
+    assert [(k, s, e) for k, s, e, _ in spans] == [("action", 0, 1), ("distractor", 1, 2), ("confounder", 2, 3)]
+    video = VideoFeatures("v", {**attrs, "n_steps": 4}, {"t": np.array([0.5, 1.5, 2.5, 3.5], np.float32)})
+    assert step_places(video, spans) == ["in action", "in a distractor", "in a confounder", "not in action"]

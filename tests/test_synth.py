@@ -145,3 +145,12 @@ def test_confounders_are_class_neutral_and_as_loud_and_moving_as_actions():
         actions += [motion(a) for a in plan.actions]
         confounders += [motion(c) for c in plan.confounders if c.visual]
     assert min(confounders) > 0.1 and 0.4 < np.mean(confounders) / np.mean(actions) < 2.5
+
+
+def test_manifest_confounders_are_parsed_and_bad_ones_refused():
+    from manifests.schema import parse_confounders
+    assert parse_confounders("audio:1.5-3;av:9-11.25") == [("audio", 1.5, 3.0), ("av", 9.0, 11.25)]
+    assert parse_confounders("") == []
+    for bad in ("loud:1-2", "audio:", "av:3-1"):
+        with pytest.raises(ValueError):
+            parse_confounders(bad)
