@@ -119,11 +119,11 @@ def head_flops_per_row(classes: int) -> float:
 
 def avgn_flops_per_video(classes: int, t: int = 16, k: int = 4) -> float:
     from models.avgn import AVTeST, avgn_losses
-    from pipelines.train_avgn import TRAIN_GLANCES
+    from pipelines.train_avgn import training_glances
     torch.manual_seed(0)
     net = AVTeST(classes, dim=128, layers=2, heads=4, max_len=t).train()
     e_g, e_a, y = torch.randn(8, t, 256), torch.randn(8, t, 256), torch.zeros(8, dtype=torch.long)
-    glances = range(1, min(TRAIN_GLANCES, t) + 1)
+    glances = training_glances(t)
     total = 0.0
     for t_g in glances:
         total += counted_flops(lambda: sum(avgn_losses(net, e_g, e_a, y, t_g, k).values()))

@@ -183,3 +183,33 @@ def test_selector_gflops_count_the_transformer_per_video_and_in_blocks(k, t_g, a
         want = glance_flops(t, dim, layers, audio_tokens) + classify_flops(len(one.steps), t, dim, 3)
         assert one.gflops * 1e9 == pytest.approx(want), i
         assert batch.video(i).gflops * 1e9 == pytest.approx(want), i
+
+
+# --- T_G = all is trained (issue 25, item 3) -----------------------------------------------------------------------
+
+def test_training_draws_every_glance_count_the_bench_reads_all_included():
+    from pipelines.train_avgn import draw_glances, training_glances
+    assert training_glances(16) == tuple(range(1, 13)) + (16,)
+    assert training_glances(8) == tuple(range(1, 9))                # all 8 is already among 1..12
+    gen = torch.Generator().manual_seed(0)
+    drawn = [draw_glances(16, gen) for _ in range(400)]
+    assert set(drawn) == set(range(1, 13)) | {16}
+    assert 15 < drawn.count(16) < 50                                 # uniform over 13 values: 400 / 13 = 31
+
+
+def test_train_avgn_trains_on_all_glances(tmp_path, monkeypatch):
+    import pipelines.train_avgn as train_avgn_module
+    seen = []
+    real = train_avgn_module.avgn_losses
+
+    def spy(model, e_g, e_a, y, t_g, k, **kw):
+        if model.training:
+            seen.append((t_g, e_g.shape[1]))
+        return real(model, e_g, e_a, y, t_g, k, **kw)
+    monkeypatch.setattr(train_avgn_module, "avgn_losses", spy)
+    store = fabricate_store(tmp_path / "s.zarr", n_videos=12)
+    trained = train_avgn_module.train_avgn(store, tmp_path / "runs", layers=1, heads=2, dim=16, t=16, k=2, epochs=5,
+                                           batch_size=2, milestones=(20,), sized=False)
+    assert {t for t, _ in seen} >= {1, 12, 16} and {t for t, _ in seen} <= set(range(1, 13)) | {16}
+    assert all(width == 16 for _, width in seen)
+    assert torch.load(trained.path, weights_only=True)["config"]["train_glances"] == list(range(1, 13)) + [16]
