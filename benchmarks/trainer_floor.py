@@ -72,7 +72,7 @@ def skim_flops(model: str, fusion, classes: int):
     from pipelines.train_skim import build_skim_model
     torch.manual_seed(0)
     net = build_skim_model(model, fusion, classes).train()
-    t_steps = 2 if model == "non-recurrent" else 10
+    t_steps = 10
 
     def two(n: int) -> float:
         zi, za, zf = torch.randn(2, n, 256), torch.randn(2, n, 256), torch.randn(2, n, 512)
@@ -82,6 +82,9 @@ def skim_flops(model: str, fusion, classes: int):
         def step():
             if model == "lstm":
                 return F.cross_entropy(net.forward_stepwise(zf, mask), y)     # the fused kernel is not counted
+            if model == "non-recurrent":
+                from models.skim import non_recurrent
+                return F.cross_entropy(non_recurrent(net, zi, za, mask, t_steps, straight_through=True)[1], y)
             out = (net(None, None, mask, t_steps, z_fused=zf, lookup=(zf,)) if model == "skim-single"
                    else net(zi, za, mask, t_steps, lookup=(zi, za)))
             prefixes = out.prefix_means()[:, :-1]

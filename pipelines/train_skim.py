@@ -11,7 +11,8 @@ from featurestore.constants import FEATURE_DIMS
 from featurestore.store import FeatureStore
 from models.baselines import LSTMBaseline
 from models.imgaud import Fusion
-from models.skim import ImgAudSkimmer, interpolate_padded
+from models.selection import BUDGET
+from models.skim import ImgAudSkimmer, interpolate_padded, non_recurrent
 from pipelines.checkpoints import load_model, save_checkpoint
 from pipelines.data import load_split, resolve_device, student_fusion
 from pipelines.train import MicroBatches, Trained, fit, similar_length_batches, sized_schedule
@@ -73,8 +74,10 @@ def train_skim(store: FeatureStore, runs: Path, model: str = "skim", epochs: int
     The skimmer keeps the student's Psi frozen (as the authors' release) unless ``finetune_fusion``; each batch
     draws its indexing features' subsampling factor from TRAIN_SUBSAMPLE (sparse features at inference), and the
     loss adds, to the cross-entropy of m over the T inputs (Eq. 9), the mean cross-entropy of every shorter prefix
-    m_t (early stopping at inference). NON-RECURRENT is the skimmer trained with a single query (T = 2: the mean
-    start and one looked-at moment). The LSTM baseline clips its gradient norm at 5.
+    m_t (early stopping at inference). NON-RECURRENT is trained on the input it is evaluated on
+    (:func:`~models.skim.non_recurrent`): Psi averaged over the real features at the BUDGET steps of largest
+    first-query attention, the gradient reaching the attention through a straight-through soft top-k; its indexing
+    features are never subsampled (the bench reads them all). The LSTM baseline clips its gradient norm at 5.
     """
     names = _needs(model)
     device = resolve_device(device)
@@ -85,10 +88,10 @@ def train_skim(store: FeatureStore, runs: Path, model: str = "skim", epochs: int
     if not finetune_fusion:
         for p in fusion.parameters():
             p.requires_grad_(False)
-    t_steps = 2 if model == "non-recurrent" else steps
+    t_steps = BUDGET if model == "non-recurrent" else steps
     labels = data.labels.to(device)
     sched = sized_schedule(len(labels), batch_size, epochs, milestones, sized)
-    skimmer = model != "lstm"
+    skimmer = model not in ("lstm", "non-recurrent")      # the recurrent skimmers: sparse features, prefixes
 
     width = sum(FEATURE_DIMS[n] for n in names)
 
@@ -108,8 +111,11 @@ def train_skim(store: FeatureStore, runs: Path, model: str = "skim", epochs: int
         return MicroBatches((part(p, s) for p in parts), len(idx))     # built one part at a time
 
     def loss_fn(real, feats, mask, y):
-        if not skimmer:
+        if model == "lstm":
             logits = net(feats[0], mask)
+            return F.cross_entropy(logits, y), logits, y
+        if model == "non-recurrent":
+            _, logits = non_recurrent(net, feats[0], feats[1], mask, t_steps, straight_through=torch.is_grad_enabled())
             return F.cross_entropy(logits, y), logits, y
         if model == "skim-single":
             out = net(None, None, mask, t_steps, z_fused=feats[0], lookup=real)
@@ -124,13 +130,15 @@ def train_skim(store: FeatureStore, runs: Path, model: str = "skim", epochs: int
 
     batches = similar_length_batches(data.windows, data.n_steps, sched.batch_size, collate)
     history = fit(net, batches, loss_fn, sched.epochs, lr, sched.milestones, seed, report,
-                  clip_grad=None if skimmer else 5.0)
+                  clip_grad=None if model != "lstm" else 5.0)
     net.eval().cpu()
     path = save_checkpoint(runs, model, model, net, store,
                            {"model": model, "steps": t_steps, "num_classes": len(data.classes),
                             "finetune_fusion": finetune_fusion, "epochs": sched.epochs,
                             "batch_size": sched.batch_size, "lr": lr, "milestones": list(sched.milestones),
-                            "train_subsample": list(TRAIN_SUBSAMPLE) if skimmer else [1]}, history)
+                            "train_subsample": list(TRAIN_SUBSAMPLE) if skimmer else [1],
+                            **({"objective": "top-k mean, straight-through"} if model == "non-recurrent" else {})},
+                           history)
     return Trained(net, history, path, sched)
 
 

@@ -151,3 +151,76 @@ def test_key_bank_gradients_equal_plain_autograd_through_the_keys(indexing, monk
     assert banked.keys() == plain.keys() and any("key" in n for n in plain)
     for n in plain:
         torch.testing.assert_close(banked[n], plain[n], rtol=1e-4, atol=1e-6)
+
+
+# --- NON-RECURRENT trained as evaluated (issue 25, item 2) -----------------------------------------------------------
+
+def nr_inputs():
+    torch.manual_seed(3)
+    mask = torch.zeros(3, 15, dtype=torch.bool)
+    for i, n in enumerate((15, 6, 12)):                  # one video shorter than the 10 looks
+        mask[i, :n] = True
+    return torch.randn(3, 15, 256) * mask[..., None], torch.randn(3, 15, 256) * mask[..., None], mask
+
+
+def test_non_recurrent_classifies_psi_averaged_over_the_top_attention_steps():
+    from models.skim import non_recurrent
+    z_i, z_a, mask = nr_inputs()
+    net = ImgAudSkimmer(Fusion(), num_classes=4).eval()
+    with torch.no_grad():
+        steps, logits = non_recurrent(net, z_i, z_a, mask, k=10)
+        w = net.first_query_weights(z_i, z_a, mask)
+        for b in range(3):
+            n = int(mask[b].sum())
+            top = sorted(range(n), key=lambda j: -w[b, j].item())[:10]
+            assert steps[b][steps[b] >= 0].tolist() == top
+            m = net.fusion(z_i[b, top], z_a[b, top]).mean(0, keepdim=True)
+            torch.testing.assert_close(logits[b:b + 1], net.classify(m))
+
+
+def test_straight_through_keeps_the_evaluated_forward_and_trains_the_query():
+    from models.skim import non_recurrent
+    z_i, z_a, mask = nr_inputs()
+    net = ImgAudSkimmer(Fusion(), num_classes=4).eval()       # eval: the same BatchNorm statistics in both passes
+    y = torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        want_steps, want = non_recurrent(net, z_i, z_a, mask, k=10)
+    steps, logits = non_recurrent(net, z_i, z_a, mask, k=10, straight_through=True)
+    assert torch.equal(steps, want_steps)
+    torch.testing.assert_close(logits, want)
+    torch.nn.functional.cross_entropy(logits, y).backward()
+    for name in ("query_i", "query_a", "key_i", "key_a", "modality"):
+        grads = [p.grad for p in getattr(net, name).parameters()]
+        assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0, name
+    net.zero_grad(set_to_none=True)
+    _, hard = non_recurrent(net, z_i, z_a, mask, k=10)       # the hard top-k alone: nothing reaches the query
+    torch.nn.functional.cross_entropy(hard, y).backward()
+    assert net.query_i[0].weight.grad is None and net.modality.weight.grad is None
+
+
+def test_train_skim_fits_non_recurrent_on_the_selectors_input(tmp_path, monkeypatch):
+    import pipelines.train_skim as ts
+    from models.selection import UnitCosts, VideoBlock
+    from models.skim import NonRecurrentSelector
+    from tests.test_bench import CLASSES, fabricate_store
+    calls = []
+    real = ts.non_recurrent
+
+    def spy(net, z_i, z_a, mask, k, straight_through=False):
+        calls.append((k, straight_through, net.training))
+        return real(net, z_i, z_a, mask, k, straight_through)
+    monkeypatch.setattr(ts, "non_recurrent", spy)
+    store = fabricate_store(tmp_path / "s.zarr", n_videos=12)
+    trained = ts.train_skim(store, tmp_path / "runs", model="non-recurrent", epochs=2, batch_size=4, sized=False)
+    assert calls and {k for k, _, _ in calls} == {10}
+    # training steps pass gradients straight through; BatchNorm's recalibration and the eval-mode fit do not
+    assert any(st and tr for _, st, tr in calls) and any(not st and not tr for _, st, tr in calls)
+    assert all(tr for _, st, tr in calls if st)
+    # the fit the trainer reports (eval mode, training split) is the selector's accuracy on those videos
+    videos = [store.read_video(v) for v in store.video_ids()]
+    videos = [v for v in videos if v.attrs["split"] == "train"]
+    sel = NonRecurrentSelector("nr", trained.model, UnitCosts(0.0, 0.0, 0.0, 0.0))
+    answers = sel.select_batch(VideoBlock.of(videos))
+    acc = np.mean([int(answers.scores[i].argmax()) == CLASSES.index(v.attrs["label"]) for i, v in enumerate(videos)])
+    assert trained.history[-1]["final_train_acc"] == pytest.approx(acc)
+    assert torch.load(trained.path, weights_only=True)["config"]["steps"] == 10
