@@ -69,7 +69,7 @@ def per_video_affine(flops_of_two, n1: int = 40, n2: int = 80) -> tuple[float, f
 
 
 def skim_flops(model: str, fusion, classes: int):
-    from pipelines.train_skim import build_skim_model
+    from pipelines.train_skim import DEFAULT_PROTOCOL, build_skim_model, skim_loss
     torch.manual_seed(0)
     net = build_skim_model(model, fusion, classes).train()
     t_steps = 10
@@ -85,11 +85,8 @@ def skim_flops(model: str, fusion, classes: int):
             if model == "non-recurrent":
                 from models.skim import non_recurrent
                 return F.cross_entropy(non_recurrent(net, zi, za, mask, t_steps, straight_through=True)[1], y)
-            out = (net(None, None, mask, t_steps, z_fused=zf, lookup=(zf,)) if model == "skim-single"
-                   else net(zi, za, mask, t_steps, lookup=(zi, za)))
-            prefixes = out.prefix_means()[:, :-1]
-            return (F.cross_entropy(out.logits, y) + F.cross_entropy(
-                net.classify(prefixes.reshape(-1, prefixes.shape[-1])), y.repeat_interleave(prefixes.shape[1])))
+            feats = [zf] if model == "skim-single" else [zi, za]     # the default (paper) protocol: m_T's loss
+            return skim_loss(net, model, feats, feats, mask, y, t_steps, prefixes=DEFAULT_PROTOCOL == "fs")[0]
         return counted_flops(step)
     return two
 
