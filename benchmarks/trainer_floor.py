@@ -69,10 +69,10 @@ def per_video_affine(flops_of_two, n1: int = 40, n2: int = 80) -> tuple[float, f
 
 
 def skim_flops(model: str, fusion, classes: int):
-    from pipelines.train_skim import build_skim_model
+    from pipelines.train_skim import DEFAULT_PROTOCOL, build_skim_model, skim_loss
     torch.manual_seed(0)
     net = build_skim_model(model, fusion, classes).train()
-    t_steps = 2 if model == "non-recurrent" else 10
+    t_steps = 10
 
     def two(n: int) -> float:
         zi, za, zf = torch.randn(2, n, 256), torch.randn(2, n, 256), torch.randn(2, n, 512)
@@ -82,11 +82,11 @@ def skim_flops(model: str, fusion, classes: int):
         def step():
             if model == "lstm":
                 return F.cross_entropy(net.forward_stepwise(zf, mask), y)     # the fused kernel is not counted
-            out = (net(None, None, mask, t_steps, z_fused=zf, lookup=(zf,)) if model == "skim-single"
-                   else net(zi, za, mask, t_steps, lookup=(zi, za)))
-            prefixes = out.prefix_means()[:, :-1]
-            return (F.cross_entropy(out.logits, y) + F.cross_entropy(
-                net.classify(prefixes.reshape(-1, prefixes.shape[-1])), y.repeat_interleave(prefixes.shape[1])))
+            if model == "non-recurrent":
+                from models.skim import non_recurrent
+                return F.cross_entropy(non_recurrent(net, zi, za, mask, t_steps, straight_through=True)[1], y)
+            feats = [zf] if model == "skim-single" else [zi, za]     # the default (paper) protocol: m_T's loss
+            return skim_loss(net, model, feats, feats, mask, y, t_steps, prefixes=DEFAULT_PROTOCOL == "fs")[0]
         return counted_flops(step)
     return two
 
@@ -119,11 +119,11 @@ def head_flops_per_row(classes: int) -> float:
 
 def avgn_flops_per_video(classes: int, t: int = 16, k: int = 4) -> float:
     from models.avgn import AVTeST, avgn_losses
-    from pipelines.train_avgn import TRAIN_GLANCES
+    from pipelines.train_avgn import training_glances
     torch.manual_seed(0)
     net = AVTeST(classes, dim=128, layers=2, heads=4, max_len=t).train()
     e_g, e_a, y = torch.randn(8, t, 256), torch.randn(8, t, 256), torch.zeros(8, dtype=torch.long)
-    glances = range(1, min(TRAIN_GLANCES, t) + 1)
+    glances = training_glances(t)
     total = 0.0
     for t_g in glances:
         total += counted_flops(lambda: sum(avgn_losses(net, e_g, e_a, y, t_g, k).values()))

@@ -478,23 +478,35 @@ def train_head_cmd(store, runs, features, epochs, batch_size, lr, milestones, de
               help="Comma list of: skim, skim-visual (G.1), skim-single (G.2), non-recurrent, lstm; or 'all'.")
 @training_options(epochs=25, batch_size=256, lr=1e-2, milestones="15,20", sized=True)
 @click.option("--steps", type=int, default=10, show_default=True, help="Skimming steps T during training.")
+@click.option("--protocol", type=click.Choice(["paper", "fs"]), default="paper", show_default=True,
+              help="The skimmers' training (skim, skim-visual, skim-single): paper = Listen to Look's fixed-T training "
+                   "(loss on m_T only, one s for the run, BatchNorm statistics of m_T), saved as MODEL.pt; fs = fs's "
+                   "recipe (prefix losses m_1..m_{T-1} for early stopping, s drawn from 1,2,5,10 per batch), saved "
+                   "as MODEL-fs.pt beside it. lstm and non-recurrent have one recipe ('all' under fs: the skimmers).")
+@click.option("--subsample", type=click.IntRange(min=1), default=None,
+              help="Indexing subsampling factor s of the whole run under --protocol paper [default: 1, as the "
+                   "authors' released command; sparse s is an inference option of fs bench].")
 @click.option("--finetune-fusion", is_flag=True, help="Fine-tune the student's fusion Psi too (kept fixed by default, "
                                                        "as the authors' release).")
 @click.option("--device", default="auto", show_default=True,
               help="auto (the first GPU when one is visible, else the CPU), cpu, or cuda[:N].")
 @click.option("--seed", type=int, default=0, show_default=True)
-def train_skim_cmd(store, runs, model, epochs, batch_size, lr, milestones, steps, finetune_fusion, device,
-                   seed, sized) -> None:
+def train_skim_cmd(store, runs, model, epochs, batch_size, lr, milestones, steps, protocol, subsample,
+                   finetune_fusion, device, seed, sized) -> None:
     """Train ImgAud-Skimming (or the LSTM / NON-RECURRENT baselines, ablations) on the store's training split."""
     from featurestore.store import FeatureStore, StoreError
-    from pipelines.train_skim import SKIM_MODELS, train_skim
+    from pipelines.train_skim import SKIM_MODELS, SKIMMERS, checkpoint_name, train_skim
 
-    models = list(SKIM_MODELS) if model == "all" else [m.strip() for m in model.split(",") if m.strip()]
+    if model == "all":
+        models = list(SKIMMERS if protocol == "fs" else SKIM_MODELS)
+    else:
+        models = [m.strip() for m in model.split(",") if m.strip()]
     try:
         fs = FeatureStore(store)
         for m in models:
             click.echo(train_skim(fs, runs, m, epochs, batch_size, lr, milestones, steps, finetune_fusion, device,
-                                  seed, _epoch_reporter(m), sized).summary())
+                                  seed, _epoch_reporter(checkpoint_name(m, protocol)), sized, protocol,
+                                  subsample if m in SKIMMERS else None).summary())
     except (StoreError, ValueError) as e:
         _fail(e)
 

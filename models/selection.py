@@ -7,11 +7,13 @@ shape (:class:`ShapeCosts`); :func:`select_block` uses it when a selector has it
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Protocol
+from typing import Callable, Iterator, Mapping, Protocol
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 
@@ -72,9 +74,28 @@ def stored(video: VideoArrays, name: str) -> torch.Tensor:
     return torch.from_numpy(np.asarray(video.arrays[name], np.float32))
 
 
+@contextmanager
+def attention_as_matmuls() -> Iterator[None]:
+    """Attention computed as the plain matmuls of its definition while FLOPs are counted.
+
+    In eval mode without gradients ``nn.TransformerEncoder`` takes a fused fast path
+    (``torch._transformer_encoder_layer_fwd``) and ``scaled_dot_product_attention`` a fused kernel (flash, or the
+    CPU's), none of which FlopCounterMode sees: a transformer would count 0 GFLOPs, attention's QK^T and AV products
+    nothing. The counted cost is a property of the math, not of the kernel, so here the fast path is off and
+    attention takes its math backend (QK^T, softmax, AV as bmm), whose matmuls are counted."""
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+
+
 def counted(fn: Callable, *args, **kwargs):
-    """Run ``fn`` and return (result, GFLOPs it executed), counted by torch's FlopCounterMode (2 FLOPs per MAC)."""
-    with FlopCounterMode(display=False) as fc:
+    """Run ``fn`` and return (result, GFLOPs it executed), counted by torch's FlopCounterMode (2 FLOPs per MAC),
+    attention included (:func:`attention_as_matmuls`)."""
+    with attention_as_matmuls(), FlopCounterMode(display=False) as fc:
         out = fn(*args, **kwargs)
     return out, fc.get_total_flops() / 1e9
 

@@ -435,9 +435,42 @@ class SkimSelector:
         return BlockSelection(steps, F.softmax(logits, 1).double().cpu().numpy(), computed * self.pair_gflops + own)
 
 
+def non_recurrent(skimmer: ImgAudSkimmer, z_i: torch.Tensor, z_a: torch.Tensor, mask: torch.Tensor, k: int = BUDGET,
+                  straight_through: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """NON-RECURRENT (Listen to Look §4.2): the skimmer's first query alone (from the LSTM state after the
+    mean-feature input; Eq. 6, 8), no recurrent iterations; the k steps of largest attention weight are looked at,
+    Psi of their image and audio features is averaged (as Eq. 9 averages the T inputs) and classified.
+    z_* (B, N, D), mask (B, N) -> (steps (B, min(k, N)), NO_STEP past each video's count; logits (B, C)).
+
+    ``straight_through`` (training): the forward value is the same, and the gradient reaches the query, keys and
+    modality scores through a soft top-k: the r-th look's features are also soft-indexed (Eq. 7) with the attention
+    renormalised over the steps not among the r - 1 before it (the skimmer's masking of chosen moments), whose
+    limit as the attention sharpens is the r-th largest step, and that soft feature's gradient is passed to the
+    hard one (z_hard + z_soft - stop_gradient(z_soft)). Without it no soft feature is formed (nor counted)."""
+    w = skimmer.first_query_weights(z_i, z_a, mask)
+    steps = masked_top(w, mask, k)
+    valid, idx = steps != NO_STEP, steps.clamp(min=0)
+    pick = lambda z: torch.gather(z, 1, idx.unsqueeze(-1).expand(-1, -1, z.shape[-1]))  # noqa: E731
+    zi, za = pick(z_i), pick(z_a)
+    if straight_through:
+        b, n = mask.shape
+        top = steps.shape[1]
+        place = torch.arange(top, device=mask.device).expand(b, -1).masked_fill(~valid, top)
+        rank = torch.full((b, n), top, dtype=torch.long, device=mask.device).scatter_reduce(   # place in the top k
+            1, idx, place, reduce="amin")
+        looks = torch.arange(steps.shape[1], device=mask.device)
+        avail = mask[:, None, :] & (rank[:, None, :] >= looks[None, :, None])       # (B, k, N): not looked at yet
+        soft = w[:, None, :] * avail.to(w.dtype)
+        soft = soft / soft.sum(2, keepdim=True).clamp(min=1e-12)
+        si, sa = torch.bmm(soft, z_i), torch.bmm(soft, z_a)
+        zi, za = zi + (si - si.detach()), za + (sa - sa.detach())
+    fused = skimmer.fusion(zi.reshape(-1, zi.shape[-1]), za.reshape(-1, za.shape[-1])).reshape(*idx.shape, -1)
+    return steps, skimmer.classify(masked_mean(fused, valid))
+
+
 class NonRecurrentSelector:
-    """NON-RECURRENT: one query (from the LSTM state after the mean-feature input), then the k steps with the largest
-    attention weights; their fused features are averaged and classified."""
+    """NON-RECURRENT (:func:`non_recurrent`): one query (from the LSTM state after the mean-feature input), then the
+    k steps with the largest attention weights; their fused features are averaged and classified."""
 
     def __init__(self, name: str, skimmer: ImgAudSkimmer, costs: UnitCosts, k: int = BUDGET):
         self.name, self.skimmer, self.pair_gflops, self.k = name, skimmer.eval(), costs.pair, k
@@ -446,13 +479,8 @@ class NonRecurrentSelector:
 
     def _run(self, z_i: torch.Tensor, z_a: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Steps (B, k; NO_STEP past each video's count) and class probabilities (B, C) of padded videos."""
-        sk = self.skimmer
-        steps = masked_top(sk.first_query_weights(z_i, z_a, mask), mask, self.k)
-        valid, idx = steps != NO_STEP, steps.clamp(min=0)
-        pick = lambda z: torch.gather(z, 1, idx.unsqueeze(-1).expand(-1, -1, z.shape[-1]))  # noqa: E731
-        zi, za = pick(z_i), pick(z_a)
-        fused = sk.fusion(zi.reshape(-1, zi.shape[-1]), za.reshape(-1, za.shape[-1])).reshape(*idx.shape, -1)
-        return steps, F.softmax(sk.classify(masked_mean(fused, valid)), 1)
+        steps, logits = non_recurrent(self.skimmer, z_i, z_a, mask, self.k)
+        return steps, F.softmax(logits, 1)
 
     def _count(self, n: int) -> float:
         dev = next(self.skimmer.parameters()).device

@@ -25,7 +25,7 @@ from pipelines.checkpoints import checkpoint_path
 from pipelines.train_avgn import checkpoint_name as avgn_checkpoint, load_avgn
 from pipelines.train_head import step_head
 from pipelines.train_sampler import clip_classifier, load_sampler
-from pipelines.train_skim import load_skim_model
+from pipelines.train_skim import checkpoint_note, load_skim_model, train_command
 
 
 @dataclass
@@ -61,12 +61,16 @@ class BenchContext:
         return self._heads[feature]
 
     def skim_model(self, model: str) -> torch.nn.Module | None:
-        """A trained ``fs train-skim --model`` network, or None (said once, with how to train it)."""
+        """A trained ``fs train-skim`` network by checkpoint name (``skim``, ``skim-fs``, ...), or None (said once,
+        with how to train it); a checkpoint trained otherwise than its name now means is said too."""
         if model not in self._nets:
             path = checkpoint_path(self.runs, model)
-            self._nets[model] = load_skim_model(self.store, self.runs, model)[0] if path.is_file() else None
-            if self._nets[model] is None:
-                self.say(f"skipping {model}: no checkpoint at {path} (train it: fs train-skim --model {model})")
+            net, cfg = load_skim_model(self.store, self.runs, model) if path.is_file() else (None, {})
+            self._nets[model] = net
+            if net is None:
+                self.say(f"skipping {model}: no checkpoint at {path} (train it: {train_command(model)})")
+            elif checkpoint_note(model, cfg):
+                self.say(checkpoint_note(model, cfg))
         return self._nets[model]
 
     def samplers(self) -> dict[tuple[str, str], torch.nn.Module]:
@@ -185,6 +189,7 @@ METHODS: dict[str, Builder] = {
     "SKIM-ARGMAX": skim_variant("skim", "IMGAUD-SKIM argmax", hard=True),
     "SKIM-VISUAL": skim_variant("skim-visual", "IMGAUD-SKIM visual indexing"),
     "SKIM-SINGLE": skim_variant("skim-single", "IMGAUD-SKIM single query"),
+    "SKIM-FS": skim_variant("skim-fs", "IMGAUD-SKIM fs-protocol"),
     "ORACLE": head_rule("ORACLE (upper bound)", "oracle"),
     "AVGN": avgn,
     "SAMPLERS": samplers,

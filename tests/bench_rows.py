@@ -48,7 +48,7 @@ def save_seeded_checkpoints(store, runs: Path) -> None:
     from pipelines.train_head import checkpoint_name as head_name
     from models.baselines import StepClassifier
     from pipelines.train_sampler import build_sampler, checkpoint_name as sampler_name
-    from pipelines.train_skim import SKIM_MODELS, build_skim_model
+    from pipelines.train_skim import SKIM_MODELS, SKIMMERS, build_skim_model
 
     n_cls = len(store.attrs["classes"])
     seed = iter(range(100, 200))
@@ -58,7 +58,10 @@ def save_seeded_checkpoints(store, runs: Path) -> None:
                         {"features": feature, "in_dim": FEATURE_DIMS[feature], "num_classes": n_cls}, [])
     for model in SKIM_MODELS:
         net = seeded(build_skim_model(model, student_fusion(store), n_cls), next(seed))
-        save_checkpoint(runs, model, model, net, store, {"model": model, "steps": 10, "num_classes": n_cls}, [])
+        save_checkpoint(runs, model, model, net, store, {"model": model, "steps": 10, "num_classes": n_cls,
+                                                         "protocol": "paper" if model in SKIMMERS else None,
+                                                         **({"objective": "top-k mean, straight-through"}
+                                                            if model == "non-recurrent" else {})}, [])
     # the trainers' set: AV-joint-training (av, SAL-CL) leaves its visual and audio SAL-CL parts beside it
     for modality, loss in (("visual", "ac"), ("audio", "sal-rank"), ("visual", "sal-cl"), ("audio", "sal-cl"),
                            ("av", "sal-cl")):
@@ -71,6 +74,9 @@ def save_seeded_checkpoints(store, runs: Path) -> None:
                "audio_tokens": audio_tokens, "mask_loss": mask_loss}
         save_checkpoint(runs, avgn_name(audio_tokens, mask_loss), "avgn", seeded(build_avgn(cfg), next(seed)),
                         store, cfg, [])
+    # the skimmer trained with the fs protocol, beside the paper's (seeded last: the seeds above stay as they were)
+    save_checkpoint(runs, "skim-fs", "skim", seeded(build_skim_model("skim", student_fusion(store), n_cls), next(seed)),
+                    store, {"model": "skim", "steps": 10, "num_classes": n_cls, "protocol": "fs"}, [])
 
 
 def compute_rows(tmp: Path, blocks: bool = False) -> dict[str, dict[str, dict]]:

@@ -132,3 +132,84 @@ def test_train_avgn_and_bench_rows(tmp_path):
         for t_g in (2, 4, "all"):
             assert f"AVGN (k={k}, T_G={t_g})" in methods
     assert "AVGN no audio tokens (k=4, T_G=8)" in methods and "AVGN no L_mask (k=4, T_G=all)" in methods
+
+
+# --- AVGN's transformer counted (issue 25, item 4): the fused fast path is invisible to FlopCounterMode ---------------
+
+def encoder_flops(tokens: int, width: int, ffn: int, layers: int) -> int:
+    """A transformer encoder by hand, 2 FLOPs per multiply-add, per layer: Q, K, V and output projections
+    (4 x tokens x width^2), the scores QK^T and the weighted sum AV (2 x tokens^2 x width, summed over heads) and
+    the two feed-forward matmuls (2 x tokens x width x ffn)."""
+    return layers * 2 * (4 * tokens * width ** 2 + 2 * tokens ** 2 * width + 2 * tokens * width * ffn)
+
+
+def glance_flops(t: int, dim: int, layers: int, audio_tokens: bool = True) -> int:
+    """AV-TeST's glance over t steps: token embeddings (256 -> dim each), the encoder on 2 dim wide tokens (feed-forward
+    4 dim), FC_s."""
+    embed = 2 * t * 256 * dim * (2 if audio_tokens else 1)
+    return embed + encoder_flops(t, 2 * dim, 4 * dim, layers) + 2 * t * 2 * dim
+
+
+def classify_flops(rows: int, t: int, dim: int, classes: int, hidden: int = 256) -> int:
+    """The prediction head on ``rows`` chosen steps against the t-step audio sequence: projections, psi (q on rows,
+    k and v on t, scores and weighted sum rows x t, output), f_C^AV per row and its output layer once."""
+    proj = 2 * rows * 256 * dim + 2 * t * 256 * dim
+    psi = 2 * rows * dim * dim + 2 * 2 * t * dim * dim + 2 * 2 * rows * t * dim + 2 * rows * dim * dim
+    return proj + psi + 2 * rows * 2 * dim * hidden + 2 * hidden * classes
+
+
+@pytest.mark.parametrize("tokens, dim, layers, heads", [(8, 16, 1, 2), (16, 32, 2, 4), (5, 8, 3, 1)])
+def test_transformer_gflops_equal_the_hand_formula_in_eval_and_inference_mode(tokens, dim, layers, heads):
+    from models.selection import counted_gflops
+    model = AVTeST(3, dim=dim, layers=layers, heads=heads, max_len=tokens).eval()
+    x = torch.randn(1, tokens, 2 * dim)
+    assert counted_gflops(model.encoder, x) * 1e9 == pytest.approx(encoder_flops(tokens, 2 * dim, 4 * dim, layers))
+    assert torch.backends.mha.get_fastpath_enabled()          # the count leaves the fast path on for real runs
+
+
+@pytest.mark.parametrize("k, t_g, audio_tokens", [(4, None, True), (2, 3, False)])
+def test_selector_gflops_count_the_transformer_per_video_and_in_blocks(k, t_g, audio_tokens):
+    from models.selection import VideoBlock
+    from tests.test_costs import FREE, _video
+    torch.manual_seed(0)
+    t, dim, layers = 8, 16, 2
+    model = AVTeST(3, dim=dim, layers=layers, heads=2, max_len=t, use_audio_tokens=audio_tokens).eval()
+    sel = AVGNSelector("avgn", model, FREE, k=k, t_g=t_g, t=t)
+    videos = [_video(n, seed=n) for n in (20, 3, 11)]
+    block = VideoBlock.of(videos)
+    batch = sel.select_batch(block)
+    for i, video in enumerate(videos):
+        one = sel.select(video)
+        want = glance_flops(t, dim, layers, audio_tokens) + classify_flops(len(one.steps), t, dim, 3)
+        assert one.gflops * 1e9 == pytest.approx(want), i
+        assert batch.video(i).gflops * 1e9 == pytest.approx(want), i
+
+
+# --- T_G = all is trained (issue 25, item 3) -----------------------------------------------------------------------
+
+def test_training_draws_every_glance_count_the_bench_reads_all_included():
+    from pipelines.train_avgn import draw_glances, training_glances
+    assert training_glances(16) == tuple(range(1, 13)) + (16,)
+    assert training_glances(8) == tuple(range(1, 9))                # all 8 is already among 1..12
+    gen = torch.Generator().manual_seed(0)
+    drawn = [draw_glances(16, gen) for _ in range(400)]
+    assert set(drawn) == set(range(1, 13)) | {16}
+    assert 15 < drawn.count(16) < 50                                 # uniform over 13 values: 400 / 13 = 31
+
+
+def test_train_avgn_trains_on_all_glances(tmp_path, monkeypatch):
+    import pipelines.train_avgn as train_avgn_module
+    seen = []
+    real = train_avgn_module.avgn_losses
+
+    def spy(model, e_g, e_a, y, t_g, k, **kw):
+        if model.training:
+            seen.append((t_g, e_g.shape[1]))
+        return real(model, e_g, e_a, y, t_g, k, **kw)
+    monkeypatch.setattr(train_avgn_module, "avgn_losses", spy)
+    store = fabricate_store(tmp_path / "s.zarr", n_videos=12)
+    trained = train_avgn_module.train_avgn(store, tmp_path / "runs", layers=1, heads=2, dim=16, t=16, k=2, epochs=5,
+                                           batch_size=2, milestones=(20,), sized=False)
+    assert {t for t, _ in seen} >= {1, 12, 16} and {t for t, _ in seen} <= set(range(1, 13)) | {16}
+    assert all(width == 16 for _, width in seen)
+    assert torch.load(trained.path, weights_only=True)["config"]["train_glances"] == list(range(1, 13)) + [16]

@@ -150,7 +150,9 @@ def test_train_and_bench_from_the_cli(tmp_path, store):
     assert res.exit_code == 0, res.output
     table = pd.read_csv(runs / "bench" / "bench.csv")
     assert list(table.columns[:5]) == ["method", "top1", "mAP", "gflops_per_video", "seconds_per_video"]
-    assert len(table) == len([m for m in METHODS if m not in ("SAMPLERS", "ORACLE-F", "AVGN")])   # no such checkpoints
+    # no such checkpoints: samplers, R(2+1)D, AVGN, and the skimmer under the fs protocol (--model all: the paper's)
+    assert len(table) == len([m for m in METHODS if m not in ("SAMPLERS", "ORACLE-F", "AVGN", "SKIM-FS")])
+    assert "fs train-skim --model skim --protocol fs" in res.output
     assert (runs / "bench" / "tradeoff.png").stat().st_size > 10_000
     sweep = pd.read_csv(runs / "bench" / "sweep.csv")
     assert len(sweep) == 40 and set(sweep["subsample"]) == {1, 2, 5, 10}
@@ -173,6 +175,16 @@ def test_train_and_bench_from_the_cli(tmp_path, store):
         best = sorted(range(len(p)), key=lambda t: -p[t, y].item())[:10]
         right.append(int(p[best].mean(0).argmax()) == y)
     assert by.loc["ORACLE (upper bound)", "top1"] == pytest.approx(sum(right) / len(right))
+
+
+def test_train_skim_protocol_options_from_the_cli(tmp_path, store):
+    cli = CliRunner()
+    help_text = cli.invoke(main, ["train-skim", "--help"]).output
+    assert "--protocol [paper|fs]" in help_text and "default: paper" in help_text
+    res = cli.invoke(main, ["train-skim", "--store", str(store.path), "--runs", str(tmp_path), "--protocol", "fs",
+                            "--subsample", "5"])
+    assert res.exit_code != 0 and "--subsample fixes s under --protocol paper" in res.output
+    assert "Traceback" not in res.output and not list(tmp_path.glob("*.pt"))
 
 
 def test_bench_without_trained_skimmer_says_how_to_train(tmp_path, store):
