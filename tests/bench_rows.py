@@ -87,7 +87,7 @@ def compute_rows(tmp: Path, blocks: bool = False) -> dict[str, dict[str, dict]]:
     runs = tmp / "runs"
     save_seeded_checkpoints(store, runs)
     quiet = lambda *_: None  # noqa: E731
-    names = ("image", "audio", "fused", "r2p1d")
+    names = ("image", "audio", "fused", "r2p1d", "loudness", "motion")
     data = load_split(store, "test", names)
     rows: dict = {"__order__": []}
     selectors = build_selectors(BenchContext(store, runs, subsample=5, steps=3, say=quiet), tuple(METHODS))
