@@ -596,8 +596,10 @@ def train_avgn_cmd(store, runs, layers, heads, dim, t_steps, k, epochs, batch_si
 @main.command("train-sampler")
 @store_option
 @runs_option
-@click.option("--modality", type=click.Choice(["audio", "visual", "av"]), default="audio", show_default=True,
-              help="Descriptor the sampler reads; av = AV-joint-training (both, scores averaged).")
+@click.option("--modality", type=click.Choice(["audio", "visual", "motion", "av", "av-motion"]), default="audio",
+              show_default=True, help="What the sampler reads: the audio or image descriptor, or the motion signal "
+                                      "(SCSampler's cheap visual sampler); av / av-motion = AV-joint-training of the "
+                                      "visual (image or motion) and audio samplers, scores averaged.")
 @click.option("--loss", type=click.Choice(["ac", "sal-cl", "sal-rank", "all"]), default="sal-rank", show_default=True)
 @click.option("--margin", type=float, default=1.0, show_default=True, help="SAL-RANK margin eta.")
 @training_options(epochs=15, batch_size=16, lr=0.01, milestones="10", sized=True)

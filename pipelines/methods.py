@@ -19,7 +19,7 @@ from featurestore.store import FeatureStore
 from models.avgn import AVGNSelector
 from models.baselines import HeadSelector, LSTMSelector
 from models.energy import ENERGY_SIGNALS, EnergySelector
-from models.scsampler import COMBINATIONS, SamplerSelector
+from models.scsampler import COMBINATIONS, SamplerSelector, modality_features
 from models.selection import Selector, UnitCosts
 from models.skim import NonRecurrentSelector, SkimSelector
 from pipelines.checkpoints import checkpoint_path
@@ -167,29 +167,41 @@ COMBINATION_LABELS = {"convex-score": " (a=0.9)", "convex-list": " (a=0.8)", "un
                       "intersect-list": ""}
 
 
+SAMPLER_LABELS = {"av": "AV-joint-training", "av-motion": "AV(motion)-joint-training"}
+COMBINATION_SIDES = {"visual": "AV", "motion": "AV(motion)"}
+"""The visual side of the audio-visual combinations (the image descriptor's sampler, or the motion signal's) and
+the label of their rows."""
+
+
 def samplers(ctx: BenchContext) -> list[Selector]:
-    """SCSampler rows: every trained sampler (each loss x modality), the AV combinations and joint training, each
-    recognised by the student head and, when the store has r2p1d, by the R(2+1)D head f."""
+    """SCSampler rows: every trained sampler (each loss x modality: image, audio, motion and the joint ones), the AV
+    combinations with the image sampler and with the motion sampler as the visual side, each recognised by the
+    student head and, when the store has r2p1d, by the R(2+1)D head f. Samplers on the motion signal are skipped
+    (said once) on a store without it."""
     found = ctx.samplers()
     if not found:
         ctx.say(f"skipping SCSampler rows: no sampler checkpoints in {ctx.runs} (fs train-sampler --modality "
-                f"audio|visual --loss ac|sal-cl|sal-rank)")
+                f"audio|visual|motion|av|av-motion --loss ac|sal-cl|sal-rank)")
         return []
+    if any("motion" in modality_features(m) for m, _ in found) and \
+            not ctx.has_signals(("motion",), "the SCSampler rows on the motion signal"):
+        found = {key: m for key, m in found.items() if "motion" not in modality_features(key[0])}
     recognisers = [("student", "fused")] + ([("R(2+1)D", "r2p1d")] if ctx.has_r2p1d else [])
     out: list[Selector] = []
     for rec_name, feature in recognisers:
         recogniser = (ctx.head(feature), feature)
         for (modality, loss), model in sorted(found.items()):
-            label = "AV-joint-training" if modality == "av" else modality
+            label = SAMPLER_LABELS.get(modality, modality)
             out.append(SamplerSelector(f"SCS {label} {loss.upper()} -> {rec_name}", {modality: model}, ctx.costs,
                                        recogniser))
-        visual = found.get(("visual", "ac")) or next((m for (mo, _), m in found.items() if mo == "visual"), None)
         audio = found.get(("audio", "sal-rank")) or next((m for (mo, _), m in found.items() if mo == "audio"), None)
-        if visual is not None and audio is not None:
+        for side, prefix in COMBINATION_SIDES.items():
+            visual = found.get((side, "ac")) or next((m for (mo, _), m in found.items() if mo == side), None)
+            if visual is None or audio is None:
+                continue
             for combine in COMBINATIONS:
-                out.append(SamplerSelector(f"SCS AV-{combine}{COMBINATION_LABELS[combine]} -> {rec_name}",
-                                           {"visual": visual, "audio": audio}, ctx.costs, recogniser,
-                                           combine=combine))
+                out.append(SamplerSelector(f"SCS {prefix}-{combine}{COMBINATION_LABELS[combine]} -> {rec_name}",
+                                           {side: visual, "audio": audio}, ctx.costs, recogniser, combine=combine))
     return out
 
 

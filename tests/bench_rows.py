@@ -71,6 +71,13 @@ def save_seeded_checkpoints(store, runs: Path) -> None:
                "audio_tokens": audio_tokens, "mask_loss": mask_loss}
         save_checkpoint(runs, avgn_name(audio_tokens, mask_loss), "avgn", seeded(build_avgn(cfg), next(seed)),
                         store, cfg, [])
+    # SCSampler's cheap visual sampler on the motion signal (after the others: their seeds stay as they were): the
+    # video bench's set, motion AC beside audio SAL-RANK, and AV(motion)-joint-training (SAL-CL) with its parts
+    for modality, loss in (("motion", "ac"), ("motion", "sal-cl"), ("av-motion", "sal-cl")):
+        save_checkpoint(runs, sampler_name(modality, loss), "sampler",
+                        seeded(build_sampler(modality, loss, n_cls), next(seed)), store,
+                        {"modality": modality, "loss": loss, "margin": 1.0, "num_classes": n_cls,
+                         "clip_classifier": "r2p1d"}, [])
 
 
 def compute_rows(tmp: Path, blocks: bool = False) -> dict[str, dict[str, dict]]:

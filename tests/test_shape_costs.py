@@ -162,10 +162,13 @@ def samplers():
     torch.manual_seed(3)
     visual, audio = SaliencySampler(256, "ac", 3).eval(), SaliencySampler(256, "sal-rank", 3).eval()
     joint = JointSampler(SaliencySampler(256, "sal-cl", 3), SaliencySampler(256, "sal-cl", 3)).eval()
-    return {"visual": visual, "audio": audio, "av": joint}
+    motion = SaliencySampler(192, "sal-rank", 3).eval()
+    joint_motion = JointSampler(SaliencySampler(192, "sal-cl", 3), SaliencySampler(256, "sal-cl", 3)).eval()
+    return {"visual": visual, "audio": audio, "av": joint, "motion": motion, "av-motion": joint_motion}
 
 
-READS = {"visual": ("image",), "audio": ("audio",), "av": ("image", "audio")}
+READS = {"visual": ("image",), "audio": ("audio",), "av": ("image", "audio"), "motion": ("motion",),
+         "av-motion": ("motion", "audio")}
 
 
 # (samplers used, combination, recogniser's descriptor, descriptors paid on all n steps and on the k chosen)
@@ -177,6 +180,13 @@ SAMPLER_ROWS = [
     (("av",), None, "r2p1d", lambda n, k: n * (U.image + U.audio) + k * U.clip),
 ] + [(("visual", "audio"), c, f, (lambda n, k: n * (U.image + U.audio) + k * U.fusion) if f == "fused" else
       (lambda n, k: n * (U.image + U.audio) + k * U.clip))
+     for c in ("convex-score", "convex-list", "union-list", "intersect-list") for f in ("fused", "r2p1d")] + [
+    # the motion signal in place of the image descriptor: the image is computed only for the chosen steps
+    (("motion",), None, "fused", lambda n, k: n * U.motion + k * (U.image + U.audio + U.fusion)),
+    (("motion",), None, "r2p1d", lambda n, k: n * U.motion + k * U.clip),
+    (("av-motion",), None, "fused", lambda n, k: n * (U.motion + U.audio) + k * (U.image + U.fusion)),
+] + [(("motion", "audio"), c, f, (lambda n, k: n * (U.motion + U.audio) + k * (U.image + U.fusion)) if f == "fused"
+      else (lambda n, k: n * (U.motion + U.audio) + k * U.clip))
      for c in ("convex-score", "convex-list", "union-list", "intersect-list") for f in ("fused", "r2p1d")]
 
 
