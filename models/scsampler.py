@@ -61,17 +61,34 @@ class SaliencySampler(nn.Module):
         return F.softmax(out, dim=-1).max(-1).values if self.loss == "ac" else torch.sigmoid(out)
 
 
-def sal_cl_labels(true_class_scores: torch.Tensor) -> torch.Tensor:
-    """SAL-CL pseudo-labels: the top floor(L/2) steps of a video by f's true-class score are salient (1.0)."""
+K_TR = {"audio": 0.25}
+"""SAL-CL's K_tr / L_tr by modality (SCSampler App. C.1, Fig. 3): L/4 is best for the audio sampler, L/2 for the
+video sampler; every other modality (image, motion, the joint ones, whose visual side leads) takes
+:data:`K_TR_DEFAULT`."""
+K_TR_DEFAULT = 0.5
+
+
+def k_tr_fraction(modality: str) -> float:
+    """The fraction of a training video's steps SAL-CL labels salient for a sampler of ``modality``."""
+    return K_TR.get(modality, K_TR_DEFAULT)
+
+
+def sal_cl_labels(true_class_scores: torch.Tensor, k_tr: float = K_TR_DEFAULT) -> torch.Tensor:
+    """SAL-CL pseudo-labels: the top K_tr = floor(k_tr L) steps of a video by f's true-class score are salient (1.0),
+    at least one when the video has two steps or more (so a short video still orders a salient step above one)."""
+    if not 0.0 < k_tr <= 1.0:
+        raise ValueError(f"K_tr must be a fraction in (0, 1], got {k_tr}")
     n = len(true_class_scores)
+    k = int(k_tr * n + 1e-9)            # floor, but 0.29 x 100 is 29
+    k = max(k, 1) if n >= 2 else k
     labels = torch.zeros(n)
-    labels[torch.argsort(true_class_scores, descending=True)[: n // 2]] = 1.0
+    labels[torch.argsort(true_class_scores, descending=True)[:k]] = 1.0
     return labels
 
 
-def sal_cl_loss(logits: torch.Tensor, true_class_scores: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy against :func:`sal_cl_labels`."""
-    return F.binary_cross_entropy_with_logits(logits, sal_cl_labels(true_class_scores).to(logits))
+def sal_cl_loss(logits: torch.Tensor, true_class_scores: torch.Tensor, k_tr: float = K_TR_DEFAULT) -> torch.Tensor:
+    """Binary cross-entropy against :func:`sal_cl_labels` (the top ``k_tr`` of the steps salient)."""
+    return F.binary_cross_entropy_with_logits(logits, sal_cl_labels(true_class_scores, k_tr).to(logits))
 
 
 def sal_rank_loss(scores: torch.Tensor, true_class_scores: torch.Tensor, margin: float = 1.0) -> torch.Tensor:

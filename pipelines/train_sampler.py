@@ -15,8 +15,8 @@ from torch.nn import functional as F
 
 from featurestore.constants import FEATURE_DIMS, MOTION_DIM, SIGNALS
 from featurestore.store import FeatureStore, require_arrays
-from models.scsampler import (JOINT_MODALITIES, MODALITY_FEATURE, JointSampler, SaliencySampler, modality_features,
-                              modality_parts, sal_cl_loss, sal_rank_loss)
+from models.scsampler import (JOINT_MODALITIES, MODALITY_FEATURE, JointSampler, SaliencySampler, k_tr_fraction,
+                              modality_features, modality_parts, sal_cl_loss, sal_rank_loss)
 
 MODALITIES = tuple(MODALITY_FEATURE) + tuple(JOINT_MODALITIES)
 """What ``--modality`` may name: visual, audio, motion, and the joint av (image + audio) and av-motion."""
@@ -62,14 +62,20 @@ def checkpoint_name(modality: str, loss: str) -> str:
 def train_sampler(store: FeatureStore, runs: Path, modality: str, loss: str, margin: float = 1.0,
                   epochs: int = 15, batch_size: int = 16, lr: float = 0.01, milestones: tuple[int, ...] = (10,),
                   seed: int = 0, report: Callable[[dict], None] | None = None,
-                  say: Callable[[str], None] = print, sized: bool = True, device: str = "auto") -> Trained:
+                  say: Callable[[str], None] = print, sized: bool = True, device: str = "auto",
+                  k_tr: float | None = None) -> Trained:
     """Train one sampler (``modality`` visual, audio, motion, or av / av-motion = AV-joint-training with the image
     descriptor's or the motion signal's sampler) with ``loss``; batches are videos, since SAL-CL labels and
     SAL-RANK pairs are defined within a video, and the sampler runs once over all steps of a batch's videos (its
     BatchNorm sees the same mix of videos in training as its running statistics will hold). AV-joint-training
     starts from the trained samplers of its two parts with the same loss (trained first when missing) and
-    fine-tunes both through their averaged output."""
+    fine-tunes both through their averaged output. SAL-CL labels the top ``k_tr`` of each video's steps salient
+    (None: :func:`~models.scsampler.k_tr_fraction`, L/4 for audio and L/2 otherwise, as SCSampler App. C.1 finds
+    best); the fraction used is recorded in the checkpoint's config."""
     modalities(modality)
+    k_tr = k_tr_fraction(modality) if k_tr is None else float(k_tr)
+    if not 0.0 < k_tr <= 1.0:
+        raise ValueError(f"--k-tr must be a fraction in (0, 1], got {k_tr}")
     feats = modality_features(modality)
     require_arrays(store, tuple(f for f in feats if f in SIGNALS), "a store built before the signal arrays lacks "
                    "them: re-extract into a new store (fs extract --store NEW)")
@@ -111,7 +117,7 @@ def train_sampler(store: FeatureStore, runs: Path, modality: str, loss: str, mar
                                  for n, j in zip(lengths, idx)])
             return F.cross_entropy(out, steps_y), out, steps_y
         if loss == "sal-cl":
-            total = torch.stack([sal_cl_loss(o, f_true[j]) for o, j in zip(outs, idx)]).mean()
+            total = torch.stack([sal_cl_loss(o, f_true[j], k_tr) for o, j in zip(outs, idx)]).mean()
         else:
             total = torch.stack([sal_rank_loss(o, f_true[j], margin) for o, j in zip(outs, idx)]).mean()
         # "accuracy" for saliency losses: is the top-scored step one of f's top half for the true class?
@@ -123,7 +129,7 @@ def train_sampler(store: FeatureStore, runs: Path, modality: str, loss: str, mar
     model.eval().cpu()
     path = save_checkpoint(runs, checkpoint_name(modality, loss), "sampler", model, store,
                            {"modality": modality, "loss": loss, "margin": margin, "num_classes": len(data.classes),
-                            "clip_classifier": f_feature}, history)
+                            "clip_classifier": f_feature, "k_tr": k_tr if loss == "sal-cl" else None}, history)
     return Trained(model, history, path, sched)
 
 

@@ -30,6 +30,9 @@ def test_motion_samplers_train_and_joint_training_starts_from_its_parts(trained)
                            ("sampler-audio-sal-cl", "audio"), ("sampler-av-motion-sal-cl", "av-motion")):
         ckpt = torch.load(runs / f"{name}.pt", weights_only=True)
         assert ckpt["config"]["modality"] == modality
+    k_tr = {name: torch.load(runs / f"sampler-{name}.pt", weights_only=True)["config"]["k_tr"]
+            for name in ("motion-sal-rank", "motion-sal-cl", "audio-sal-cl", "av-motion-sal-cl")}
+    assert k_tr == {"motion-sal-rank": None, "motion-sal-cl": 0.5, "audio-sal-cl": 0.25, "av-motion-sal-cl": 0.5}
     state = torch.load(runs / "sampler-motion-sal-rank.pt", weights_only=True)["state_dict"]
     assert state["net.1.weight"].shape == (256, 192)          # the MLP reads the 192-wide motion rows
 
@@ -57,3 +60,15 @@ def test_a_store_built_before_the_signals_refuses_the_motion_sampler(tmp_path):
     res = CliRunner().invoke(main, ["train-sampler", "--store", str(store.path), "--runs", str(tmp_path / "r"),
                                     "--modality", "motion", "--epochs", "1"])
     assert res.exit_code != 0 and "no motion arrays" in res.output and "re-extract into a new store" in res.output
+
+
+def test_k_tr_is_an_option_recorded_in_the_checkpoint(trained, tmp_path):
+    store, _, _ = trained
+    cli = CliRunner()
+    common = ["train-sampler", "--store", str(store.path), "--runs", str(tmp_path), "--modality", "audio", "--loss",
+              "sal-cl", "--epochs", "1", "--batch-size", "4"]
+    res = cli.invoke(main, common + ["--k-tr", "0.4"])
+    assert res.exit_code == 0, res.output
+    assert torch.load(tmp_path / "sampler-audio-sal-cl.pt", weights_only=True)["config"]["k_tr"] == 0.4
+    res = cli.invoke(main, common + ["--k-tr", "0"])
+    assert res.exit_code != 0 and "--k-tr" in res.output
