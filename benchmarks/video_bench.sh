@@ -23,6 +23,11 @@ mkdir -p "$RUNS"
   $FS train-sampler "${common[@]}" --modality visual --loss ac
   $FS train-sampler "${common[@]}" --modality audio --loss sal-rank
   $FS train-sampler "${common[@]}" --modality av --loss sal-rank
+  # SCSampler's cheap visual sampler on the motion signal (a store extracted with the signal arrays), and its
+  # AV(motion) joint training; the bench's AV(motion) combinations pair motion AC with audio SAL-RANK. A store built
+  # before the signal arrays has no motion: they fail with that reason and the bench skips their rows
+  $FS train-sampler "${common[@]}" --modality motion --loss ac || echo "video_bench: no motion samplers" >&2
+  $FS train-sampler "${common[@]}" --modality av-motion --loss sal-rank || echo "video_bench: no motion samplers" >&2
   $FS train-avgn "${common[@]}"
   $FS train-avgn "${common[@]}" --no-audio-tokens
   $FS train-avgn "${common[@]}" --no-mask-loss

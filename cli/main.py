@@ -615,15 +615,20 @@ def train_avgn_cmd(store, runs, layers, heads, dim, t_steps, k, epochs, batch_si
 @main.command("train-sampler")
 @store_option
 @runs_option
-@click.option("--modality", type=click.Choice(["audio", "visual", "av"]), default="audio", show_default=True,
-              help="Descriptor the sampler reads; av = AV-joint-training (both, scores averaged).")
+@click.option("--modality", type=click.Choice(["audio", "visual", "motion", "av", "av-motion"]), default="audio",
+              show_default=True, help="What the sampler reads: the audio or image descriptor, or the motion signal "
+                                      "(SCSampler's cheap visual sampler); av / av-motion = AV-joint-training of the "
+                                      "visual (image or motion) and audio samplers, scores averaged.")
 @click.option("--loss", type=click.Choice(["ac", "sal-cl", "sal-rank", "all"]), default="sal-rank", show_default=True)
 @click.option("--margin", type=float, default=1.0, show_default=True, help="SAL-RANK margin eta.")
+@click.option("--k-tr", "k_tr", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
+              help="SAL-CL: the fraction of each training video's steps labelled salient, K_tr / L (default: 0.25 "
+                   "for audio, 0.5 otherwise, SCSampler App. C.1).")
 @training_options(epochs=15, batch_size=16, lr=0.01, milestones="10", sized=True)
 @click.option("--device", default="auto", show_default=True,
               help="auto (the first GPU when one is visible, else the CPU), cpu, or cuda[:N].")
 @click.option("--seed", type=int, default=0, show_default=True)
-def train_sampler_cmd(store, runs, modality, loss, margin, epochs, batch_size, lr, milestones, device, seed,
+def train_sampler_cmd(store, runs, modality, loss, margin, k_tr, epochs, batch_size, lr, milestones, device, seed,
                       sized) -> None:
     """Train an SCSampler ranker (AC, SAL-CL or SAL-RANK) on one modality's stored descriptors."""
     from featurestore.store import FeatureStore, StoreError
@@ -635,7 +640,7 @@ def train_sampler_cmd(store, runs, modality, loss, margin, epochs, batch_size, l
         for lo in losses:
             trained = train_sampler(fs, runs, modality, lo, margin, epochs, batch_size, lr, milestones, seed,
                                     _epoch_reporter(checkpoint_name(modality, lo)),
-                                    say=lambda m: click.echo(m, err=True), sized=sized, device=device)
+                                    say=lambda m: click.echo(m, err=True), sized=sized, device=device, k_tr=k_tr)
             click.echo(trained.summary())
     except (StoreError, ValueError) as e:
         _fail(e)

@@ -1,5 +1,14 @@
 """SCSampler (Korbar et al., §3): light saliency rankers over one modality's per-step descriptor, their losses
-(AC, SAL-CL, SAL-RANK), and the audio-visual combinations used at selection time."""
+(AC, SAL-CL, SAL-RANK), and the audio-visual combinations used at selection time.
+
+Modalities: ``visual`` reads the image descriptor (the image ResNet-18 on the step's first frame), ``audio`` the audio
+descriptor, and ``motion`` the stored ``motion`` signal: SCSampler's cheap visual sampler (§3.3.1). There, two
+ResNet-18s read the compressed stream's motion displacements (MD) and RGB residuals (RGB-R) of the P-frames, which
+cost no decoding; here the frames are decoded anyway, so the analogue is the mean |difference| of consecutive decoded
+frames per channel and grid cell (an uncompressed, motion-uncompensated RGB-R pooled to MOTION_GRID x MOTION_GRID),
+read by the same small MLP as the other samplers: its cost per step is that signal plus the MLP, a few MFLOPs against
+the image ResNet-18's 0.97 GFLOPs.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +21,22 @@ from models.selection import (BUDGET, NO_STEP, BlockSelection, Selection, ShapeC
                               counted_gflops, masked_top, mean_at, scatter_rows, stored)
 
 LOSSES = ("ac", "sal-cl", "sal-rank")
-MODALITY_FEATURE = {"visual": "image", "audio": "audio"}     # the stored descriptor a sampler of each modality reads
+MODALITY_FEATURE = {"visual": "image", "audio": "audio", "motion": "motion"}
+"""The stored array a sampler of each single modality reads (motion: the stored signal, not a descriptor)."""
+JOINT_MODALITIES = {"av": ("visual", "audio"), "av-motion": ("motion", "audio")}
+"""AV-joint-training: the visual-side and the audio sampler it averages (the image descriptor's, or motion's)."""
+VISUAL_SIDES = ("visual", "motion")
+"""The modalities that can be the visual side of an audio-visual combination."""
+
+
+def modality_parts(modality: str) -> tuple[str, ...]:
+    """The single modalities a sampler of ``modality`` reads (a joint one reads its two parts)."""
+    return JOINT_MODALITIES.get(modality, (modality,))
+
+
+def modality_features(modality: str) -> tuple[str, ...]:
+    """The stored arrays a sampler of ``modality`` reads, in its inputs' order."""
+    return tuple(MODALITY_FEATURE[m] for m in modality_parts(modality))
 
 
 class SaliencySampler(nn.Module):
@@ -37,17 +61,34 @@ class SaliencySampler(nn.Module):
         return F.softmax(out, dim=-1).max(-1).values if self.loss == "ac" else torch.sigmoid(out)
 
 
-def sal_cl_labels(true_class_scores: torch.Tensor) -> torch.Tensor:
-    """SAL-CL pseudo-labels: the top floor(L/2) steps of a video by f's true-class score are salient (1.0)."""
+K_TR = {"audio": 0.25}
+"""SAL-CL's K_tr / L_tr by modality (SCSampler App. C.1, Fig. 3): L/4 is best for the audio sampler, L/2 for the
+video sampler; every other modality (image, motion, the joint ones, whose visual side leads) takes
+:data:`K_TR_DEFAULT`."""
+K_TR_DEFAULT = 0.5
+
+
+def k_tr_fraction(modality: str) -> float:
+    """The fraction of a training video's steps SAL-CL labels salient for a sampler of ``modality``."""
+    return K_TR.get(modality, K_TR_DEFAULT)
+
+
+def sal_cl_labels(true_class_scores: torch.Tensor, k_tr: float = K_TR_DEFAULT) -> torch.Tensor:
+    """SAL-CL pseudo-labels: the top K_tr = floor(k_tr L) steps of a video by f's true-class score are salient (1.0),
+    at least one when the video has two steps or more (so a short video still orders a salient step above one)."""
+    if not 0.0 < k_tr <= 1.0:
+        raise ValueError(f"K_tr must be a fraction in (0, 1], got {k_tr}")
     n = len(true_class_scores)
+    k = int(k_tr * n + 1e-9)            # floor, but 0.29 x 100 is 29
+    k = max(k, 1) if n >= 2 else k
     labels = torch.zeros(n)
-    labels[torch.argsort(true_class_scores, descending=True)[: n // 2]] = 1.0
+    labels[torch.argsort(true_class_scores, descending=True)[:k]] = 1.0
     return labels
 
 
-def sal_cl_loss(logits: torch.Tensor, true_class_scores: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy against :func:`sal_cl_labels`."""
-    return F.binary_cross_entropy_with_logits(logits, sal_cl_labels(true_class_scores).to(logits))
+def sal_cl_loss(logits: torch.Tensor, true_class_scores: torch.Tensor, k_tr: float = K_TR_DEFAULT) -> torch.Tensor:
+    """Binary cross-entropy against :func:`sal_cl_labels` (the top ``k_tr`` of the steps salient)."""
+    return F.binary_cross_entropy_with_logits(logits, sal_cl_labels(true_class_scores, k_tr).to(logits))
 
 
 def sal_rank_loss(scores: torch.Tensor, true_class_scores: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
@@ -172,16 +213,13 @@ def sampler_saliency(block: VideoBlock, modality: str, sampler: nn.Module) -> to
     and sampler and shared by every row that reads it (alone, in combinations, with either recogniser)."""
     def compute() -> torch.Tensor:
         sampler.to(block.device)
-        if modality == "av":
-            rows = sampler.saliency(block.rows("image"), block.rows("audio"))
-        else:
-            rows = sampler.saliency(block.rows(MODALITY_FEATURE[modality]))
-        return scatter_rows(rows, block.mask)
+        return scatter_rows(sampler.saliency(*(block.rows(f) for f in modality_features(modality))), block.mask)
     return block.memo(("saliency", id(sampler), modality), compute)
 
 
 class JointSampler(nn.Module):
-    """AV-joint-training: the visual and audio samplers' outputs averaged, and both fine-tuned through that average."""
+    """AV-joint-training: the visual and audio samplers' outputs averaged, and both fine-tuned through that average
+    (``visual`` reads the image descriptor, or the motion signal for ``av-motion``)."""
 
     def __init__(self, visual: SaliencySampler, audio: SaliencySampler):
         super().__init__()
@@ -203,9 +241,10 @@ COMBINATIONS = ("convex-score", "convex-list", "union-list", "intersect-list")
 class SamplerSelector:
     """Index with cheap saliency, recognise the top-K with a per-step classifier.
 
-    ``samplers`` maps "visual"/"audio" to a sampler (two for the list/score combinations), or "av" to a
-    :class:`JointSampler`. ``recogniser`` is (head, stored descriptor it classifies); every descriptor computed for
-    the video is paid for exactly once, at ``costs``.
+    ``samplers`` maps "visual"/"motion"/"audio" to a sampler (two for the list/score combinations: "audio" and a
+    visual side, "visual" or "motion"), or "av"/"av-motion" to a :class:`JointSampler`. ``recogniser`` is (head,
+    stored descriptor it classifies); every descriptor or signal computed for the video is paid for exactly once, at
+    ``costs``.
     """
 
     def __init__(self, name: str, samplers: dict[str, nn.Module], costs: UnitCosts,
@@ -213,8 +252,9 @@ class SamplerSelector:
                  alpha: float | None = None, k_visual: int = 8):
         if combine is not None and combine not in COMBINATIONS:
             raise ValueError(f"combine must be one of {COMBINATIONS}")
-        if combine and set(samplers) != {"visual", "audio"}:
-            raise ValueError("a combination needs a visual and an audio sampler")
+        if combine and not any(set(samplers) == {v, "audio"} for v in VISUAL_SIDES):
+            raise ValueError("a combination needs an audio sampler and a visual or motion one")
+        self.visual_side = next((v for v in VISUAL_SIDES if v in samplers), None)
         self.name, self.samplers, self.costs, self.k = name, {m: s.eval() for m, s in samplers.items()}, costs, k
         self.head, self.feature = recogniser[0].eval(), recogniser[1]
         self.combine, self.alpha, self.k_visual = combine, alpha, k_visual
@@ -228,23 +268,22 @@ class SamplerSelector:
     def _count_sampler(self, modality: str, n: int) -> float:
         sampler = self.samplers[modality]
         dev = next(sampler.parameters()).device
-        parts = (sampler.visual, sampler.audio) if modality == "av" else (sampler,)
+        parts = (sampler.visual, sampler.audio) if modality in JOINT_MODALITIES else (sampler,)
         return counted_gflops(sampler.saliency, *(torch.zeros(n, in_features(p), device=dev) for p in parts))
+
+    def _read(self) -> set[str]:
+        """The stored arrays the samplers read (each computed once, on every step)."""
+        return {f for m in self.samplers for f in modality_features(m)}
 
     @torch.inference_mode()
     def select(self, video) -> Selection:
-        arr = {n: stored(video, n) for n in ("image", "audio") if n in video.arrays}
+        computed = self._read()
+        arr = {n: stored(video, n) for n in computed}
         n_steps = len(next(iter(arr.values())))
         gflops = 0.0
-        computed: set[str] = set()
         scores = {}
         for modality, sampler in self.samplers.items():
-            if modality == "av":
-                s, g = counted(sampler.saliency, arr["image"], arr["audio"])
-                computed |= {"image", "audio"}
-            else:
-                s, g = counted(sampler.saliency, arr[MODALITY_FEATURE[modality]])
-                computed.add(MODALITY_FEATURE[modality])
+            s, g = counted(sampler.saliency, *(arr[f] for f in modality_features(modality)))
             scores[modality] = s.numpy()
             gflops += g
         gflops += n_steps * sum(self.costs.of(f) for f in computed)
@@ -252,7 +291,7 @@ class SamplerSelector:
         if self.combine is None:
             steps = top_k(next(iter(scores.values())), k)
         else:
-            v, a = scores["visual"], scores["audio"]
+            v, a = scores[self.visual_side], scores["audio"]
             steps = {"convex-score": lambda: convex_score(v, a, k, self.alpha if self.alpha is not None else 0.9),
                      "convex-list": lambda: convex_list(v, a, k, self.alpha if self.alpha is not None else 0.8),
                      "union-list": lambda: union_list(v, a, k, self.k_visual),
@@ -278,7 +317,7 @@ class SamplerSelector:
         if self.combine is None:
             steps = masked_top(next(iter(scores.values())), mask, self.k)
         else:
-            v, a = scores["visual"], scores["audio"]
+            v, a = scores[self.visual_side], scores["audio"]
             alpha = self.alpha if self.alpha is not None else {"convex-score": 0.9, "convex-list": 0.8}.get(
                 self.combine)
             steps = {"convex-score": lambda: masked_top(alpha * v + (1 - alpha) * a, mask, self.k),
@@ -288,10 +327,9 @@ class SamplerSelector:
         probs = head_probabilities(block, self.head, self.feature)
         n, kk = block.lengths.cpu().numpy(), k.cpu().numpy()
         gflops = np.zeros(len(block))
-        computed: set[str] = set()
+        computed = self._read()
         for modality in self.samplers:
             gflops += self.sampler_gflops[modality].each(n)
-            computed |= {"image", "audio"} if modality == "av" else {MODALITY_FEATURE[modality]}
         gflops += n * sum(self.costs.of(f) for f in computed)
         if self.feature == "fused":
             gflops += kk * (sum(self.costs.of(f) for f in ("image", "audio") if f not in computed) + self.costs.fusion)

@@ -49,6 +49,8 @@ class UnitCosts:
     audio: float      # the audio ResNet-18 on one 1 s log-mel
     fusion: float     # Psi on one image-audio pair
     clip: float       # R(2+1)D-18 on one 16-frame clip
+    loudness: float = 0.0   # one step's loudness signal (analytic count, featurestore.cost; 0: not counted)
+    motion: float = 0.0     # one step's motion signal (analytic count, featurestore.cost; 0: not counted)
 
     @property
     def pair(self) -> float:
@@ -56,8 +58,10 @@ class UnitCosts:
         return self.image + self.audio + self.fusion
 
     def of(self, descriptor: str) -> float:
-        """GFLOPs of one step of a stored descriptor: image, audio, fused (a pair) or r2p1d (a clip)."""
-        return {"image": self.image, "audio": self.audio, "fused": self.pair, "r2p1d": self.clip}[descriptor]
+        """GFLOPs of one step of a stored descriptor: image, audio, fused (a pair) or r2p1d (a clip); or of a stored
+        signal: loudness, motion."""
+        return {"image": self.image, "audio": self.audio, "fused": self.pair, "r2p1d": self.clip,
+                "loudness": self.loudness, "motion": self.motion}[descriptor]
 
 
 class Selector(Protocol):

@@ -17,8 +17,8 @@ from models.selection import NO_STEP, Selector, VideoBlock, select_block, to_dev
 from models.skim import SkimSelector
 from pipelines.checkpoints import checkpoint_path
 from pipelines.data import SplitData, action_segments, load_split, resolve_device
-from pipelines.methods import METHODS, BenchContext, build_selectors, check_methods
-from pipelines.report import GalleryItem, gallery_videos, write_report
+from pipelines.methods import METHODS, BenchContext, build_rows, check_methods, role
+from pipelines.report import ENERGY_MARK, GalleryItem, below_energy, gallery_videos, write_report
 from pipelines.show import SHOW_METHODS, render_video, show_rows
 from pipelines.train import bound_heap
 
@@ -54,6 +54,7 @@ class MethodResult:
     mAP_hi: float = float("nan")
     segment_hit: float = float("nan")     # share of chosen steps inside a ground-truth action segment
     one_class: bool = False               # every test video got the same predicted class
+    role: str = ""                        # "control" (energy), "learned" (a trained selector) or "baseline"
 
 
 @dataclass
@@ -354,7 +355,8 @@ def plot_sweep(sw: pd.DataFrame, uniform_top1: float | None, path: Path) -> None
 
 
 def format_table(table: pd.DataFrame) -> str:
-    """The bench table for a terminal: percentages with their intervals, a flag on rows that predict one class."""
+    """The bench table for a terminal: percentages with their intervals, a flag on rows that predict one class, a
+    mark on learned rows that do not beat the best energy control."""
     def pct(v: float) -> str:
         return "-" if v != v else f"{100 * v:.1f}"
 
@@ -362,7 +364,8 @@ def format_table(table: pd.DataFrame) -> str:
         return pct(v) if lo != lo else f"{pct(v)} [{100 * lo:.0f}-{100 * hi:.0f}]"
 
     shown = pd.DataFrame({
-        "method": table["method"] + np.where(table["one_class"], " !", ""),
+        "method": table["method"] + np.where(table["one_class"], " !", "") + np.where(below_energy(table),
+                                                                                       ENERGY_MARK, ""),
         "top1": [interval(*v) for v in zip(table["top1"], table["top1_lo"], table["top1_hi"])],
         "train_top1": table["train_top1"].map(pct),
         "mAP": [interval(*v) for v in zip(table["mAP"], table["mAP_lo"], table["mAP_hi"])],
@@ -380,6 +383,13 @@ def bench_notes(table: pd.DataFrame, n_test: int | None = None) -> list[str]:
     for r in table[table["one_class"]].itertuples():
         fits = "fits its training split" if r.train_top1 >= 0.9 else f"trains to {100 * r.train_top1:.0f}%"
         notes.append(f"! {r.method}: predicts one class for every test video ({fits}): not ranked, look at its model")
+    below = below_energy(table)
+    if below.any():
+        controls = table[table["role"] == "control"]
+        best = controls.loc[controls["top1"].idxmax()]
+        notes.append(f"{ENERGY_MARK.strip()}: {int(below.sum())} learned selector row(s) whose top-1 does not beat the "
+                     f"best energy control, {best['method']} ({100 * best['top1']:.1f}%: the K loudest or most moving "
+                     f"steps, no learned model): their learning buys nothing over the raw signal here")
     widest = float((table["top1_hi"] - table["top1_lo"]).max()) if len(table) else 0.0
     if n_test < 30 or widest > 0.3:
         notes.append(f"the test split has {n_test} videos: top-1 intervals span up to {100 * widest:.0f} points, too "
@@ -401,10 +411,11 @@ def run_bench(store: FeatureStore, runs: Path, out: Path, methods: tuple[str, ..
     device = resolve_device(device)
     bound_heap()            # blocks of varying padded shapes would otherwise fragment the heap over a long run
     ctx = BenchContext(store, runs, subsample, steps, say)
-    names = ("t",) + STUDENT_DESCRIPTORS + (("r2p1d",) if ctx.has_r2p1d else ())
+    names = ("t",) + STUDENT_DESCRIPTORS + (("r2p1d",) if ctx.has_r2p1d else ()) + ctx.signals
     data = load_split(store, "test", names, device)
     train = load_split(store, "train", names, device)
-    selectors = build_selectors(ctx, methods)
+    built = build_rows(ctx, methods)
+    selectors = [sel for _, sel in built]
     if not selectors:
         raise StoreError("no method could be evaluated (see the lines above)")
     for sel in selectors:
@@ -431,7 +442,8 @@ def run_bench(store: FeatureStore, runs: Path, out: Path, methods: tuple[str, ..
         bar.close()
     for sel in selectors + swept:         # the gallery and fs show answer one video at a time, on the CPU
         to_device(sel, "cpu")
-    for r in results:
+    for (method, _), r in zip(built, results):
+        r.role = role(method)
         rows.append(r.__dict__)
         say(f"  {r.method:<40} top1 {100 * r.top1:5.1f}% [{100 * r.top1_lo:3.0f}-{100 * r.top1_hi:3.0f}]  "
             f"train {100 * r.train_top1:5.1f}%  mAP {100 * r.mAP:5.1f}%  {r.gflops_per_video:9.1f} GFLOPs"

@@ -18,7 +18,8 @@ from featurestore.cost import unit_gflops
 from featurestore.store import FeatureStore
 from models.avgn import AVGNSelector
 from models.baselines import HeadSelector, LSTMSelector
-from models.scsampler import COMBINATIONS, SamplerSelector
+from models.energy import ENERGY_SIGNALS, EnergySelector
+from models.scsampler import COMBINATIONS, SamplerSelector, modality_features
 from models.selection import Selector, UnitCosts
 from models.skim import NonRecurrentSelector, SkimSelector
 from pipelines.checkpoints import checkpoint_path
@@ -40,6 +41,7 @@ class BenchContext:
     say: Callable[[str], None] = print
     _heads: dict = field(default_factory=dict)
     _nets: dict = field(default_factory=dict)
+    _said: set = field(default_factory=set)
 
     @cached_property
     def costs(self) -> UnitCosts:
@@ -52,6 +54,21 @@ class BenchContext:
     @property
     def has_r2p1d(self) -> bool:
         return self.store.has_descriptor("r2p1d")
+
+    @property
+    def signals(self) -> tuple[str, ...]:
+        """The signal arrays the store's videos hold (``loudness``, ``motion``; none in a store built before them)."""
+        return tuple(self.store.attrs.get("signals", []))
+
+    def has_signals(self, names: tuple[str, ...], rows: str) -> bool:
+        """Whether the store holds the signal arrays ``names``; if not, say once (per ``rows``) which ``rows`` are
+        skipped and how to get them."""
+        missing = [n for n in names if n not in self.signals]
+        if missing and rows not in self._said:
+            self._said.add(rows)
+            self.say(f"skipping {rows}: store {self.store.path} has no {', '.join(missing)} arrays (built before the "
+                     f"signal arrays): re-extract into a new store (fs extract --store NEW) to get them")
+        return not missing
 
     def head(self, feature: str = "fused") -> torch.nn.Module:
         """The per-step head on ``feature`` (R(2+1)D's is SCSampler's clip classifier f); trained on first use."""
@@ -90,6 +107,21 @@ Builder = Callable[[BenchContext], list[Selector]]
 def head_rule(name: str, rule: str) -> Builder:
     """Average the student's per-step head over the steps ``rule`` picks (the Listen to Look baselines)."""
     return lambda ctx: [HeadSelector(name, ctx.head("fused"), ctx.costs, rule=rule, class_index=ctx.class_index)]
+
+
+ENERGY_ROWS = {"AUDIO-ENERGY": "audio", "MOTION-ENERGY": "motion", "AV-ENERGY": "av"}
+
+
+def energy(name: str) -> Builder:
+    """A signal-energy control: the top-K steps by loudness, motion or both (z-scored), recognised by UNIFORM's
+    head; skipped, with one line for all of them, on a store without the signal arrays."""
+    kind = ENERGY_ROWS[name]
+
+    def build(ctx: BenchContext) -> list[Selector]:
+        if not ctx.has_signals(ENERGY_SIGNALS[kind], "the energy controls (AUDIO-, MOTION-, AV-ENERGY)"):
+            return []
+        return [EnergySelector(name, ctx.head("fused"), ctx.costs, kind=kind)]
+    return build
 
 
 def skim_variant(model: str, label: str, **options) -> Builder:
@@ -139,29 +171,41 @@ COMBINATION_LABELS = {"convex-score": " (a=0.9)", "convex-list": " (a=0.8)", "un
                       "intersect-list": ""}
 
 
+SAMPLER_LABELS = {"av": "AV-joint-training", "av-motion": "AV(motion)-joint-training"}
+COMBINATION_SIDES = {"visual": "AV", "motion": "AV(motion)"}
+"""The visual side of the audio-visual combinations (the image descriptor's sampler, or the motion signal's) and
+the label of their rows."""
+
+
 def samplers(ctx: BenchContext) -> list[Selector]:
-    """SCSampler rows: every trained sampler (each loss x modality), the AV combinations and joint training, each
-    recognised by the student head and, when the store has r2p1d, by the R(2+1)D head f."""
+    """SCSampler rows: every trained sampler (each loss x modality: image, audio, motion and the joint ones), the AV
+    combinations with the image sampler and with the motion sampler as the visual side, each recognised by the
+    student head and, when the store has r2p1d, by the R(2+1)D head f. Samplers on the motion signal are skipped
+    (said once) on a store without it."""
     found = ctx.samplers()
     if not found:
         ctx.say(f"skipping SCSampler rows: no sampler checkpoints in {ctx.runs} (fs train-sampler --modality "
-                f"audio|visual --loss ac|sal-cl|sal-rank)")
+                f"audio|visual|motion|av|av-motion --loss ac|sal-cl|sal-rank)")
         return []
+    if any("motion" in modality_features(m) for m, _ in found) and \
+            not ctx.has_signals(("motion",), "the SCSampler rows on the motion signal"):
+        found = {key: m for key, m in found.items() if "motion" not in modality_features(key[0])}
     recognisers = [("student", "fused")] + ([("R(2+1)D", "r2p1d")] if ctx.has_r2p1d else [])
     out: list[Selector] = []
     for rec_name, feature in recognisers:
         recogniser = (ctx.head(feature), feature)
         for (modality, loss), model in sorted(found.items()):
-            label = "AV-joint-training" if modality == "av" else modality
+            label = SAMPLER_LABELS.get(modality, modality)
             out.append(SamplerSelector(f"SCS {label} {loss.upper()} -> {rec_name}", {modality: model}, ctx.costs,
                                        recogniser))
-        visual = found.get(("visual", "ac")) or next((m for (mo, _), m in found.items() if mo == "visual"), None)
         audio = found.get(("audio", "sal-rank")) or next((m for (mo, _), m in found.items() if mo == "audio"), None)
-        if visual is not None and audio is not None:
+        for side, prefix in COMBINATION_SIDES.items():
+            visual = found.get((side, "ac")) or next((m for (mo, _), m in found.items() if mo == side), None)
+            if visual is None or audio is None:
+                continue
             for combine in COMBINATIONS:
-                out.append(SamplerSelector(f"SCS AV-{combine}{COMBINATION_LABELS[combine]} -> {rec_name}",
-                                           {"visual": visual, "audio": audio}, ctx.costs, recogniser,
-                                           combine=combine))
+                out.append(SamplerSelector(f"SCS {prefix}-{combine}{COMBINATION_LABELS[combine]} -> {rec_name}",
+                                           {side: visual, "audio": audio}, ctx.costs, recogniser, combine=combine))
     return out
 
 
@@ -182,6 +226,9 @@ METHODS: dict[str, Builder] = {
     "END": head_rule("END", "end"),
     "DENSE": head_rule("DENSE", "dense"),
     "SCSAMPLER": head_rule("SCSAMPLER", "confidence"),
+    "AUDIO-ENERGY": energy("AUDIO-ENERGY"),
+    "MOTION-ENERGY": energy("MOTION-ENERGY"),
+    "AV-ENERGY": energy("AV-ENERGY"),
     "LSTM": skim_network("lstm", "LSTM", LSTMSelector),
     "NON-RECURRENT": skim_network("non-recurrent", "NON-RECURRENT", NonRecurrentSelector),
     "SKIM": skim_variant("skim", "IMGAUD-SKIM"),
@@ -197,6 +244,20 @@ METHODS: dict[str, Builder] = {
 }
 
 
+CONTROLS = tuple(ENERGY_ROWS)
+"""The signal-energy controls: no learned model, the floor a learned selector must clear."""
+LEARNED = ("LSTM", "NON-RECURRENT", "SKIM", "SKIM-FS", "SKIM-DENSE", "SKIM-ARGMAX", "SKIM-VISUAL", "SKIM-SINGLE",
+           "AVGN", "SAMPLERS")
+"""The methods whose steps a trained network picks (the skimmer and its ablations, LSTM, AVGN, SCSampler's rankers);
+the bench marks their rows that do not beat the best energy control."""
+
+
+def role(method: str) -> str:
+    """A method's role in the table: "control" (energy), "learned" (a trained selector) or "baseline" (the rest:
+    head rules, oracles)."""
+    return "control" if method in CONTROLS else "learned" if method in LEARNED else "baseline"
+
+
 def check_methods(methods: tuple[str, ...]) -> None:
     """Refuse names that are not in the registry, listing those that are."""
     unknown = set(methods) - set(METHODS)
@@ -204,7 +265,12 @@ def check_methods(methods: tuple[str, ...]) -> None:
         raise ValueError(f"unknown method(s) {', '.join(sorted(unknown))}; choose from {', '.join(METHODS)}")
 
 
+def build_rows(ctx: BenchContext, methods: tuple[str, ...]) -> list[tuple[str, Selector]]:
+    """(method, selector) of every row of ``methods``, in registry (table) order."""
+    check_methods(methods)
+    return [(name, sel) for name, build in METHODS.items() if name in methods for sel in build(ctx)]
+
+
 def build_selectors(ctx: BenchContext, methods: tuple[str, ...]) -> list[Selector]:
     """The selectors of ``methods``, in registry (table) order."""
-    check_methods(methods)
-    return [sel for name, build in METHODS.items() if name in methods for sel in build(ctx)]
+    return [sel for _, sel in build_rows(ctx, methods)]

@@ -57,6 +57,19 @@ def gallery_videos(scores: np.ndarray, labels: np.ndarray, k: int) -> list[tuple
     return picked
 
 
+ENERGY_MARK = " \u2264 energy"
+"""Trails a learned selector's row whose top-1 does not beat the best energy control's (see :func:`below_energy`)."""
+
+
+def below_energy(table: pd.DataFrame) -> np.ndarray:
+    """Which rows are learned selectors whose top-1 does not exceed the best energy control's (all False when the
+    table has no control row, or no ``role`` column)."""
+    if "role" not in table or not (table["role"] == "control").any():
+        return np.zeros(len(table), bool)
+    best = table.loc[table["role"] == "control", "top1"].max()
+    return ((table["role"] == "learned") & (table["top1"] <= best)).to_numpy()
+
+
 def data_uri(path: Path) -> str:
     """A PNG embedded in the page."""
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
@@ -73,9 +86,11 @@ def table_html(table: pd.DataFrame) -> str:
             ("seconds_per_video", "s / video"), ("steps_per_video", "steps / video")]
     head = "".join(f"<th>{html.escape(label)}</th>" for _, label in cols)
     body = []
-    for r in table.to_dict("records"):
+    below = below_energy(table)
+    for i, r in enumerate(table.to_dict("records")):
         cells = {"method": html.escape(r["method"]) + (' <span class="flag">one class</span>' if r.get("one_class")
-                                                        else ""),
+                                                        else "")
+                 + (f' <span class="flag">{html.escape(ENERGY_MARK.strip())}</span>' if below[i] else ""),
                  "top1": _pct(r["top1"]), "train_top1": _pct(r.get("train_top1", float("nan"))),
                  "interval": "–" if r.get("top1_lo", float("nan")) != r.get("top1_lo", float("nan"))
                  else f"{100 * r['top1_lo']:.0f}–{100 * r['top1_hi']:.0f}",

@@ -13,9 +13,13 @@ from typing import Callable
 import torch
 from torch.nn import functional as F
 
-from featurestore.constants import FEATURE_DIMS
-from featurestore.store import FeatureStore
-from models.scsampler import MODALITY_FEATURE, JointSampler, SaliencySampler, sal_cl_loss, sal_rank_loss
+from featurestore.constants import FEATURE_DIMS, MOTION_DIM, SIGNALS
+from featurestore.store import FeatureStore, require_arrays
+from models.scsampler import (JOINT_MODALITIES, MODALITY_FEATURE, JointSampler, SaliencySampler, k_tr_fraction,
+                              modality_features, modality_parts, sal_cl_loss, sal_rank_loss)
+
+MODALITIES = tuple(MODALITY_FEATURE) + tuple(JOINT_MODALITIES)
+"""What ``--modality`` may name: visual, audio, motion, and the joint av (image + audio) and av-motion."""
 from pipelines.checkpoints import checkpoint_path, load_model, save_checkpoint
 from pipelines.data import load_split, resolve_device
 from pipelines.train import Trained, fit, minibatches, sized_schedule
@@ -34,17 +38,21 @@ def clip_classifier(store: FeatureStore, runs: Path, say: Callable[[str], None] 
 
 
 def modalities(modality: str) -> list[str]:
-    """The modalities a sampler reads: av (AV-joint-training) reads both."""
-    mods = ["visual", "audio"] if modality == "av" else [modality]
-    if any(m not in MODALITY_FEATURE for m in mods):
-        raise ValueError("--modality must be audio, visual or av")
-    return mods
+    """The modalities a sampler reads: av and av-motion (AV-joint-training) read two."""
+    if modality not in MODALITIES:
+        raise ValueError(f"--modality must be one of {', '.join(MODALITIES)}")
+    return list(modality_parts(modality))
+
+
+def feature_width(feature: str) -> int:
+    """The row width of a stored array a sampler reads: a descriptor's, or the motion signal's MOTION_DIM."""
+    return MOTION_DIM if feature == "motion" else FEATURE_DIMS[feature]
 
 
 def build_sampler(modality: str, loss: str, num_classes: int) -> torch.nn.Module:
-    """One :class:`SaliencySampler` per modality read, joined for av."""
-    samplers = [SaliencySampler(FEATURE_DIMS[MODALITY_FEATURE[m]], loss, num_classes) for m in modalities(modality)]
-    return JointSampler(*samplers) if modality == "av" else samplers[0]
+    """One :class:`SaliencySampler` per modality read, joined for av and av-motion."""
+    samplers = [SaliencySampler(feature_width(MODALITY_FEATURE[m]), loss, num_classes) for m in modalities(modality)]
+    return JointSampler(*samplers) if modality in JOINT_MODALITIES else samplers[0]
 
 
 def checkpoint_name(modality: str, loss: str) -> str:
@@ -54,13 +62,23 @@ def checkpoint_name(modality: str, loss: str) -> str:
 def train_sampler(store: FeatureStore, runs: Path, modality: str, loss: str, margin: float = 1.0,
                   epochs: int = 15, batch_size: int = 16, lr: float = 0.01, milestones: tuple[int, ...] = (10,),
                   seed: int = 0, report: Callable[[dict], None] | None = None,
-                  say: Callable[[str], None] = print, sized: bool = True, device: str = "auto") -> Trained:
-    """Train one sampler (``modality`` visual, audio, or av = AV-joint-training) with ``loss``; batches are videos,
-    since SAL-CL labels and SAL-RANK pairs are defined within a video, and the sampler runs once over all steps of
-    a batch's videos (its BatchNorm sees the same mix of videos in training as its running statistics will hold).
-    AV-joint-training starts from the trained visual and audio samplers of the same loss (trained first when
-    missing) and fine-tunes both through their averaged output."""
-    feats = tuple(MODALITY_FEATURE[m] for m in modalities(modality))
+                  say: Callable[[str], None] = print, sized: bool = True, device: str = "auto",
+                  k_tr: float | None = None) -> Trained:
+    """Train one sampler (``modality`` visual, audio, motion, or av / av-motion = AV-joint-training with the image
+    descriptor's or the motion signal's sampler) with ``loss``; batches are videos, since SAL-CL labels and
+    SAL-RANK pairs are defined within a video, and the sampler runs once over all steps of a batch's videos (its
+    BatchNorm sees the same mix of videos in training as its running statistics will hold). AV-joint-training
+    starts from the trained samplers of its two parts with the same loss (trained first when missing) and
+    fine-tunes both through their averaged output. SAL-CL labels the top ``k_tr`` of each video's steps salient
+    (None: :func:`~models.scsampler.k_tr_fraction`, L/4 for audio and L/2 otherwise, as SCSampler App. C.1 finds
+    best); the fraction used is recorded in the checkpoint's config."""
+    modalities(modality)
+    k_tr = k_tr_fraction(modality) if k_tr is None else float(k_tr)
+    if not 0.0 < k_tr <= 1.0:
+        raise ValueError(f"--k-tr must be a fraction in (0, 1], got {k_tr}")
+    feats = modality_features(modality)
+    require_arrays(store, tuple(f for f in feats if f in SIGNALS), "a store built before the signal arrays lacks "
+                   "them: re-extract into a new store (fs extract --store NEW)")
     f_feature = clip_feature(store)
     device = resolve_device(device)
     data = load_split(store, "train", feats + (f_feature,), device)
@@ -73,9 +91,9 @@ def train_sampler(store: FeatureStore, runs: Path, modality: str, loss: str, mar
     f.cpu()
     seqs = {n: data.tensors(n) for n in feats}
     torch.manual_seed(seed)
-    if modality == "av":
+    if modality in JOINT_MODALITIES:
         parts = []
-        for m in ("visual", "audio"):
+        for m in modalities(modality):
             if not checkpoint_path(runs, checkpoint_name(m, loss)).is_file():
                 say(f"AV-joint-training starts from the {m} sampler: training it first (fs train-sampler "
                     f"--modality {m} --loss {loss})")
@@ -99,7 +117,7 @@ def train_sampler(store: FeatureStore, runs: Path, modality: str, loss: str, mar
                                  for n, j in zip(lengths, idx)])
             return F.cross_entropy(out, steps_y), out, steps_y
         if loss == "sal-cl":
-            total = torch.stack([sal_cl_loss(o, f_true[j]) for o, j in zip(outs, idx)]).mean()
+            total = torch.stack([sal_cl_loss(o, f_true[j], k_tr) for o, j in zip(outs, idx)]).mean()
         else:
             total = torch.stack([sal_rank_loss(o, f_true[j], margin) for o, j in zip(outs, idx)]).mean()
         # "accuracy" for saliency losses: is the top-scored step one of f's top half for the true class?
@@ -111,7 +129,7 @@ def train_sampler(store: FeatureStore, runs: Path, modality: str, loss: str, mar
     model.eval().cpu()
     path = save_checkpoint(runs, checkpoint_name(modality, loss), "sampler", model, store,
                            {"modality": modality, "loss": loss, "margin": margin, "num_classes": len(data.classes),
-                            "clip_classifier": f_feature}, history)
+                            "clip_classifier": f_feature, "k_tr": k_tr if loss == "sal-cl" else None}, history)
     return Trained(model, history, path, sched)
 
 

@@ -77,6 +77,13 @@ def save_seeded_checkpoints(store, runs: Path) -> None:
     # the skimmer trained with the fs protocol, beside the paper's (seeded last: the seeds above stay as they were)
     save_checkpoint(runs, "skim-fs", "skim", seeded(build_skim_model("skim", student_fusion(store), n_cls), next(seed)),
                     store, {"model": "skim", "steps": 10, "num_classes": n_cls, "protocol": "fs"}, [])
+    # SCSampler's cheap visual sampler on the motion signal (after the others and skim-fs): the
+    # video bench's set, motion AC beside audio SAL-RANK, and AV(motion)-joint-training (SAL-CL) with its parts
+    for modality, loss in (("motion", "ac"), ("motion", "sal-cl"), ("av-motion", "sal-cl")):
+        save_checkpoint(runs, sampler_name(modality, loss), "sampler",
+                        seeded(build_sampler(modality, loss, n_cls), next(seed)), store,
+                        {"modality": modality, "loss": loss, "margin": 1.0, "num_classes": n_cls,
+                         "clip_classifier": "r2p1d"}, [])
 
 
 def compute_rows(tmp: Path, blocks: bool = False) -> dict[str, dict[str, dict]]:
@@ -93,7 +100,7 @@ def compute_rows(tmp: Path, blocks: bool = False) -> dict[str, dict[str, dict]]:
     runs = tmp / "runs"
     save_seeded_checkpoints(store, runs)
     quiet = lambda *_: None  # noqa: E731
-    names = ("image", "audio", "fused", "r2p1d")
+    names = ("image", "audio", "fused", "r2p1d", "loudness", "motion")
     data = load_split(store, "test", names)
     rows: dict = {"__order__": []}
     selectors = build_selectors(BenchContext(store, runs, subsample=5, steps=3, say=quiet), tuple(METHODS))

@@ -22,15 +22,22 @@ PAIR_1_3 = UnitCosts(image=0.6, audio=0.5, fusion=0.2, clip=80.0)      # an imag
 PAIR_1 = UnitCosts(image=0.5, audio=0.25, fusion=0.25, clip=80.0)
 
 
-def fabricate_store(path, n_videos=24, seed=0, r2p1d=False, loc=0.0, scale=1.0, test_shift=0.0):
+def fabricate_store(path, n_videos=24, seed=0, r2p1d=False, loc=0.0, scale=1.0, test_shift=0.0, signals=True):
     """Videos whose class shows in a few steps only: class-specific image/audio offsets at 2-4 sparse steps
     (and, with ``r2p1d``, a clip descriptor that carries the class at those steps), on N(loc, scale^2) noise;
-    ``test_shift`` is added to every descriptor of the test split's videos (nothing else changes)."""
+    ``test_shift`` is added to every descriptor of the test split's videos (nothing else changes). With ``signals``
+    (as every store extracted since the signal arrays), each video holds ``loudness`` and ``motion``, louder and
+    moving more at those steps (:func:`fabricated_signals`), and the root attribute ``signals`` says so; without,
+    the store is one built before them."""
+    from featurestore.constants import SIGNALS
+
     rng = np.random.default_rng(seed)
     student, rec = load_student("random", 0, 400)
     store = FeatureStore(path, mode="a")
     descriptors = ["image", "audio", "fused"] + (["r2p1d"] if r2p1d else [])
     store.initialise("fab", CLASSES, descriptors, {"models": {"student": rec}})
+    if signals:
+        store.root.attrs["signals"] = list(SIGNALS)
     proto_v = rng.normal(0, 3, (3, 512))
     proto_i, proto_a = rng.normal(0, 3, (3, 256)), rng.normal(0, 3, (3, 256))
     for v in range(n_videos):
@@ -38,27 +45,51 @@ def fabricate_store(path, n_videos=24, seed=0, r2p1d=False, loc=0.0, scale=1.0, 
         n = int(rng.integers(12, 40))
         z_i, z_a = rng.normal(loc, scale, (n, 256)), rng.normal(loc, scale, (n, 256))
         z_v = rng.normal(loc, scale, (n, 512))
-        for j in rng.choice(n, size=int(rng.integers(2, 5)), replace=False):
+        salient = rng.choice(n, size=int(rng.integers(2, 5)), replace=False)
+        for j in salient:
             z_i[j] += proto_i[label]
             z_a[j] += proto_a[label]
             z_v[j] += proto_v[label]
         if v % 4 == 0 and test_shift:
             z_i, z_a, z_v = z_i + test_shift, z_a - test_shift, z_v + 2 * test_shift
         extra = {"r2p1d": z_v.astype(np.float16)} if r2p1d else {}
+        if signals:        # drawn apart: the descriptors stay those of the stores fabricated before the signals
+            extra.update(fabricated_signals(n, salient, np.random.default_rng([seed, v]), silent=v % 7 == 5))
         write_fabricated(store, student, v, z_i, z_a, CLASSES[label], "test" if v % 4 == 0 else "train", extra)
     return FeatureStore(path)
 
 
+def fabricated_signals(n: int, salient, rng: np.random.Generator, silent: bool = False) -> dict[str, np.ndarray]:
+    """A video's ``loudness`` (n,) float32 in dBFS (about -40, 12 dB louder at the ``salient`` steps; all at the floor
+    when ``silent``) and ``motion`` (n, MOTION_DIM) float16 in [0, 1] (more at the salient steps, in a few cells)."""
+    from featurestore.constants import LOUDNESS_FLOOR_DB, MOTION_DIM
+
+    loudness = rng.normal(-40.0, 4.0, n)
+    loudness[list(salient)] += 12.0
+    if silent:
+        loudness[:] = LOUDNESS_FLOOR_DB
+    motion = np.abs(rng.normal(0.0, 0.03, (n, MOTION_DIM)))
+    cells = rng.choice(MOTION_DIM, size=24, replace=False)
+    motion[np.ix_(list(salient), cells)] += 0.2
+    return {"loudness": np.maximum(loudness, LOUDNESS_FLOOR_DB).astype(np.float32),
+            "motion": np.clip(motion, 0.0, 1.0).astype(np.float16)}
+
+
 def write_fabricated(store, student, v: int, z_i, z_a, label: str, split: str, extra: dict | None = None) -> None:
     """Video ``v{v:03d}`` of a fabricated store: its image and audio features, the student's Psi of them, and the
-    start times of its 16-frame steps."""
+    start times of its 16-frame steps (and any ``extra`` arrays: r2p1d, the signals); a video whose ``loudness`` is
+    all at the floor has no audio."""
+    from featurestore.constants import LOUDNESS_FLOOR_DB
+
     n = len(z_i)
+    extra = extra or {}
     with torch.no_grad():
         fused = student.fusion(torch.tensor(z_i, dtype=torch.float32), torch.tensor(z_a, dtype=torch.float32))
+    silent = "loudness" in extra and bool(np.all(extra["loudness"] <= LOUDNESS_FLOOR_DB))
     store.write_video(f"v{v:03d}", {"t": np.arange(n, dtype=np.float32) * 16 / 30,
                                     "image": z_i.astype(np.float16), "audio": z_a.astype(np.float16),
-                                    "fused": fused.numpy().astype(np.float16), **(extra or {})},
-                      {"label": label, "split": split, "n_steps": n, "duration": n * 16 / 30, "has_audio": True,
+                                    "fused": fused.numpy().astype(np.float16), **extra},
+                      {"label": label, "split": split, "n_steps": n, "duration": n * 16 / 30, "has_audio": not silent,
                        "path": f"v{v}.mp4"})
 
 

@@ -136,3 +136,21 @@ def test_lstm_selector_cost_equals_the_module_gflops_by_shape():
                            "attrs": {}})()
     out = LSTMSelector("lstm", net, costs).select(video)
     assert out.gflops == pytest.approx(11 * costs.pair + net.gflops(11), rel=1e-12)
+
+
+@pytest.mark.parametrize("loss, classes", [("sal-rank", 400), ("ac", 400)])
+def test_motion_sampler_costs_under_a_twentieth_of_the_image_stream_per_step(loss, classes):
+    """SCSampler's cheap visual sampler: per step, the motion signal (analytic) plus the sampler's MLP (counted on
+    a sampler over the motion rows, here with Kinetics' 400 classes for AC) against the image ResNet-18."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from featurestore.constants import MOTION_DIM
+    from pipelines.train_sampler import build_sampler
+
+    sampler = build_sampler("motion", loss, classes).eval()
+    with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+        sampler.saliency(torch.zeros(100, MOTION_DIM))
+    mlp = fc.get_total_flops() / 1e9 / 100
+    assert mlp > 0                                          # the MLP was counted, not skipped
+    u = unit_gflops()
+    assert u.motion + mlp < u.image / 20
+    assert u.motion > 0 and u.image == pytest.approx(0.97, abs=0.005)

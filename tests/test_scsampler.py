@@ -17,6 +17,34 @@ def test_sal_cl_marks_exactly_floor_half_the_steps_the_best_by_f(n):
         assert f[labels == 1].min() >= f[labels == 0].max()
 
 
+@pytest.mark.parametrize("n, want", [(1, 0), (2, 1), (3, 1), (4, 1), (7, 1), (8, 2), (31, 7), (40, 10)])
+def test_sal_cl_at_k_tr_a_quarter_marks_floor_l_over_4_steps_at_least_one(n, want):
+    f = torch.randn(n, generator=torch.Generator().manual_seed(n))
+    labels = sal_cl_labels(f, 0.25)
+    assert labels.sum() == want
+    if n >= 2:
+        assert f[labels == 1].min() >= f[labels == 0].max()
+    assert sal_cl_labels(torch.arange(100.0), 0.29).sum() == 29       # no float floor below the product
+
+
+def test_sal_cl_loss_takes_k_tr_and_refuses_a_fraction_outside_0_1():
+    f = torch.tensor([0.1, 0.9, 0.5, 0.7, 0.3, 0.2, 0.0, 0.4])
+    assert sal_cl_labels(f, 0.25).tolist() == [0, 1, 0, 1, 0, 0, 0, 0]
+    logits = torch.full((8,), -3.0)
+    logits[[1, 3]] = 3.0                                                  # right about the top quarter
+    assert sal_cl_loss(logits, f, 0.25).item() == pytest.approx(math.log1p(math.exp(-3.0)), rel=1e-6)
+    assert sal_cl_loss(logits, f) > 0.5                                   # steps 2 and 7 are salient at L/2 only
+    for bad in (0.0, 1.5, -0.25):
+        with pytest.raises(ValueError, match="K_tr"):
+            sal_cl_labels(f, bad)
+
+
+def test_k_tr_defaults_follow_scsampler_appendix_c1():
+    from models.scsampler import k_tr_fraction
+    assert k_tr_fraction("audio") == 0.25
+    assert [k_tr_fraction(m) for m in ("visual", "motion", "av", "av-motion")] == [0.5] * 4
+
+
 def test_ranking_loss_is_zero_for_pairs_ordered_beyond_the_margin():
     f = torch.tensor([0.9, 0.5, 0.1])
     ordered = torch.tensor([3.0, 1.5, 0.0])            # consecutive gaps >= margin 1

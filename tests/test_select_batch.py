@@ -10,7 +10,7 @@ from models.selection import NO_STEP, BlockSelection, Selection, select_block
 from pipelines.data import load_split
 from pipelines.methods import METHODS, BenchContext, build_selectors
 from tests.bench_rows import save_seeded_checkpoints
-from tests.test_bench import CLASSES, fabricate_store, write_fabricated
+from tests.test_bench import CLASSES, fabricate_store, fabricated_signals, write_fabricated
 from featurestore.weights import load_student
 
 PATHS: dict = {}
@@ -28,12 +28,13 @@ def bench(tmp_path_factory):
     for v, n in enumerate(SHORT, start=100):
         z_i, z_a = rng.normal(0, 1, (n, 256)), rng.normal(0, 1, (n, 256))
         write_fabricated(store, student, v, z_i, z_a, CLASSES[v % 3], "test",
-                         {"r2p1d": rng.normal(0, 1, (n, 512)).astype(np.float16)})
+                         {"r2p1d": rng.normal(0, 1, (n, 512)).astype(np.float16),
+                          **fabricated_signals(n, [n // 2], rng, silent=n == 3)})
     store = FeatureStore(path)
     runs = tmp / "runs"
     save_seeded_checkpoints(store, runs)
     selectors = build_selectors(BenchContext(store, runs, subsample=5, steps=3, say=lambda *_: None), tuple(METHODS))
-    data = load_split(store, "test", ("t", "image", "audio", "fused", "r2p1d"))
+    data = load_split(store, "test", ("t", "image", "audio", "fused", "r2p1d", "loudness", "motion"))
     PATHS.update(store=path, runs=runs)
     return selectors, data
 

@@ -14,9 +14,10 @@ from models.scsampler import JointSampler, SaliencySampler, SamplerSelector
 from models.selection import ShapeCosts, UnitCosts, VideoBlock, select_block
 from models.skim import ImgAudSkimmer, NonRecurrentSelector, SkimSelector, interpolate_features
 
-U = UnitCosts(image=0.5, audio=0.25, fusion=0.125, clip=8.0)
+U = UnitCosts(image=0.5, audio=0.25, fusion=0.125, clip=8.0, loudness=1 / 64, motion=1 / 32)
 CLASSES = ("a", "b", "c")
 WIDTHS = {"image": 256, "audio": 256, "fused": 512, "r2p1d": 512}
+SIGNALS = {"loudness": (), "motion": (192,)}           # row shapes of the stored signals
 
 
 class Video:
@@ -27,7 +28,8 @@ class Video:
 def make_videos(lengths, seed=0) -> list[Video]:
     rng = np.random.default_rng(seed)
     return [Video(f"v{i}", {"t": np.arange(n, dtype=np.float64),
-                            **{k: rng.normal(0, 1, (n, d)).astype(np.float16) for k, d in WIDTHS.items()}},
+                            **{k: rng.normal(0, 1, (n, d)).astype(np.float16) for k, d in WIDTHS.items()},
+                            **{k: np.abs(rng.normal(0, 1, (n,) + d)).astype(np.float16) for k, d in SIGNALS.items()}},
                   CLASSES[i % 3]) for i, n in enumerate(lengths)]
 
 
@@ -35,7 +37,7 @@ def make_block(videos: list[Video]) -> VideoBlock:
     lengths = [len(v.arrays["t"]) for v in videos]
 
     def load(name):
-        out = torch.zeros(len(videos), max(lengths), WIDTHS[name])
+        out = torch.zeros((len(videos), max(lengths)) + ((WIDTHS[name],) if name in WIDTHS else SIGNALS[name]))
         for i, v in enumerate(videos):
             out[i, :lengths[i]] = torch.from_numpy(v.arrays[name].astype(np.float32))
         return out
@@ -112,6 +114,17 @@ def test_head_rules(rule, feature, heads, videos):
         check(sel, videos, lambda v, ans: len(ans.steps) * unit + fresh(head, z(v, feature)[ans.steps]))
 
 
+@pytest.mark.parametrize("kind, signals", [("audio", ("loudness",)), ("motion", ("motion",)),
+                                           ("av", ("loudness", "motion"))])
+def test_energy_controls(kind, signals, heads, videos):
+    from models.energy import EnergySelector
+    head = heads["fused"]
+    sel = EnergySelector(kind, head, U, kind=kind)
+    # the signals on every step, and UNIFORM's pair and head on the chosen steps
+    check(sel, videos, lambda v, ans: len(v.arrays["t"]) * sum(U.of(s) for s in signals)
+          + len(ans.steps) * (U.image + U.audio + U.fusion) + fresh(head, z(v, "fused")[ans.steps]))
+
+
 def skimmer(indexing: str) -> ImgAudSkimmer:
     torch.manual_seed(1)
     return ImgAudSkimmer(Fusion(), 3, hidden=64, key_dim=32, indexing=indexing).eval()
@@ -170,7 +183,13 @@ def samplers():
     torch.manual_seed(3)
     visual, audio = SaliencySampler(256, "ac", 3).eval(), SaliencySampler(256, "sal-rank", 3).eval()
     joint = JointSampler(SaliencySampler(256, "sal-cl", 3), SaliencySampler(256, "sal-cl", 3)).eval()
-    return {"visual": visual, "audio": audio, "av": joint}
+    motion = SaliencySampler(192, "sal-rank", 3).eval()
+    joint_motion = JointSampler(SaliencySampler(192, "sal-cl", 3), SaliencySampler(256, "sal-cl", 3)).eval()
+    return {"visual": visual, "audio": audio, "av": joint, "motion": motion, "av-motion": joint_motion}
+
+
+READS = {"visual": ("image",), "audio": ("audio",), "av": ("image", "audio"), "motion": ("motion",),
+         "av-motion": ("motion", "audio")}
 
 
 # (samplers used, combination, recogniser's descriptor, descriptors paid on all n steps and on the k chosen)
@@ -182,6 +201,13 @@ SAMPLER_ROWS = [
     (("av",), None, "r2p1d", lambda n, k: n * (U.image + U.audio) + k * U.clip),
 ] + [(("visual", "audio"), c, f, (lambda n, k: n * (U.image + U.audio) + k * U.fusion) if f == "fused" else
       (lambda n, k: n * (U.image + U.audio) + k * U.clip))
+     for c in ("convex-score", "convex-list", "union-list", "intersect-list") for f in ("fused", "r2p1d")] + [
+    # the motion signal in place of the image descriptor: the image is computed only for the chosen steps
+    (("motion",), None, "fused", lambda n, k: n * U.motion + k * (U.image + U.audio + U.fusion)),
+    (("motion",), None, "r2p1d", lambda n, k: n * U.motion + k * U.clip),
+    (("av-motion",), None, "fused", lambda n, k: n * (U.motion + U.audio) + k * (U.image + U.fusion)),
+] + [(("motion", "audio"), c, f, (lambda n, k: n * (U.motion + U.audio) + k * (U.image + U.fusion)) if f == "fused"
+      else (lambda n, k: n * (U.motion + U.audio) + k * U.clip))
      for c in ("convex-score", "convex-list", "union-list", "intersect-list") for f in ("fused", "r2p1d")]
 
 
@@ -194,8 +220,7 @@ def test_samplers(modalities, combine, feature, paid, samplers, heads, videos):
         n = len(v.arrays["t"])
         k = min(10, n)
         assert len(ans.steps) == k
-        own = sum(fresh(samplers[m].saliency, z(v, "image"), z(v, "audio")) if m == "av" else
-                  fresh(samplers[m].saliency, z(v, "image" if m == "visual" else "audio")) for m in modalities)
+        own = sum(fresh(samplers[m].saliency, *(z(v, f) for f in READS[m])) for m in modalities)
         return paid(n, k) + own + fresh(head, z(v, feature)[ans.steps])
     check(sel, videos, expected)
 
