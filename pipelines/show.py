@@ -27,8 +27,9 @@ from models.selection import BUDGET, Selection, Selector
 from pipelines.data import action_mask
 from pipelines.methods import METHODS, BenchContext
 
-SHOW_METHODS = ("UNIFORM", "SAMPLERS", "AVGN", "SKIM")
-"""The default rows of a figure: a blind baseline, the best SCSampler combination, AVGN and the skimmer."""
+SHOW_METHODS = ("UNIFORM", "AV-ENERGY", "SAMPLERS", "AVGN", "SKIM")
+"""The default rows of a figure: a blind baseline, the free AV-energy control, the best SCSampler combination, AVGN
+and the skimmer."""
 
 PREFERRED_ROWS = {"SAMPLERS": "SCS AV-", "AVGN": "AVGN (k="}
 """Of a method's many rows, the ones a figure may show: SCSampler's audio-visual combinations, AVGN without
