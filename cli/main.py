@@ -103,8 +103,11 @@ def main() -> None:
 @click.option("--confounders", default="{}:{}".format(*DEFAULT_CONFOUNDERS), show_default=True,
               callback=_count_range, help="Class-neutral segments per video MIN:MAX: loud noise bursts, moving noise "
                                           "patches or both, at the loudness and motion of actions.")
+@click.option("--confounder-kinds", default="audio,visual,av", show_default=True,
+              help="Which confounders to draw from, uniformly: audio (a noise burst), visual (a moving grey blob), "
+                   "av (both at once).")
 def synth(out, videos, classes, seconds, seed, test_fraction, data_root, jobs, actions, action_seconds,
-          action_share, confounders) -> None:
+          action_share, confounders, confounder_kinds) -> None:
     """Generate the synthetic untrimmed audio-visual dataset (H.264/AAC mp4 + manifest.csv)."""
     from manifests.datasets import data_root as resolve_root
     from manifests.synth import generate_synthetic
@@ -120,7 +123,9 @@ def synth(out, videos, classes, seconds, seed, test_fraction, data_root, jobs, a
             manifest = generate_synthetic(out, videos, classes, seconds, seed, test_fraction, progress,
                                           jobs=jobs or os.cpu_count() or 1, actions=actions,
                                           action_seconds=action_seconds, action_share=action_share,
-                                          confounders=confounders)
+                                          confounders=confounders,
+                                          confounder_kinds=tuple(k.strip() for k in confounder_kinds.split(",")
+                                                                 if k.strip()))
         except (ValueError, RuntimeError) as e:
             _fail(e)
     click.echo(f"wrote {videos} videos and {manifest}")

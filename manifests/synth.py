@@ -220,12 +220,13 @@ def plan_videos(n_videos: int, n_classes: int, seconds: tuple[float, float], see
                 test_fraction: float, actions: tuple[int, int] = DEFAULT_ACTIONS,
                 action_seconds: tuple[float, float] = DEFAULT_ACTION_SECONDS,
                 action_share: float = DEFAULT_ACTION_SHARE,
-                confounders: tuple[int, int] = DEFAULT_CONFOUNDERS) -> list[VideoPlan]:
+                confounders: tuple[int, int] = DEFAULT_CONFOUNDERS,
+                confounder_kinds: tuple[str, ...] = CONFOUNDER_KINDS) -> list[VideoPlan]:
     """Lay out every video (label, duration, split, segments) from one seeded generator.
 
     Each video holds ``actions`` (MIN, MAX) action segments, 1-3 distractors (a class drawn from all classes, its
     picture or its sound alone) and ``confounders`` (MIN, MAX) class-neutral segments (a loud noise burst, a moving
-    noise patch, or both), each ``action_seconds`` long, shrunk together when they would cover more than
+    noise patch, or both: one of ``confounder_kinds``, uniformly), each ``action_seconds`` long, shrunk together when they would cover more than
     ``action_share`` of the video. Without confounders the generator draws exactly what it drew before they existed.
     """
     if n_classes < 2:
@@ -247,6 +248,9 @@ def plan_videos(n_videos: int, n_classes: int, seconds: tuple[float, float], see
         raise ValueError(f"--action-share must be in (0, 1), got {action_share}")
     if not 0 <= confounders[0] <= confounders[1]:
         raise ValueError(f"--confounders MIN:MAX needs 0 <= MIN <= MAX, got {confounders[0]}:{confounders[1]}")
+    if not confounder_kinds or set(confounder_kinds) - set(CONFOUNDER_KINDS):
+        raise ValueError(f"--confounder-kinds must name some of {', '.join(CONFOUNDER_KINDS)}, got "
+                         f"{', '.join(confounder_kinds) or 'nothing'}")
     rng = np.random.default_rng(seed)
     labels = np.arange(n_videos) % n_classes
     rng.shuffle(labels)
@@ -282,7 +286,7 @@ def plan_videos(n_videos: int, n_classes: int, seconds: tuple[float, float], see
                 visual_only = bool(rng.integers(2))
                 plan.distractors.append(Segment(start, end, other, visual=visual_only, audio=not visual_only))
             else:
-                kind = CONFOUNDER_KINDS[int(rng.integers(len(CONFOUNDER_KINDS)))]
+                kind = confounder_kinds[int(rng.integers(len(confounder_kinds)))]
                 plan.confounders.append(Segment(start, end, -1, visual=kind != "audio", audio=kind != "visual"))
             t += seg_len + gaps[k + 1]
         plans.append(plan)
@@ -414,7 +418,8 @@ def generate_synthetic(out: str | Path, n_videos: int = DEFAULT_VIDEOS, n_classe
                        actions: tuple[int, int] = DEFAULT_ACTIONS,
                        action_seconds: tuple[float, float] = DEFAULT_ACTION_SECONDS,
                        action_share: float = DEFAULT_ACTION_SHARE,
-                       confounders: tuple[int, int] = DEFAULT_CONFOUNDERS) -> Path:
+                       confounders: tuple[int, int] = DEFAULT_CONFOUNDERS,
+                       confounder_kinds: tuple[str, ...] = CONFOUNDER_KINDS) -> Path:
     """Generate the synthetic dataset into ``out`` and return the path of its ``manifest.csv``.
 
     Videos already present (from an interrupted run with the same settings) are kept, so re-running resumes.
@@ -425,7 +430,7 @@ def generate_synthetic(out: str | Path, n_videos: int = DEFAULT_VIDEOS, n_classe
     (out / "videos").mkdir(parents=True, exist_ok=True)
     sigs = class_signatures(n_classes)
     plans = plan_videos(n_videos, n_classes, seconds, seed, test_fraction, actions, action_seconds, action_share,
-                        confounders)
+                        confounders, confounder_kinds)
     todo = [p for p in plans if not (out / f"videos/{p.video_id}.mp4").exists()]
     done = len(plans) - len(todo)
     if progress and done:

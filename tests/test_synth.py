@@ -154,3 +154,11 @@ def test_manifest_confounders_are_parsed_and_bad_ones_refused():
     for bad in ("loud:1-2", "audio:", "av:3-1"):
         with pytest.raises(ValueError):
             parse_confounders(bad)
+
+
+def test_confounder_kinds_choose_what_is_drawn_and_unknown_kinds_are_refused():
+    plans = plan_videos(20, 3, (16, 24), 4, 0.0, actions=(1, 2), action_seconds=(6, 14), action_share=0.7,
+                        confounders=(2, 3), confounder_kinds=("av",))
+    assert {c.kind for p in plans for c in p.confounders} == {"av"}
+    with pytest.raises(ValueError, match="--confounder-kinds"):
+        plan_videos(4, 2, (20, 30), 0, 0.2, confounders=(1, 1), confounder_kinds=("loud",))
