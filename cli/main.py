@@ -310,7 +310,7 @@ def _print_info(path, info: dict | None = None) -> None:
     click.echo(f"descriptors  {', '.join(info['descriptors'])}" +
                (f"; inputs kept: {', '.join(info['inputs'])}" if info["inputs"] else ""))
     click.echo(f"signals      {', '.join(info['signals'])}" if info["signals"] else
-               "signals      none (a store built before the loudness and motion arrays: the energy rows need a new "
+               "signals      none (a store built before the signal arrays: the energy rows need a new "
                "extraction)")
     click.echo(f"bytes        {info['bytes'] / 1e6:.2f} MB ({info['bytes_per_video_minute'] / 1e3:.1f} kB per "
                f"video-minute)" + (f", of which packed views {info['packed_bytes'] / 1e6:.2f} MB"

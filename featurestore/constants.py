@@ -50,7 +50,11 @@ LOUDNESS_FLOOR_DB = -100.0   # ``loudness`` (N,) float32: RMS level in dBFS of t
 MOTION_GRID = 8              # ``motion`` (N, MOTION_DIM) float16: mean |frame difference| (pixel values in [0, 1]) per
 MOTION_DIM = 3 * MOTION_GRID * MOTION_GRID    # RGB channel per cell of a MOTION_GRID x MOTION_GRID grid over the
                              # crop, averaged over the differences of the step's STEP_FRAMES frames; (c, y, x) order
-SIGNALS = ("loudness", "motion")              # stored by every new store's extraction (root attribute ``signals``)
+SPECTRUM_DIM = N_MELS        # ``spectrum`` (N, SPECTRUM_DIM) float16: the step's log-mel (its WINDOW_SECONDS window)
+                             # averaged over time, one value per mel band; a video without audio is all log(LOG_EPS)
+SIGNALS = ("loudness", "motion", "spectrum")  # stored by every new store's extraction (root attribute ``signals``)
+SIGNAL_WIDTHS = {"motion": MOTION_DIM, "spectrum": SPECTRUM_DIM}   # row widths of the signals with rows (loudness: one
+                             # float32 value per step)
 
 
 def array_source(name: str) -> str:

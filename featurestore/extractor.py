@@ -19,7 +19,7 @@ from featurestore.config import GPU_PRECISION, ExtractConfig, compute_record
 from featurestore.constants import (CLIP_FRAMES, CLIP_SPAN, CROP, FEATURE_DIMS, FPS, LOUDNESS_FLOOR_DB, MEL_FRAMES,
                                     N_MELS, SAMPLE_RATE, array_source, extraction_params)
 from featurestore.decode import DecodedVideo, DecodeError, decode_with_fallback, probe
-from featurestore.signals import MotionGrid, loudness_db
+from featurestore.signals import MotionGrid, loudness_db, mel_spectrum, silent_spectrum
 from featurestore.steps import iter_steps, step_times
 from featurestore.weights import WeightsError, load_student, load_teacher
 
@@ -190,9 +190,11 @@ class Extractor:
         if "motion" in cfg.signals:
             arrays["motion"] = motion.array(n)
         mel = z_a = None
-        if has_audio and (self.student is not None or cfg.keep_inputs):
+        if has_audio and (self.student is not None or cfg.keep_inputs or "spectrum" in cfg.signals):
             mel, *rest = _result(batcher.submit("audio", windows), stage)
             z_a = rest[0] if rest else None
+        if "spectrum" in cfg.signals:
+            arrays["spectrum"] = mel_spectrum(mel) if mel is not None else silent_spectrum(n)
         if self.student is not None:
             z_i = np.concatenate([_result(f, stage)[0] for f in image_futs])
             if z_a is None:

@@ -6,6 +6,8 @@
   compressed-video motion vectors and RGB residuals; ffmpeg's rawvideo pipe does not carry codec motion vectors
   (``-flags2 +export_mvs`` exposes them only as side data, or drawn into the picture by ``codecview``), so fs uses
   the uncompressed analogue of the RGB residual: differences of the frames already decoded.
+* ``spectrum``: the step's log-mel (the one the audio stream reads) averaged over its MEL_FRAMES frames: one level per
+  mel band, the input of SCSampler's cheap audio sampler (a light net on the spectrogram, not the audio ResNet-18).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
-from featurestore.constants import CROP, LOUDNESS_FLOOR_DB, MOTION_GRID, STEP_FRAMES
+from featurestore.constants import CROP, LOG_EPS, LOUDNESS_FLOOR_DB, MOTION_GRID, SPECTRUM_DIM, STEP_FRAMES
 
 
 def loudness_db(windows: np.ndarray) -> np.ndarray:
@@ -23,6 +25,16 @@ def loudness_db(windows: np.ndarray) -> np.ndarray:
     rms = np.sqrt(np.mean(np.square(windows, dtype=np.float64), axis=1))
     floor = 10.0 ** (LOUDNESS_FLOOR_DB / 20.0)
     return (20.0 * np.log10(np.maximum(rms, floor))).astype(np.float32)
+
+
+def mel_spectrum(mel: np.ndarray) -> np.ndarray:
+    """(N, N_MELS, MEL_FRAMES) log-mels -> (N, SPECTRUM_DIM) float16: each band's mean log level over the window."""
+    return np.asarray(mel, np.float32).mean(axis=-1).astype(np.float16)
+
+
+def silent_spectrum(n_steps: int) -> np.ndarray:
+    """The ``spectrum`` of a video without audio: every band at log(LOG_EPS), the log-mel of silence."""
+    return np.full((n_steps, SPECTRUM_DIM), np.log(LOG_EPS), np.float16)
 
 
 class MotionGrid:

@@ -55,9 +55,9 @@ def test_extract_then_info_on_a_process_cluster(tmp_path, video_dir, manifest_of
     assert "stored 1, failed 1" in res.output
     info = json.loads(CliRunner().invoke(main, ["info", store, "--json"]).output)
     assert info["videos"] == 1 and info["failures"] == 1 and info["steps"] == 4
-    assert info["descriptors"] == ["image", "audio", "fused"] and info["signals"] == ["loudness", "motion"]
+    assert info["descriptors"] == ["image", "audio", "fused"] and info["signals"] == ["loudness", "motion", "spectrum"]
     out = CliRunner().invoke(main, ["info", store, "--failures"]).output
-    assert "empty file" in out and "signals      loudness, motion" in out
+    assert "empty file" in out and "signals      loudness, motion, spectrum" in out
 
 
 def test_hwaccel_this_ffmpeg_lacks_warns_and_decodes_in_software(tmp_path, video_dir, manifest_of):
