@@ -51,6 +51,7 @@ class UnitCosts:
     clip: float       # R(2+1)D-18 on one 16-frame clip
     loudness: float = 0.0   # one step's loudness signal (analytic count, featurestore.cost; 0: not counted)
     motion: float = 0.0     # one step's motion signal (analytic count, featurestore.cost; 0: not counted)
+    spectrum: float = 0.0   # one step's spectrum signal (analytic count, featurestore.cost; 0: not counted)
 
     @property
     def pair(self) -> float:
@@ -59,9 +60,9 @@ class UnitCosts:
 
     def of(self, descriptor: str) -> float:
         """GFLOPs of one step of a stored descriptor: image, audio, fused (a pair) or r2p1d (a clip); or of a stored
-        signal: loudness, motion."""
+        signal: loudness, motion, spectrum."""
         return {"image": self.image, "audio": self.audio, "fused": self.pair, "r2p1d": self.clip,
-                "loudness": self.loudness, "motion": self.motion}[descriptor]
+                "loudness": self.loudness, "motion": self.motion, "spectrum": self.spectrum}[descriptor]
 
 
 class Selector(Protocol):

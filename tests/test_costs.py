@@ -154,3 +154,13 @@ def test_motion_sampler_costs_under_a_twentieth_of_the_image_stream_per_step(los
     u = unit_gflops()
     assert u.motion + mlp < u.image / 20
     assert u.motion > 0 and u.image == pytest.approx(0.97, abs=0.005)
+
+
+def test_spectrum_signal_by_hand():
+    """101 frames of a 400-sample STFT (a real FFT at 2.5 N log2 N = 1000 log2 400, the 400 window products, 201 bins'
+    power at 3 each), the 101 x 201 x 40 mel matmul at 2 a multiply-add, log (2) and mean (1) of the 40 x 101 mels."""
+    from featurestore.cost import spectrum_gflops
+    by_hand = 101 * (400 + 1000 * np.log2(400) + 603) + 101 * 201 * 40 * 2 + 40 * 101 * 3
+    assert spectrum_gflops() == pytest.approx(by_hand / 1e9, rel=1e-12)
+    assert unit_gflops().spectrum == spectrum_gflops() and UnitCosts(1, 2, 3, 4, spectrum=5).of("spectrum") == 5
+    assert 2.6e-3 < spectrum_gflops() < 2.62e-3                      # 2.61 MFLOPs a step
