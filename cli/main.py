@@ -620,15 +620,17 @@ def train_avgn_cmd(store, runs, layers, heads, dim, t_steps, k, epochs, batch_si
 @main.command("train-sampler")
 @store_option
 @runs_option
-@click.option("--modality", type=click.Choice(["audio", "visual", "motion", "av", "av-motion"]), default="audio",
-              show_default=True, help="What the sampler reads: the audio or image descriptor, or the motion signal "
-                                      "(SCSampler's cheap visual sampler); av / av-motion = AV-joint-training of the "
-                                      "visual (image or motion) and audio samplers, scores averaged.")
+@click.option("--modality", type=click.Choice(["audio", "visual", "motion", "spectrum", "av", "av-motion", "av-cheap"]),
+              default="audio", show_default=True,
+              help="What the sampler reads: the audio or image descriptor, the motion signal (SCSampler's cheap "
+                   "visual sampler) or the spectrum signal (its cheap audio sampler); av / av-motion / av-cheap = "
+                   "AV-joint-training of image + audio, motion + audio or motion + spectrum samplers, scores "
+                   "averaged.")
 @click.option("--loss", type=click.Choice(["ac", "sal-cl", "sal-rank", "all"]), default="sal-rank", show_default=True)
 @click.option("--margin", type=float, default=1.0, show_default=True, help="SAL-RANK margin eta.")
 @click.option("--k-tr", "k_tr", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
               help="SAL-CL: the fraction of each training video's steps labelled salient, K_tr / L (default: 0.25 "
-                   "for audio, 0.5 otherwise, SCSampler App. C.1).")
+                   "for audio and spectrum, 0.5 otherwise, SCSampler App. C.1).")
 @training_options(epochs=15, batch_size=16, lr=0.01, milestones="10", sized=True)
 @click.option("--device", default="auto", show_default=True,
               help="auto (the first GPU when one is visible, else the CPU), cpu, or cuda[:N].")

@@ -7,7 +7,10 @@ ResNet-18s read the compressed stream's motion displacements (MD) and RGB residu
 cost no decoding; here the frames are decoded anyway, so the analogue is the mean |difference| of consecutive decoded
 frames per channel and grid cell (an uncompressed, motion-uncompensated RGB-R pooled to MOTION_GRID x MOTION_GRID),
 read by the same small MLP as the other samplers: its cost per step is that signal plus the MLP, a few MFLOPs against
-the image ResNet-18's 0.97 GFLOPs.
+the image ResNet-18's 0.97 GFLOPs. ``spectrum`` is SCSampler's cheap audio sampler (a light net on the spectrogram,
+not the audio ResNet-18): the same MLP on the stored ``spectrum`` signal, each mel band's log level averaged over the
+step's 1 s window (2.61 MFLOPs a step to compute). ``av-cheap`` joins motion and spectrum: an audio-visual sampler
+whose cost per step is a small fraction of one image-audio pair.
 """
 from __future__ import annotations
 
@@ -21,12 +24,15 @@ from models.selection import (BUDGET, NO_STEP, BlockSelection, Selection, ShapeC
                               counted_gflops, masked_top, mean_at, scatter_rows, stored)
 
 LOSSES = ("ac", "sal-cl", "sal-rank")
-MODALITY_FEATURE = {"visual": "image", "audio": "audio", "motion": "motion"}
-"""The stored array a sampler of each single modality reads (motion: the stored signal, not a descriptor)."""
-JOINT_MODALITIES = {"av": ("visual", "audio"), "av-motion": ("motion", "audio")}
-"""AV-joint-training: the visual-side and the audio sampler it averages (the image descriptor's, or motion's)."""
+MODALITY_FEATURE = {"visual": "image", "audio": "audio", "motion": "motion", "spectrum": "spectrum"}
+"""The stored array a sampler of each single modality reads (motion, spectrum: stored signals, not descriptors)."""
+JOINT_MODALITIES = {"av": ("visual", "audio"), "av-motion": ("motion", "audio"), "av-cheap": ("motion", "spectrum")}
+"""AV-joint-training: the visual-side and the audio-side sampler it averages (image descriptor's or motion's; audio
+descriptor's or spectrum's)."""
 VISUAL_SIDES = ("visual", "motion")
 """The modalities that can be the visual side of an audio-visual combination."""
+AUDIO_SIDES = ("audio", "spectrum")
+"""The modalities that can be the audio side of an audio-visual combination."""
 
 
 def modality_parts(modality: str) -> tuple[str, ...]:
@@ -61,9 +67,10 @@ class SaliencySampler(nn.Module):
         return F.softmax(out, dim=-1).max(-1).values if self.loss == "ac" else torch.sigmoid(out)
 
 
-K_TR = {"audio": 0.25}
+K_TR = {"audio": 0.25, "spectrum": 0.25}
 """SAL-CL's K_tr / L_tr by modality (SCSampler App. C.1, Fig. 3): L/4 is best for the audio sampler, L/2 for the
-video sampler; every other modality (image, motion, the joint ones, whose visual side leads) takes
+video sampler; the audio samplers (the audio descriptor's and the spectrum's) take L/4, every other modality (image,
+motion, the joint ones, whose visual side leads) takes
 :data:`K_TR_DEFAULT`."""
 K_TR_DEFAULT = 0.5
 
@@ -219,7 +226,8 @@ def sampler_saliency(block: VideoBlock, modality: str, sampler: nn.Module) -> to
 
 class JointSampler(nn.Module):
     """AV-joint-training: the visual and audio samplers' outputs averaged, and both fine-tuned through that average
-    (``visual`` reads the image descriptor, or the motion signal for ``av-motion``)."""
+    (``visual`` reads the image descriptor, or the motion signal for ``av-motion`` and ``av-cheap``; ``audio`` the
+    audio descriptor, or the spectrum signal for ``av-cheap``)."""
 
     def __init__(self, visual: SaliencySampler, audio: SaliencySampler):
         super().__init__()
@@ -241,8 +249,9 @@ COMBINATIONS = ("convex-score", "convex-list", "union-list", "intersect-list")
 class SamplerSelector:
     """Index with cheap saliency, recognise the top-K with a per-step classifier.
 
-    ``samplers`` maps "visual"/"motion"/"audio" to a sampler (two for the list/score combinations: "audio" and a
-    visual side, "visual" or "motion"), or "av"/"av-motion" to a :class:`JointSampler`. ``recogniser`` is (head,
+    ``samplers`` maps "visual"/"motion"/"audio"/"spectrum" to a sampler (two for the list/score combinations: a
+    visual side, "visual" or "motion", and an audio side, "audio" or "spectrum"), or "av"/"av-motion"/"av-cheap" to
+    a :class:`JointSampler`. ``recogniser`` is (head,
     stored descriptor it classifies); every descriptor or signal computed for the video is paid for exactly once, at
     ``costs``.
     """
@@ -252,9 +261,11 @@ class SamplerSelector:
                  alpha: float | None = None, k_visual: int = 8):
         if combine is not None and combine not in COMBINATIONS:
             raise ValueError(f"combine must be one of {COMBINATIONS}")
-        if combine and not any(set(samplers) == {v, "audio"} for v in VISUAL_SIDES):
-            raise ValueError("a combination needs an audio sampler and a visual or motion one")
+        if combine and not any(set(samplers) == {v, a} for v in VISUAL_SIDES for a in AUDIO_SIDES):
+            raise ValueError("a combination needs a visual-side sampler (visual or motion) and an audio-side one "
+                             "(audio or spectrum)")
         self.visual_side = next((v for v in VISUAL_SIDES if v in samplers), None)
+        self.audio_side = next((a for a in AUDIO_SIDES if a in samplers), None)
         self.name, self.samplers, self.costs, self.k = name, {m: s.eval() for m, s in samplers.items()}, costs, k
         self.head, self.feature = recogniser[0].eval(), recogniser[1]
         self.combine, self.alpha, self.k_visual = combine, alpha, k_visual
@@ -291,7 +302,7 @@ class SamplerSelector:
         if self.combine is None:
             steps = top_k(next(iter(scores.values())), k)
         else:
-            v, a = scores[self.visual_side], scores["audio"]
+            v, a = scores[self.visual_side], scores[self.audio_side]
             steps = {"convex-score": lambda: convex_score(v, a, k, self.alpha if self.alpha is not None else 0.9),
                      "convex-list": lambda: convex_list(v, a, k, self.alpha if self.alpha is not None else 0.8),
                      "union-list": lambda: union_list(v, a, k, self.k_visual),
@@ -317,7 +328,7 @@ class SamplerSelector:
         if self.combine is None:
             steps = masked_top(next(iter(scores.values())), mask, self.k)
         else:
-            v, a = scores[self.visual_side], scores["audio"]
+            v, a = scores[self.visual_side], scores[self.audio_side]
             alpha = self.alpha if self.alpha is not None else {"convex-score": 0.9, "convex-list": 0.8}.get(
                 self.combine)
             steps = {"convex-score": lambda: masked_top(alpha * v + (1 - alpha) * a, mask, self.k),

@@ -171,25 +171,35 @@ COMBINATION_LABELS = {"convex-score": " (a=0.9)", "convex-list": " (a=0.8)", "un
                       "intersect-list": ""}
 
 
-SAMPLER_LABELS = {"av": "AV-joint-training", "av-motion": "AV(motion)-joint-training"}
-COMBINATION_SIDES = {"visual": "AV", "motion": "AV(motion)"}
-"""The visual side of the audio-visual combinations (the image descriptor's sampler, or the motion signal's) and
-the label of their rows."""
+SAMPLER_LABELS = {"av": "AV-joint-training", "av-motion": "AV(motion)-joint-training",
+                  "av-cheap": "AV(cheap)-joint-training"}
+COMBINATION_SIDES = (("visual", "audio", "AV"), ("motion", "audio", "AV(motion)"), ("motion", "spectrum", "AV(cheap)"))
+"""The audio-visual combinations: their visual side (the image descriptor's sampler, or the motion signal's), their
+audio side (the audio descriptor's, or the spectrum signal's) and the label of their rows. AV(cheap) is SCSampler's
+cheap-visual + cheap-audio pair: no ResNet runs on a step until it is chosen."""
+PREFERRED_LOSS = {"visual": "ac", "motion": "ac", "audio": "sal-rank", "spectrum": "sal-rank"}
+"""The sampler a combination takes for each side when several losses were trained (any other when it is missing)."""
+SIGNAL_SAMPLER_ROWS = {"motion": "the SCSampler rows on the motion signal",
+                       "spectrum": "the SCSampler rows on the spectrum signal"}
 
 
 def samplers(ctx: BenchContext) -> list[Selector]:
-    """SCSampler rows: every trained sampler (each loss x modality: image, audio, motion and the joint ones), the AV
-    combinations with the image sampler and with the motion sampler as the visual side, each recognised by the
-    student head and, when the store has r2p1d, by the R(2+1)D head f. Samplers on the motion signal are skipped
-    (said once) on a store without it."""
+    """SCSampler rows: every trained sampler (each loss x modality: image, audio, motion, spectrum and the joint
+    ones) and the AV combinations of :data:`COMBINATION_SIDES`, each recognised by the student head and, when the
+    store has r2p1d, by the R(2+1)D head f. Samplers on a signal (motion, spectrum) are skipped (said once) on a
+    store without it."""
     found = ctx.samplers()
     if not found:
         ctx.say(f"skipping SCSampler rows: no sampler checkpoints in {ctx.runs} (fs train-sampler --modality "
-                f"audio|visual|motion|av|av-motion --loss ac|sal-cl|sal-rank)")
+                f"audio|visual|motion|spectrum|av|av-motion|av-cheap --loss ac|sal-cl|sal-rank)")
         return []
-    if any("motion" in modality_features(m) for m, _ in found) and \
-            not ctx.has_signals(("motion",), "the SCSampler rows on the motion signal"):
-        found = {key: m for key, m in found.items() if "motion" not in modality_features(key[0])}
+    for signal, rows in SIGNAL_SAMPLER_ROWS.items():
+        if any(signal in modality_features(m) for m, _ in found) and not ctx.has_signals((signal,), rows):
+            found = {key: m for key, m in found.items() if signal not in modality_features(key[0])}
+
+    def preferred(side: str) -> torch.nn.Module | None:
+        return found.get((side, PREFERRED_LOSS[side])) or next((m for (mo, _), m in found.items() if mo == side),
+                                                                 None)
     recognisers = [("student", "fused")] + ([("R(2+1)D", "r2p1d")] if ctx.has_r2p1d else [])
     out: list[Selector] = []
     for rec_name, feature in recognisers:
@@ -198,14 +208,14 @@ def samplers(ctx: BenchContext) -> list[Selector]:
             label = SAMPLER_LABELS.get(modality, modality)
             out.append(SamplerSelector(f"SCS {label} {loss.upper()} -> {rec_name}", {modality: model}, ctx.costs,
                                        recogniser))
-        audio = found.get(("audio", "sal-rank")) or next((m for (mo, _), m in found.items() if mo == "audio"), None)
-        for side, prefix in COMBINATION_SIDES.items():
-            visual = found.get((side, "ac")) or next((m for (mo, _), m in found.items() if mo == side), None)
+        for visual_side, audio_side, prefix in COMBINATION_SIDES:
+            visual, audio = preferred(visual_side), preferred(audio_side)
             if visual is None or audio is None:
                 continue
             for combine in COMBINATIONS:
                 out.append(SamplerSelector(f"SCS {prefix}-{combine}{COMBINATION_LABELS[combine]} -> {rec_name}",
-                                           {side: visual, "audio": audio}, ctx.costs, recogniser, combine=combine))
+                                           {visual_side: visual, audio_side: audio}, ctx.costs, recogniser,
+                                           combine=combine))
     return out
 
 

@@ -13,13 +13,14 @@ from typing import Callable
 import torch
 from torch.nn import functional as F
 
-from featurestore.constants import FEATURE_DIMS, MOTION_DIM, SIGNALS
+from featurestore.constants import FEATURE_DIMS, SIGNAL_WIDTHS, SIGNALS
 from featurestore.store import FeatureStore, require_arrays
 from models.scsampler import (JOINT_MODALITIES, MODALITY_FEATURE, JointSampler, SaliencySampler, k_tr_fraction,
                               modality_features, modality_parts, sal_cl_loss, sal_rank_loss)
 
 MODALITIES = tuple(MODALITY_FEATURE) + tuple(JOINT_MODALITIES)
-"""What ``--modality`` may name: visual, audio, motion, and the joint av (image + audio) and av-motion."""
+"""What ``--modality`` may name: visual, audio, motion, spectrum, and the joint av (image + audio), av-motion (motion +
+audio) and av-cheap (motion + spectrum)."""
 from pipelines.checkpoints import checkpoint_path, load_model, save_checkpoint
 from pipelines.data import load_split, resolve_device
 from pipelines.train import Trained, fit, minibatches, sized_schedule
@@ -38,19 +39,19 @@ def clip_classifier(store: FeatureStore, runs: Path, say: Callable[[str], None] 
 
 
 def modalities(modality: str) -> list[str]:
-    """The modalities a sampler reads: av and av-motion (AV-joint-training) read two."""
+    """The modalities a sampler reads: av, av-motion and av-cheap (AV-joint-training) read two."""
     if modality not in MODALITIES:
         raise ValueError(f"--modality must be one of {', '.join(MODALITIES)}")
     return list(modality_parts(modality))
 
 
 def feature_width(feature: str) -> int:
-    """The row width of a stored array a sampler reads: a descriptor's, or the motion signal's MOTION_DIM."""
-    return MOTION_DIM if feature == "motion" else FEATURE_DIMS[feature]
+    """The row width of a stored array a sampler reads: a descriptor's, or a signal's (motion, spectrum)."""
+    return SIGNAL_WIDTHS[feature] if feature in SIGNAL_WIDTHS else FEATURE_DIMS[feature]
 
 
 def build_sampler(modality: str, loss: str, num_classes: int) -> torch.nn.Module:
-    """One :class:`SaliencySampler` per modality read, joined for av and av-motion."""
+    """One :class:`SaliencySampler` per modality read, joined for the joint modalities."""
     samplers = [SaliencySampler(feature_width(MODALITY_FEATURE[m]), loss, num_classes) for m in modalities(modality)]
     return JointSampler(*samplers) if modality in JOINT_MODALITIES else samplers[0]
 
@@ -64,14 +65,15 @@ def train_sampler(store: FeatureStore, runs: Path, modality: str, loss: str, mar
                   seed: int = 0, report: Callable[[dict], None] | None = None,
                   say: Callable[[str], None] = print, sized: bool = True, device: str = "auto",
                   k_tr: float | None = None) -> Trained:
-    """Train one sampler (``modality`` visual, audio, motion, or av / av-motion = AV-joint-training with the image
-    descriptor's or the motion signal's sampler) with ``loss``; batches are videos, since SAL-CL labels and
+    """Train one sampler (``modality`` visual, audio, motion, spectrum, or av / av-motion / av-cheap =
+    AV-joint-training of a visual side, the image descriptor's or the motion signal's sampler, and an audio side, the
+    audio descriptor's or the spectrum signal's) with ``loss``; batches are videos, since SAL-CL labels and
     SAL-RANK pairs are defined within a video, and the sampler runs once over all steps of a batch's videos (its
     BatchNorm sees the same mix of videos in training as its running statistics will hold). AV-joint-training
     starts from the trained samplers of its two parts with the same loss (trained first when missing) and
     fine-tunes both through their averaged output. SAL-CL labels the top ``k_tr`` of each video's steps salient
-    (None: :func:`~models.scsampler.k_tr_fraction`, L/4 for audio and L/2 otherwise, as SCSampler App. C.1 finds
-    best); the fraction used is recorded in the checkpoint's config."""
+    (None: :func:`~models.scsampler.k_tr_fraction`, L/4 for audio and spectrum, L/2 otherwise, as SCSampler App.
+    C.1 finds best); the fraction used is recorded in the checkpoint's config."""
     modalities(modality)
     k_tr = k_tr_fraction(modality) if k_tr is None else float(k_tr)
     if not 0.0 < k_tr <= 1.0:

@@ -26,9 +26,9 @@ def fabricate_store(path, n_videos=24, seed=0, r2p1d=False, loc=0.0, scale=1.0, 
     """Videos whose class shows in a few steps only: class-specific image/audio offsets at 2-4 sparse steps
     (and, with ``r2p1d``, a clip descriptor that carries the class at those steps), on N(loc, scale^2) noise;
     ``test_shift`` is added to every descriptor of the test split's videos (nothing else changes). With ``signals``
-    (as every store extracted since the signal arrays), each video holds ``loudness`` and ``motion``, louder and
-    moving more at those steps (:func:`fabricated_signals`), and the root attribute ``signals`` says so; without,
-    the store is one built before them."""
+    (as every store extracted since the signal arrays), each video holds ``loudness``, ``motion`` and ``spectrum``,
+    louder, moving more and with a few bands raised at those steps (:func:`fabricated_signals`), and the root
+    attribute ``signals`` says so; without, the store is one built before them."""
     from featurestore.constants import SIGNALS
 
     rng = np.random.default_rng(seed)
@@ -61,8 +61,10 @@ def fabricate_store(path, n_videos=24, seed=0, r2p1d=False, loc=0.0, scale=1.0, 
 
 def fabricated_signals(n: int, salient, rng: np.random.Generator, silent: bool = False) -> dict[str, np.ndarray]:
     """A video's ``loudness`` (n,) float32 in dBFS (about -40, 12 dB louder at the ``salient`` steps; all at the floor
-    when ``silent``) and ``motion`` (n, MOTION_DIM) float16 in [0, 1] (more at the salient steps, in a few cells)."""
-    from featurestore.constants import LOUDNESS_FLOOR_DB, MOTION_DIM
+    when ``silent``), ``motion`` (n, MOTION_DIM) float16 in [0, 1] (more at the salient steps, in a few cells) and
+    ``spectrum`` (n, N_MELS) float16 log-mel levels (about -8, 3 higher at the salient steps in a few bands; all
+    log(LOG_EPS) when ``silent``), drawn in that order (the spectrum last: the others are as before it)."""
+    from featurestore.constants import LOG_EPS, LOUDNESS_FLOOR_DB, MOTION_DIM, N_MELS
 
     loudness = rng.normal(-40.0, 4.0, n)
     loudness[list(salient)] += 12.0
@@ -71,8 +73,12 @@ def fabricated_signals(n: int, salient, rng: np.random.Generator, silent: bool =
     motion = np.abs(rng.normal(0.0, 0.03, (n, MOTION_DIM)))
     cells = rng.choice(MOTION_DIM, size=24, replace=False)
     motion[np.ix_(list(salient), cells)] += 0.2
+    spectrum = rng.normal(-8.0, 1.0, (n, N_MELS))
+    spectrum[np.ix_(list(salient), rng.choice(N_MELS, size=6, replace=False))] += 3.0
+    if silent:
+        spectrum[:] = np.log(LOG_EPS)
     return {"loudness": np.maximum(loudness, LOUDNESS_FLOOR_DB).astype(np.float32),
-            "motion": np.clip(motion, 0.0, 1.0).astype(np.float16)}
+            "motion": np.clip(motion, 0.0, 1.0).astype(np.float16), "spectrum": spectrum.astype(np.float16)}
 
 
 def write_fabricated(store, student, v: int, z_i, z_a, label: str, split: str, extra: dict | None = None) -> None:

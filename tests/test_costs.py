@@ -164,3 +164,37 @@ def test_spectrum_signal_by_hand():
     assert spectrum_gflops() == pytest.approx(by_hand / 1e9, rel=1e-12)
     assert unit_gflops().spectrum == spectrum_gflops() and UnitCosts(1, 2, 3, 4, spectrum=5).of("spectrum") == 5
     assert 2.6e-3 < spectrum_gflops() < 2.62e-3                      # 2.61 MFLOPs a step
+
+
+@pytest.mark.parametrize("combine", ["convex-score", "convex-list", "union-list", "intersect-list"])
+def test_av_cheap_combination_samples_for_under_a_twentieth_of_a_pair_per_step(combine):
+    """SCSampler's cheap-visual + cheap-audio combination: per step, the motion and spectrum signals (analytic) and
+    both samplers' MLPs (counted, AC with Kinetics' 400 classes for motion, SAL-RANK for spectrum) against one
+    image-audio pair. The sampling cost is what a selector pays beyond its recognition of the K chosen steps."""
+    from featurestore.constants import MOTION_DIM, N_MELS
+    from pipelines.train_sampler import build_sampler
+
+    def count_flops(fn, *inputs):
+        from torch.utils.flop_counter import FlopCounterMode
+        with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+            fn(*inputs)
+        return fc.get_total_flops()
+
+    n, u = 50, unit_gflops()
+    motion, spectrum = build_sampler("motion", "ac", 400).eval(), build_sampler("spectrum", "sal-rank", 400).eval()
+    mlps = (count_flops(motion.saliency, torch.zeros(n, MOTION_DIM))
+            + count_flops(spectrum.saliency, torch.zeros(n, N_MELS))) / 1e9
+    assert mlps > 0
+    sampling = u.motion + u.spectrum + mlps / n
+    assert sampling < u.pair / 20
+    assert u.pair == pytest.approx(1.346, abs=0.005)
+    # the selector pays exactly that on every step, beyond the head and the K = 1 chosen pair
+    rng = np.random.default_rng(0)
+    video = type("V", (), {"arrays": {"motion": rng.random((n, MOTION_DIM)).astype(np.float16),
+                                      "spectrum": rng.normal(-8, 1, (n, N_MELS)).astype(np.float16),
+                                      "fused": rng.normal(0, 1, (n, 512)).astype(np.float16)}, "attrs": {}})()
+    head = StepClassifier(512, 400).eval()
+    sel = SamplerSelector("cheap", {"motion": motion, "spectrum": spectrum}, u, (head, "fused"), k=1,
+                          combine=combine)
+    recognised = u.pair + 2 * 512 * 400 / 1e9
+    assert sel.select(video).gflops == pytest.approx(n * sampling + recognised, rel=1e-6)

@@ -1,12 +1,14 @@
-"""SCSampler's cheap visual sampler on the stored motion signal: trained by ``fs train-sampler --modality motion``
-(and ``av-motion`` joint training), read by the bench alone and in the audio-visual combinations, refused on a store
-built before the signal arrays."""
+"""SCSampler's cheap samplers on the stored signals: the visual one on motion (``fs train-sampler --modality motion``,
+``av-motion`` joint training with audio), the audio one on spectrum (``--modality spectrum``, ``av-cheap`` joint
+training with motion), read by the bench alone and in the audio-visual combinations, refused on a store built before
+the signal arrays."""
 import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
 
 from cli.main import main
+from featurestore.store import FeatureStore
 from tests.test_bench import fabricate_store
 
 
@@ -17,15 +19,18 @@ def trained(tmp_path_factory):
     runs = tmp / "runs"
     common = ["--store", str(store.path), "--runs", str(runs), "--epochs", "2", "--batch-size", "4"]
     cli = CliRunner()
-    for modality, loss in (("motion", "sal-rank"), ("av-motion", "sal-cl")):
+    said = {}
+    for modality, loss in (("motion", "sal-rank"), ("av-motion", "sal-cl"), ("spectrum", "sal-rank"),
+                           ("av-cheap", "sal-cl")):
         res = cli.invoke(main, ["train-sampler", *common, "--modality", modality, "--loss", loss])
         assert res.exit_code == 0, res.output
-    return store, runs, res.output
+        said[modality] = res.output
+    return store, runs, said
 
 
 def test_motion_samplers_train_and_joint_training_starts_from_its_parts(trained):
     store, runs, said = trained
-    assert "starts from the motion sampler" in said and "starts from the audio sampler" in said
+    assert "starts from the motion sampler" in said["av-motion"] and "starts from the audio sampler" in said["av-motion"]
     for name, modality in (("sampler-motion-sal-rank", "motion"), ("sampler-motion-sal-cl", "motion"),
                            ("sampler-audio-sal-cl", "audio"), ("sampler-av-motion-sal-cl", "av-motion")):
         ckpt = torch.load(runs / f"{name}.pt", weights_only=True)
@@ -35,6 +40,23 @@ def test_motion_samplers_train_and_joint_training_starts_from_its_parts(trained)
     assert k_tr == {"motion-sal-rank": None, "motion-sal-cl": 0.5, "audio-sal-cl": 0.25, "av-motion-sal-cl": 0.5}
     state = torch.load(runs / "sampler-motion-sal-rank.pt", weights_only=True)["state_dict"]
     assert state["net.1.weight"].shape == (256, 192)          # the MLP reads the 192-wide motion rows
+
+
+def test_spectrum_samplers_train_and_cheap_joint_training_starts_from_motion_and_spectrum(trained):
+    store, runs, said = trained
+    assert "starts from the spectrum sampler" in said["av-cheap"]
+    assert "starts from the motion sampler" not in said["av-cheap"]      # motion SAL-CL was trained for av-motion
+    configs = {name: torch.load(runs / f"sampler-{name}.pt", weights_only=True)["config"]
+               for name in ("spectrum-sal-rank", "spectrum-sal-cl", "av-cheap-sal-cl")}
+    assert {n: c["modality"] for n, c in configs.items()} == {"spectrum-sal-rank": "spectrum",
+                                                              "spectrum-sal-cl": "spectrum",
+                                                              "av-cheap-sal-cl": "av-cheap"}
+    assert {n: c["k_tr"] for n, c in configs.items()} == {"spectrum-sal-rank": None, "spectrum-sal-cl": 0.25,
+                                                          "av-cheap-sal-cl": 0.5}
+    state = torch.load(runs / "sampler-spectrum-sal-rank.pt", weights_only=True)["state_dict"]
+    assert state["net.1.weight"].shape == (256, 40)           # the MLP reads the 40 mel bands
+    joint = torch.load(runs / "sampler-av-cheap-sal-cl.pt", weights_only=True)["state_dict"]
+    assert joint["visual.net.1.weight"].shape == (256, 192) and joint["audio.net.1.weight"].shape == (256, 40)
 
 
 def test_bench_rows_for_motion_alone_joint_and_with_audio(trained):
@@ -49,7 +71,15 @@ def test_bench_rows_for_motion_alone_joint_and_with_audio(trained):
                 "SCS AV(motion)-convex-list (a=0.8) -> student"):
         assert row in table.index, row
         assert table.loc[row, "role"] == "learned"
+    for row in ("SCS spectrum SAL-RANK -> student", "SCS AV(cheap)-joint-training SAL-CL -> student",
+                "SCS AV(cheap)-intersect-list -> student", "SCS AV(cheap)-union-list (K'=8) -> student",
+                "SCS AV(cheap)-convex-score (a=0.9) -> student", "SCS AV(cheap)-convex-list (a=0.8) -> student"):
+        assert row in table.index, row
+        assert table.loc[row, "role"] == "learned"
     assert not any(m.startswith("SCS AV-") for m in table.index)      # no image sampler trained: no AV rows
+    # AV(cheap) pays UNIFORM's K pairs and head plus both signals and MLPs: no ResNet on an unchosen step
+    assert table.loc["SCS AV(cheap)-convex-score (a=0.9) -> student", "gflops_per_video"] < \
+        table.loc["UNIFORM", "gflops_per_video"] + 0.2
     # the motion sampler costs UNIFORM's K pairs and head plus the signal and MLP, a few MFLOPs a step
     assert table.loc["SCS motion SAL-RANK -> student", "gflops_per_video"] < \
         table.loc["UNIFORM", "gflops_per_video"] + 0.1
@@ -60,6 +90,21 @@ def test_a_store_built_before_the_signals_refuses_the_motion_sampler(tmp_path):
     res = CliRunner().invoke(main, ["train-sampler", "--store", str(store.path), "--runs", str(tmp_path / "r"),
                                     "--modality", "motion", "--epochs", "1"])
     assert res.exit_code != 0 and "no motion arrays" in res.output and "re-extract into a new store" in res.output
+
+
+def test_a_store_without_the_spectrum_refuses_its_sampler_and_skips_its_rows(tmp_path, trained):
+    _, runs, _ = trained
+    store = FeatureStore(fabricate_store(tmp_path / "two.zarr", n_videos=8, seed=3).path, mode="a")
+    store.root.attrs["signals"] = ["loudness", "motion"]           # as extracted before the spectrum signal
+    res = CliRunner().invoke(main, ["train-sampler", "--store", str(store.path), "--runs", str(tmp_path / "r"),
+                                    "--modality", "spectrum", "--epochs", "1"])
+    assert res.exit_code != 0 and "no spectrum arrays" in res.output
+    from pipelines.methods import BenchContext, samplers
+    said = []
+    rows = [s.name for s in samplers(BenchContext(FeatureStore(store.path), runs, say=said.append))]
+    assert rows and not any("spectrum" in r or "AV(cheap)" in r for r in rows)
+    assert "SCS motion SAL-RANK -> student" in rows
+    assert any("skipping the SCSampler rows on the spectrum signal" in line for line in said)
 
 
 def test_k_tr_is_an_option_recorded_in_the_checkpoint(trained, tmp_path):

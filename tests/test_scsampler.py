@@ -41,8 +41,8 @@ def test_sal_cl_loss_takes_k_tr_and_refuses_a_fraction_outside_0_1():
 
 def test_k_tr_defaults_follow_scsampler_appendix_c1():
     from models.scsampler import k_tr_fraction
-    assert k_tr_fraction("audio") == 0.25
-    assert [k_tr_fraction(m) for m in ("visual", "motion", "av", "av-motion")] == [0.5] * 4
+    assert k_tr_fraction("audio") == 0.25 and k_tr_fraction("spectrum") == 0.25     # both audio samplers
+    assert [k_tr_fraction(m) for m in ("visual", "motion", "av", "av-motion", "av-cheap")] == [0.5] * 5
 
 
 def test_ranking_loss_is_zero_for_pairs_ordered_beyond_the_margin():

@@ -14,10 +14,10 @@ from models.scsampler import JointSampler, SaliencySampler, SamplerSelector
 from models.selection import ShapeCosts, UnitCosts, VideoBlock, select_block
 from models.skim import ImgAudSkimmer, NonRecurrentSelector, SkimSelector, interpolate_features
 
-U = UnitCosts(image=0.5, audio=0.25, fusion=0.125, clip=8.0, loudness=1 / 64, motion=1 / 32)
+U = UnitCosts(image=0.5, audio=0.25, fusion=0.125, clip=8.0, loudness=1 / 64, motion=1 / 32, spectrum=1 / 16)
 CLASSES = ("a", "b", "c")
 WIDTHS = {"image": 256, "audio": 256, "fused": 512, "r2p1d": 512}
-SIGNALS = {"loudness": (), "motion": (192,)}           # row shapes of the stored signals
+SIGNALS = {"loudness": (), "motion": (192,), "spectrum": (40,)}    # row shapes of the stored signals
 
 
 class Video:
@@ -185,11 +185,14 @@ def samplers():
     joint = JointSampler(SaliencySampler(256, "sal-cl", 3), SaliencySampler(256, "sal-cl", 3)).eval()
     motion = SaliencySampler(192, "sal-rank", 3).eval()
     joint_motion = JointSampler(SaliencySampler(192, "sal-cl", 3), SaliencySampler(256, "sal-cl", 3)).eval()
-    return {"visual": visual, "audio": audio, "av": joint, "motion": motion, "av-motion": joint_motion}
+    spectrum = SaliencySampler(40, "sal-rank", 3).eval()
+    joint_cheap = JointSampler(SaliencySampler(192, "sal-cl", 3), SaliencySampler(40, "sal-cl", 3)).eval()
+    return {"visual": visual, "audio": audio, "av": joint, "motion": motion, "av-motion": joint_motion,
+            "spectrum": spectrum, "av-cheap": joint_cheap}
 
 
 READS = {"visual": ("image",), "audio": ("audio",), "av": ("image", "audio"), "motion": ("motion",),
-         "av-motion": ("motion", "audio")}
+         "av-motion": ("motion", "audio"), "spectrum": ("spectrum",), "av-cheap": ("motion", "spectrum")}
 
 
 # (samplers used, combination, recogniser's descriptor, descriptors paid on all n steps and on the k chosen)
@@ -208,6 +211,13 @@ SAMPLER_ROWS = [
     (("av-motion",), None, "fused", lambda n, k: n * (U.motion + U.audio) + k * (U.image + U.fusion)),
 ] + [(("motion", "audio"), c, f, (lambda n, k: n * (U.motion + U.audio) + k * (U.image + U.fusion)) if f == "fused"
       else (lambda n, k: n * (U.motion + U.audio) + k * U.clip))
+     for c in ("convex-score", "convex-list", "union-list", "intersect-list") for f in ("fused", "r2p1d")] + [
+    # the spectrum signal in place of the audio descriptor: the whole pair is computed only for the chosen steps
+    (("spectrum",), None, "fused", lambda n, k: n * U.spectrum + k * (U.image + U.audio + U.fusion)),
+    (("spectrum",), None, "r2p1d", lambda n, k: n * U.spectrum + k * U.clip),
+    (("av-cheap",), None, "fused", lambda n, k: n * (U.motion + U.spectrum) + k * (U.image + U.audio + U.fusion)),
+] + [(("motion", "spectrum"), c, f, (lambda n, k: n * (U.motion + U.spectrum) + k * (U.image + U.audio + U.fusion))
+      if f == "fused" else (lambda n, k: n * (U.motion + U.spectrum) + k * U.clip))
      for c in ("convex-score", "convex-list", "union-list", "intersect-list") for f in ("fused", "r2p1d")]
 
 
