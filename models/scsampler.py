@@ -215,12 +215,28 @@ def intersect_list_batch(s_visual: torch.Tensor, s_audio: torch.Tensor, mask: to
     return first_by(rank_v + rank_a, mask & (both < m), k, width)
 
 
+def equal_rows_tied(saliency: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+    """``saliency`` (L,) with the steps whose input rows are equal (in every input) given one value, their first
+    step's. A network can score equal rows a rounding error apart by their place in the batch (BLAS blocking), which
+    would rank a constant stretch (a video without audio: every spectrum row at log(LOG_EPS), every audio descriptor
+    zero; a still video's zero motion) by noise, differently per video and in blocks; tied, they rank by step."""
+    x = inputs[0] if len(inputs) == 1 else torch.cat(inputs, dim=1)
+    if len(x) < 2:
+        return saliency
+    _, group = torch.unique(x, dim=0, return_inverse=True)
+    steps = torch.arange(len(x), device=x.device)
+    first = torch.full((int(group.max()) + 1,), len(x), device=x.device).scatter_reduce(0, group, steps, "amin")
+    return saliency[first[group]]
+
+
 def sampler_saliency(block: VideoBlock, modality: str, sampler: nn.Module) -> torch.Tensor:
     """A sampler's saliency over every valid step of the block (B, N; 0 at padded steps), computed once per block
-    and sampler and shared by every row that reads it (alone, in combinations, with either recogniser)."""
+    and sampler and shared by every row that reads it (alone, in combinations, with either recogniser); equal input
+    rows are tied (:func:`equal_rows_tied`)."""
     def compute() -> torch.Tensor:
         sampler.to(block.device)
-        return scatter_rows(sampler.saliency(*(block.rows(f) for f in modality_features(modality))), block.mask)
+        rows = [block.rows(f) for f in modality_features(modality)]
+        return scatter_rows(equal_rows_tied(sampler.saliency(*rows), *rows), block.mask)
     return block.memo(("saliency", id(sampler), modality), compute)
 
 
@@ -294,8 +310,9 @@ class SamplerSelector:
         gflops = 0.0
         scores = {}
         for modality, sampler in self.samplers.items():
-            s, g = counted(sampler.saliency, *(arr[f] for f in modality_features(modality)))
-            scores[modality] = s.numpy()
+            rows = [arr[f] for f in modality_features(modality)]
+            s, g = counted(sampler.saliency, *rows)
+            scores[modality] = equal_rows_tied(s, *rows).numpy()
             gflops += g
         gflops += n_steps * sum(self.costs.of(f) for f in computed)
         k = min(self.k, n_steps)

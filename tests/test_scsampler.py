@@ -169,3 +169,34 @@ def test_batched_combinations_give_the_per_video_steps_in_order(ties):
             for fn, steps in got.items():
                 row = steps[i][steps[i] != NO_STEP].tolist()
                 assert row == want[fn].tolist(), (fn.__name__, n, k_max)
+
+
+def test_equal_input_rows_get_their_first_steps_saliency():
+    from models.scsampler import equal_rows_tied
+    a, b = torch.ones(3), torch.zeros(3)
+    s = torch.tensor([0.5, 0.5000001, 0.3, 0.5000002])
+    assert equal_rows_tied(s, torch.stack([a, a, b, a])).tolist() == [s[0].item(), s[0].item(), s[2].item(),
+                                                                     s[0].item()]
+    # joint inputs: rows are equal only when equal in both
+    got = equal_rows_tied(s, torch.stack([a, a, b, a]), torch.stack([a, b, b, a]))
+    assert got.tolist() == [s[0].item(), s[1].item(), s[2].item(), s[0].item()]
+
+
+def test_a_constant_stretch_is_ranked_by_step_not_by_rounding_noise():
+    """A video without audio: every spectrum row equal. A sampler that scores equal rows a rounding error apart by
+    their place (as BLAS can) must not rank them by it."""
+    from models.baselines import StepClassifier
+    from models.scsampler import SamplerSelector
+    from models.selection import UnitCosts
+
+    class PlaceNoise(SaliencySampler):
+        def saliency(self, z):
+            return super().saliency(z) + 1e-7 * torch.arange(len(z))
+
+    torch.manual_seed(0)
+    sampler = PlaceNoise(40, "sal-rank", 3)
+    n = 12
+    video = type("V", (), {"arrays": {"spectrum": np.full((n, 40), np.log(1e-6), np.float16),
+                                      "r2p1d": np.zeros((n, 512), np.float16)}, "attrs": {}})()
+    sel = SamplerSelector("s", {"spectrum": sampler}, UnitCosts(0, 0, 0, 0), (StepClassifier(512, 3), "r2p1d"), k=4)
+    assert sel.select(video).steps.tolist() == [0, 1, 2, 3]
