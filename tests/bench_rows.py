@@ -84,6 +84,14 @@ def save_seeded_checkpoints(store, runs: Path) -> None:
                         seeded(build_sampler(modality, loss, n_cls), next(seed)), store,
                         {"modality": modality, "loss": loss, "margin": 1.0, "num_classes": n_cls,
                          "clip_classifier": "r2p1d"}, [])
+    # SCSampler's cheap audio sampler on the spectrum signal (after every other, the motion samplers included): the
+    # video bench's spectrum SAL-RANK beside motion AC (the AV(cheap) combinations), and AV(cheap)-joint-training
+    # (SAL-CL) with its spectrum part (its motion part is seeded above)
+    for modality, loss in (("spectrum", "sal-rank"), ("spectrum", "sal-cl"), ("av-cheap", "sal-cl")):
+        save_checkpoint(runs, sampler_name(modality, loss), "sampler",
+                        seeded(build_sampler(modality, loss, n_cls), next(seed)), store,
+                        {"modality": modality, "loss": loss, "margin": 1.0, "num_classes": n_cls,
+                         "clip_classifier": "r2p1d"}, [])
 
 
 def compute_rows(tmp: Path, blocks: bool = False) -> dict[str, dict[str, dict]]:
@@ -100,7 +108,7 @@ def compute_rows(tmp: Path, blocks: bool = False) -> dict[str, dict[str, dict]]:
     runs = tmp / "runs"
     save_seeded_checkpoints(store, runs)
     quiet = lambda *_: None  # noqa: E731
-    names = ("image", "audio", "fused", "r2p1d", "loudness", "motion")
+    names = ("image", "audio", "fused", "r2p1d", "loudness", "motion", "spectrum")
     data = load_split(store, "test", names)
     rows: dict = {"__order__": []}
     selectors = build_selectors(BenchContext(store, runs, subsample=5, steps=3, say=quiet), tuple(METHODS))

@@ -34,7 +34,7 @@ def bench(tmp_path_factory):
     runs = tmp / "runs"
     save_seeded_checkpoints(store, runs)
     selectors = build_selectors(BenchContext(store, runs, subsample=5, steps=3, say=lambda *_: None), tuple(METHODS))
-    data = load_split(store, "test", ("t", "image", "audio", "fused", "r2p1d", "loudness", "motion"))
+    data = load_split(store, "test", ("t", "image", "audio", "fused", "r2p1d", "loudness", "motion", "spectrum"))
     PATHS.update(store=path, runs=runs)
     return selectors, data
 
