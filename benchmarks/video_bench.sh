@@ -28,6 +28,11 @@ mkdir -p "$RUNS"
   # before the signal arrays has no motion: they fail with that reason and the bench skips their rows
   $FS train-sampler "${common[@]}" --modality motion --loss ac || echo "video_bench: no motion samplers" >&2
   $FS train-sampler "${common[@]}" --modality av-motion --loss sal-rank || echo "video_bench: no motion samplers" >&2
+  # SCSampler's cheap audio sampler on the spectrum signal, and AV(cheap) (motion + spectrum) joint training; the
+  # bench's AV(cheap) combinations pair motion AC with spectrum SAL-RANK: no ResNet on a step until it is chosen.
+  # A store extracted before the spectrum signal has none: they fail with that reason and the bench skips their rows
+  $FS train-sampler "${common[@]}" --modality spectrum --loss sal-rank || echo "video_bench: no spectrum samplers" >&2
+  $FS train-sampler "${common[@]}" --modality av-cheap --loss sal-rank || echo "video_bench: no spectrum samplers" >&2
   $FS train-avgn "${common[@]}"
   $FS train-avgn "${common[@]}" --no-audio-tokens
   $FS train-avgn "${common[@]}" --no-mask-loss
