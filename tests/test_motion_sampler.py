@@ -30,7 +30,8 @@ def trained(tmp_path_factory):
 
 def test_motion_samplers_train_and_joint_training_starts_from_its_parts(trained):
     store, runs, said = trained
-    assert "starts from the motion sampler" in said["av-motion"] and "starts from the audio sampler" in said["av-motion"]
+    assert "starts from the motion sampler" in said["av-motion"]
+    assert "starts from the audio sampler" in said["av-motion"]
     for name, modality in (("sampler-motion-sal-rank", "motion"), ("sampler-motion-sal-cl", "motion"),
                            ("sampler-audio-sal-cl", "audio"), ("sampler-av-motion-sal-cl", "av-motion")):
         ckpt = torch.load(runs / f"{name}.pt", weights_only=True)

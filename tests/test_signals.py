@@ -1,4 +1,5 @@
-"""The signal-energy arrays (``loudness``, ``motion``, ``spectrum``): hand-computed values, chunking-independence, extraction from
+"""The signal-energy arrays (``loudness``, ``motion``, ``spectrum``): hand-computed values, chunking-independence,
+extraction from
 the single decode, and stores built before them."""
 import subprocess
 
