@@ -1,6 +1,5 @@
 """The signal-energy arrays (``loudness``, ``motion``, ``spectrum``): hand-computed values, chunking-independence,
-extraction from
-the single decode, and stores built before them."""
+extraction from the single decode, and stores built before them."""
 import subprocess
 
 import numpy as np
