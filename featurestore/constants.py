@@ -57,6 +57,9 @@ SIGNAL_WIDTHS = {"motion": MOTION_DIM, "spectrum": SPECTRUM_DIM}   # row widths 
                              # float32 value per step)
 
 
+ROW_WIDTHS = {**FEATURE_DIMS, **SIGNAL_WIDTHS}   # the row width of every stored per-step array with rows
+
+
 def array_source(name: str) -> str:
     """What produces a stored array: "student", "teacher", "decode" (kept inputs) or "" (the step times ``t``)."""
     if name in STUDENT_DESCRIPTORS:

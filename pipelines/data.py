@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from featurestore.constants import FEATURE_DIMS, KEPT_CLIPS, KEPT_INPUTS, SIGNAL_WIDTHS
+from featurestore.constants import KEPT_CLIPS, KEPT_INPUTS, ROW_WIDTHS
 from featurestore.packed import BLOCK_CHUNKS, BlockReader, PackedSplit, open_packed
 from featurestore.store import FeatureStore, StoreError, VideoFeatures, require_arrays
 from featurestore.text import printable
@@ -303,8 +303,7 @@ def _packed_bytes(store: FeatureStore, split: str, names: tuple[str, ...]) -> in
     """Bytes of the split's descriptors ``names`` in float16 (from the index: rows x widths; ``t`` and ``loudness``
     one float32 a row)."""
     rows = sum(int(e["n_steps"]) for e in store.entries().values() if e.get("split") == split)
-    widths = {**FEATURE_DIMS, **SIGNAL_WIDTHS}
-    return rows * sum(2 * widths[n] if n in widths else 4 for n in names if n not in INPUT_ARRAYS)
+    return rows * sum(2 * ROW_WIDTHS[n] if n in ROW_WIDTHS else 4 for n in names if n not in INPUT_ARRAYS)
 
 
 def action_segments(video_id: str, attrs: Mapping) -> list[tuple[float, float]]:

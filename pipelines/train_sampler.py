@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch.nn import functional as F
 
-from featurestore.constants import FEATURE_DIMS, SIGNAL_WIDTHS, SIGNALS
+from featurestore.constants import ROW_WIDTHS, SIGNALS
 from featurestore.store import FeatureStore, require_arrays
 from models.scsampler import (JOINT_MODALITIES, MODALITY_FEATURE, JointSampler, SaliencySampler, k_tr_fraction,
                               modality_features, modality_parts, sal_cl_loss, sal_rank_loss)
@@ -47,7 +47,7 @@ def modalities(modality: str) -> list[str]:
 
 def feature_width(feature: str) -> int:
     """The row width of a stored array a sampler reads: a descriptor's, or a signal's (motion, spectrum)."""
-    return SIGNAL_WIDTHS[feature] if feature in SIGNAL_WIDTHS else FEATURE_DIMS[feature]
+    return ROW_WIDTHS[feature]
 
 
 def build_sampler(modality: str, loss: str, num_classes: int) -> torch.nn.Module:
