@@ -15,11 +15,9 @@ from featurestore import __version__
 from manifests.synth import (DEFAULT_ACTION_SECONDS, DEFAULT_ACTION_SHARE, DEFAULT_ACTIONS, DEFAULT_CLASSES,
                              DEFAULT_CONFOUNDERS, DEFAULT_SECONDS, DEFAULT_VIDEOS)
 
-DEFAULT_STORE = "fs-store.zarr"
-
-
 def _store_default() -> str:
-    return os.environ.get("FS_STORE", DEFAULT_STORE)
+    from featurestore.store import default_store_path
+    return str(default_store_path())
 
 
 store_option = click.option("--store", default=_store_default, show_default="$FS_STORE or fs-store.zarr",

@@ -62,6 +62,14 @@ def chunk_shape(data: np.ndarray, target_bytes: int = 4 << 20) -> tuple[int, ...
 LISTED_KEYS = ("label", "split", "n_steps", "duration", "has_audio")   # what listings and fs info read of an entry
 
 
+DEFAULT_STORE = "fs-store.zarr"
+
+
+def default_store_path() -> Path:
+    """The store a command or :func:`fs.open_store` uses when none is named: ``$FS_STORE``, else ``./fs-store.zarr``."""
+    return Path(os.environ.get("FS_STORE") or DEFAULT_STORE)
+
+
 class StoreError(RuntimeError):
     """The store is missing, of another schema, or was built with other settings than asked."""
 

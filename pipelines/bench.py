@@ -15,7 +15,7 @@ from featurestore.constants import STUDENT_DESCRIPTORS
 from featurestore.store import FeatureStore, StoreError
 from models.selection import NO_STEP, Selector, VideoBlock, select_block, to_device
 from models.skim import SkimSelector
-from pipelines.checkpoints import checkpoint_path
+from pipelines.checkpoints import checkpoint_path, runs_dir
 from pipelines.data import SplitData, action_segments, load_split, resolve_device
 from pipelines.methods import METHODS, BenchContext, build_rows, check_methods, role
 from pipelines.report import ENERGY_MARK, GalleryItem, below_energy, gallery_videos, write_report
@@ -398,6 +398,44 @@ def bench_notes(table: pd.DataFrame, n_test: int | None = None) -> list[str]:
     return notes
 
 
+def bench_arrays(ctx: BenchContext) -> tuple[str, ...]:
+    """The arrays any bench row may read: step times, the student's descriptors, and r2p1d and the signals when
+    the store holds them."""
+    return ("t",) + STUDENT_DESCRIPTORS + (("r2p1d",) if ctx.has_r2p1d else ()) + ctx.signals
+
+
+def evaluate_methods(store: FeatureStore, methods: tuple[str, ...] = ("UNIFORM",), selectors: tuple = (),
+                     runs: Path | str | None = None, split: str = "test", train_split: str | None = "train",
+                     subsample: int = 5, steps: int = 3, device: str = "cpu", intervals: bool = True,
+                     say: Callable[[str], None] = print) -> pd.DataFrame:
+    """The bench's table for ``methods`` (registry names) and your own ``selectors`` (objects with ``name`` and
+    ``select``), evaluated on ``split`` (and their top-1 on ``train_split``), one row each, as a DataFrame with the
+    columns of ``bench.csv``; nothing is written. Checkpoints come from ``runs`` (``$FS_RUNS`` or ``fs-runs``)."""
+    for sel in selectors:
+        if not (isinstance(getattr(sel, "name", None), str) and callable(getattr(sel, "select", None))):
+            raise TypeError(f"{sel!r} is not a selector: it needs a str `name` and a `select(video)` method")
+    ctx = BenchContext(store, runs_dir(runs), subsample, steps, say)
+    built = build_rows(ctx, tuple(methods)) + [("", sel) for sel in selectors]
+    if not built:
+        raise ValueError("nothing to evaluate: name methods or pass selectors")
+    names = bench_arrays(ctx)
+    device = resolve_device(device)
+    data = load_split(store, split, names, device)
+    train = load_split(store, train_split, names, device) if train_split else None
+    for _, sel in built:
+        to_device(sel, device)
+    try:
+        results = evaluate_all([sel for _, sel in built], data, train, intervals=intervals, device=device)
+    finally:
+        for _, sel in built:
+            to_device(sel, "cpu")
+    for (method, _), r in zip(built, results):
+        r.role = role(method) if method else "user"
+    table = pd.DataFrame([r.__dict__ for r in results])
+    table.attrs["n_test"] = len(data)
+    return table
+
+
 def run_bench(store: FeatureStore, runs: Path, out: Path, methods: tuple[str, ...] = tuple(METHODS),
               subsample: int = 5, steps: int = 3, do_sweep: bool = True,
               say: Callable[[str], None] = print, gallery: int = 0, device: str = "auto") -> pd.DataFrame:
@@ -411,7 +449,7 @@ def run_bench(store: FeatureStore, runs: Path, out: Path, methods: tuple[str, ..
     device = resolve_device(device)
     bound_heap()            # blocks of varying padded shapes would otherwise fragment the heap over a long run
     ctx = BenchContext(store, runs, subsample, steps, say)
-    names = ("t",) + STUDENT_DESCRIPTORS + (("r2p1d",) if ctx.has_r2p1d else ()) + ctx.signals
+    names = bench_arrays(ctx)
     data = load_split(store, "test", names, device)
     train = load_split(store, "train", names, device)
     built = build_rows(ctx, methods)

@@ -43,6 +43,9 @@ class BenchContext:
     _nets: dict = field(default_factory=dict)
     _said: set = field(default_factory=set)
 
+    def __post_init__(self) -> None:
+        self.runs = Path(self.runs)
+
     @cached_property
     def costs(self) -> UnitCosts:
         return unit_gflops()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tests.conftest import REPO
 
-PACKAGES = ("cli", "pipelines", "manifests", "featurestore", "models")
+PACKAGES = ("cli", "fs", "pipelines", "manifests", "featurestore", "models")
 
 
 def lint_imports(root: Path) -> subprocess.CompletedProcess:
