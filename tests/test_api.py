@@ -156,3 +156,12 @@ def test_evaluate_refuses_non_selectors_and_nothing_to_do(store, tmp_path):
         evaluate_methods(store, (), (), tmp_path)
     with pytest.raises(ValueError, match="unknown method"):
         fs.evaluate(store, ["NOPE"], runs=tmp_path)
+
+
+def test_worker_processes_read_the_same_batches(store):
+    ds = fs.VideoDataset(store, "test", ("fused",))
+    plain = list(torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=fs.collate_videos))
+    forked = list(torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, collate_fn=fs.collate_videos))
+    assert [b["video_id"] for b in plain] == [b["video_id"] for b in forked]
+    assert all(torch.equal(a["fused"], b["fused"]) and torch.equal(a["mask"], b["mask"])
+               for a, b in zip(plain, forked))
