@@ -135,3 +135,186 @@ def test_a_store_written_without_dimension_names_keeps_reading_and_verifying(tmp
     view = open_packed(old, "train", ("image", "mel"))                    # the packed view of an old store: named
     assert _same_bits(view.reader("mel").video(0), old.read_video(view.video_ids[0], ["mel"])["mel"])
     assert _open(view.path)["image"].dims == (ROW_DIM, "image_feature")
+
+
+# --- fs export -------------------------------------------------------------------------------------------------------
+EXPORTED = ("t", "loudness", "motion", "spectrum", "image", "fused", "r2p1d_logits", "frames", "mel")
+
+
+@pytest.fixture
+def export_store(tmp_path) -> FeatureStore:
+    """The interop store plus a train video whose id holds a dot and a space (webdataset keys stop at a dot)."""
+    s = write_store(tmp_path / "x.zarr", videos=9)
+    writer = FeatureStore(s.path, mode="a")
+    writer.write_video("clip.part 1", video_arrays(99, 2), {"label": "a", "split": "train", "n_steps": 2,
+                                                            "duration": 1.1, "has_audio": False, "fps": 30})
+    return FeatureStore(s.path)
+
+
+def _expected(store: FeatureStore, split: str, names=EXPORTED) -> dict[str, dict[str, np.ndarray]]:
+    return {vid: store.read_video(vid, names).arrays for vid in store.video_ids(split)}
+
+
+def test_npy_export_reads_back_with_numpy_equal_to_the_store(export_store, tmp_path):
+    import pandas as pd
+
+    from pipelines.export import METADATA_COLUMNS, export_split
+
+    done = export_split(export_store, "train", "npy", tmp_path / "npy", EXPORTED)
+    want = _expected(export_store, "train")
+    assert done.videos == len(want) == 7
+    for vid, arrays in want.items():
+        for name, data in arrays.items():
+            assert _same_bits(np.load(tmp_path / "npy" / name / f"{vid}.npy"), data), (vid, name)
+    assert sorted(p.name for p in (tmp_path / "npy").iterdir()) == sorted([*EXPORTED, "metadata.csv", "export.json"])
+    meta = pd.read_csv(tmp_path / "npy" / "metadata.csv", keep_default_na=False, dtype={"video_id": str})
+    assert list(meta.columns) == list(METADATA_COLUMNS)
+    assert meta["video_id"].tolist() == list(want)
+    for row in meta.itertuples():
+        attrs = export_store.video_attrs(row.video_id)
+        assert (row.label, row.split, row.n_steps, row.segments) == (attrs["label"], "train", attrs["n_steps"],
+                                                                     attrs.get("segments", ""))
+    assert meta.set_index("video_id").loc["v01", "segments"] == "0-2"
+
+
+def _parquet_rows(column, i: int, n: int, shape: tuple[int, ...]) -> np.ndarray:
+    values = column[i].values                       # the video's rows
+    while hasattr(values, "flatten"):
+        values = values.flatten()                   # through the fixed-size lists of each row dimension
+    return values.to_numpy(zero_copy_only=False).reshape((n, *shape))
+
+
+def test_parquet_export_reads_back_with_pyarrow_equal_to_the_store_in_row_groups(export_store, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.export import export_split
+
+    export_split(export_store, "train", "parquet", tmp_path / "pq", EXPORTED, row_group_bytes=2000)
+    path = tmp_path / "pq" / "train.parquet"
+    assert pq.ParquetFile(path).metadata.num_row_groups > 1                 # bounded memory: written a group at a time
+    table = pq.read_table(path)
+    assert table.schema.field("image").type == pa.list_(pa.list_(pa.float16(), 6))
+    assert table.schema.field("mel").type == pa.list_(pa.list_(pa.list_(pa.float16(), 9), N_MELS))
+    assert table.schema.field("t").type == pa.list_(pa.float32())
+    want = _expected(export_store, "train")
+    assert table.column("video_id").to_pylist() == list(want)
+    for i, (vid, arrays) in enumerate(want.items()):
+        n = table.column("n_steps")[i].as_py()
+        assert table.column("label")[i].as_py() == export_store.video_attrs(vid)["label"]
+        for name, data in arrays.items():
+            col = table.column(name).combine_chunks()
+            assert _same_bits(_parquet_rows(col, i, n, data.shape[1:]), data), (vid, name)
+
+
+def test_webdataset_export_reads_back_with_webdataset_equal_to_the_store(export_store, tmp_path):
+    import json
+    from urllib.parse import unquote
+
+    import webdataset as wds
+
+    from pipelines.export import export_split
+
+    names = ("t", "image", "mel", "frames")
+    export_split(export_store, "train", "webdataset", tmp_path / "wds", names, shard_videos=3)
+    shards = sorted(str(p) for p in (tmp_path / "wds").glob("train-*.tar"))
+    assert [p.rsplit("/", 1)[1] for p in shards] == ["train-000000.tar", "train-000001.tar", "train-000002.tar"]
+    want = _expected(export_store, "train", names)
+    seen = []
+    for sample in wds.WebDataset(shards, shardshuffle=False, empty_check=False).decode():
+        meta = sample["json"]
+        vid = meta["video_id"]
+        assert unquote(sample["__key__"]) == vid
+        assert meta["n_steps"] == export_store.video_attrs(vid)["n_steps"] and meta["split"] == "train"
+        for name in names:
+            assert _same_bits(sample[f"{name}.npy"], want[vid][name]), (vid, name)
+        seen.append(vid)
+    assert seen == list(want) and "clip.part 1" in seen
+    assert json.loads((tmp_path / "wds" / "export.json").read_text())["dimension_names"]["mel"] == \
+        ["step", "mel_band", "mel_frame"]
+
+
+def test_the_default_arrays_leave_out_the_kept_inputs(export_store, tmp_path):
+    from pipelines.export import export_split
+
+    done = export_split(export_store, "test", "npy", tmp_path / "d")
+    assert done.arrays == ("t", "loudness", "motion", "spectrum", "image", "audio", "fused", "r2p1d", "r2p1d_logits")
+
+
+@pytest.mark.parametrize("ask, message", [
+    (dict(split="val"), "no complete 'val' videos (its splits: test, train)"),
+    (dict(arrays=("image", "nope")), "has no nope array"),
+    (dict(fmt="hdf5"), "unknown export format 'hdf5'"),
+])
+def test_an_export_the_store_cannot_give_is_refused(export_store, tmp_path, ask, message):
+    from pipelines.export import ExportError, export_split
+
+    kw = {"split": "train", "fmt": "npy", "arrays": ("image",), **ask}
+    with pytest.raises(ExportError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        export_split(export_store, kw["split"], kw["fmt"], tmp_path / "o", kw["arrays"])
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.*"))
+
+
+def test_an_array_the_store_does_not_hold_is_refused(tmp_path):
+    from pipelines.export import ExportError, export_split
+
+    s = FeatureStore(tmp_path / "small.zarr", mode="a")
+    s.initialise("d", ["a"], ["image"], {})
+    s.write_video("v", {"t": np.zeros(2, np.float32), "image": np.ones((2, 3), np.float16)},
+                  {"label": "a", "split": "train", "n_steps": 2, "duration": 1.0, "has_audio": True})
+    with pytest.raises(ExportError, match="has no frames, r2p1d arrays .its videos hold t, image."):
+        export_split(FeatureStore(s.path), "train", "npy", tmp_path / "o", ("frames", "image", "r2p1d"))
+
+
+def test_a_non_empty_out_folder_is_replaced_only_when_it_is_an_earlier_export_and_overwrite_is_asked(
+        export_store, tmp_path):
+    from pipelines.export import ExportError, export_split
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(ExportError, match="exists and is not empty"):
+        export_split(export_store, "test", "npy", mine, ("image",))
+    with pytest.raises(ExportError, match="is not an fs export"):
+        export_split(export_store, "test", "npy", mine, ("image",), overwrite=True)
+    assert (mine / "notes.txt").read_text() == "keep me"
+    out = tmp_path / "out"
+    out.mkdir()                                                       # an empty folder is fine
+    export_split(export_store, "test", "npy", out, ("image",))
+    with pytest.raises(ExportError, match="exists and is not empty"):
+        export_split(export_store, "test", "parquet", out, ("image",))
+    export_split(export_store, "test", "parquet", out, ("image",), overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "test.parquet"]      # the npy export is gone
+
+
+def test_a_failed_export_leaves_nothing_behind(export_store, tmp_path, monkeypatch):
+    from pipelines import export as export_mod
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(export_mod, "_npy_bytes", broken)
+    with pytest.raises(OSError):
+        export_mod.export_split(export_store, "train", "webdataset", tmp_path / "w", ("image",))
+    assert list(tmp_path.glob("*w*")) == [] and list(tmp_path.glob(".w*")) == []
+
+
+def test_fs_export_cli(export_store, tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    runner = CliRunner()
+    res = runner.invoke(main, ["export", "test", "--format", "npy", "--arrays", "image,fused", "--out",
+                               str(tmp_path / "e"), "--store", str(export_store.path)])
+    assert res.exit_code == 0, res.output
+    assert "exported 3 test videos (image, fused) as npy" in res.output
+    assert _same_bits(np.load(tmp_path / "e" / "fused" / "v00.npy"), export_store.read_video("v00")["fused"])
+    res = runner.invoke(main, ["export", "test", "--format", "npy", "--out", str(tmp_path / "e"), "--store",
+                               str(export_store.path)])
+    assert res.exit_code == 1 and "exists and is not empty" in res.output
+    res = runner.invoke(main, ["export", "train", "--format", "csv", "--out", str(tmp_path / "f"), "--store",
+                               str(export_store.path)])
+    assert res.exit_code == 2 and "'csv' is not one of 'npy', 'parquet', 'webdataset'" in res.output
+    res = runner.invoke(main, ["export", "train", "--format", "npy", "--arrays", "mel,nope", "--out",
+                               str(tmp_path / "f"), "--store", str(export_store.path)])
+    assert res.exit_code == 1 and "has no nope array" in res.output and not (tmp_path / "f").exists()
