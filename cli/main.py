@@ -422,9 +422,9 @@ def pack(store, arrays) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (new or empty).")
 @store_option
 @click.option("--overwrite", is_flag=True, help="Replace an earlier fs export in --out.")
-@click.option("--shard-videos", type=click.IntRange(min=1), default=1000, show_default=True,
+@click.option("--shard-videos", type=click.IntRange(min=1), default=None, show_default="1000",
               help="webdataset: videos per shard at most.")
-@click.option("--shard-mb", type=click.IntRange(min=1), default=1024, show_default=True,
+@click.option("--shard-mb", type=click.IntRange(min=1), default=None, show_default="1024",
               help="webdataset: a new shard once one holds this many MB.")
 def export(split, fmt, arrays, out, store, overwrite, shard_videos, shard_mb) -> None:
     """Write one split's arrays and metadata as files other tools read (numpy, parquet, webdataset), video by video,
@@ -447,8 +447,9 @@ def export(split, fmt, arrays, out, store, overwrite, shard_videos, shard_mb) ->
         bar.update(i - bar.n)
     try:
         try:
-            done = export_split(FeatureStore(store), split, fmt, out, names, overwrite, progress,
-                                shard_videos=shard_videos, shard_bytes=shard_mb << 20)
+            shards = {k: v for k, v in (("shard_videos", shard_videos),
+                                        ("shard_bytes", shard_mb << 20 if shard_mb else None)) if v}
+            done = export_split(FeatureStore(store), split, fmt, out, names, overwrite, progress, **shards)
         finally:
             if bar is not None:
                 bar.close()
