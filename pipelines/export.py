@@ -124,15 +124,16 @@ def export_split(store: FeatureStore, split: str, fmt: str, out: str | Path, arr
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp.mkdir()
     try:
+        dims = {n: list(_dims(store, ids[0], n)) for n in names}
         videos = _videos(store, ids, names, progress)
         if fmt == "npy":
             _write_npy(videos, tmp, names)
         elif fmt == "parquet":
-            _write_parquet(videos, tmp / f"{split}.parquet", names, row_group_bytes)
+            _write_parquet(videos, tmp / f"{split}.parquet", names, dims, row_group_bytes)
         else:
             _write_webdataset(videos, tmp, split, names, shard_videos, shard_bytes)
         marker = {"fs_export": 1, "format": fmt, "split": split, "arrays": list(names),
-                  "dimension_names": {n: list(_dims(store, ids[0], n)) for n in names}, "videos": len(ids),
+                  "dimension_names": dims, "videos": len(ids),
                   "metadata_columns": list(METADATA_COLUMNS), "classes": store.attrs.get("classes", []),
                   "store": str(store.path), "fs_version": __version__}
         (tmp / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
@@ -221,7 +222,8 @@ def arrow_rows(data: np.ndarray):
     return values
 
 
-def _write_parquet(videos: Iterator, path: Path, names: tuple[str, ...], row_group_bytes: int) -> None:
+def _write_parquet(videos: Iterator, path: Path, names: tuple[str, ...], dims: dict[str, list[str]],
+                   row_group_bytes: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -249,7 +251,8 @@ def _write_parquet(videos: Iterator, path: Path, names: tuple[str, ...], row_gro
             if writer is None:
                 fields = [pa.field(c, meta_types[c]) for c in METADATA_COLUMNS]
                 fields += [pa.field(n, pa.list_(arrow_rows(arrays[n][:0]).type)) for n in names]
-                schema = pa.schema(fields, metadata={b"fs": json.dumps({"arrays": list(names)}).encode()})
+                schema = pa.schema(fields, metadata={b"fs": json.dumps({"arrays": list(names),
+                                                                        "dimension_names": dims}).encode()})
                 writer = pq.ParquetWriter(path, schema)
             metas.append(meta)
             for n in names:

@@ -185,6 +185,8 @@ def _parquet_rows(column, i: int, n: int, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def test_parquet_export_reads_back_with_pyarrow_equal_to_the_store_in_row_groups(export_store, tmp_path):
+    import json
+
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -197,6 +199,7 @@ def test_parquet_export_reads_back_with_pyarrow_equal_to_the_store_in_row_groups
     assert table.schema.field("image").type == pa.list_(pa.list_(pa.float16(), 6))
     assert table.schema.field("mel").type == pa.list_(pa.list_(pa.list_(pa.float16(), 9), N_MELS))
     assert table.schema.field("t").type == pa.list_(pa.float32())
+    assert json.loads(table.schema.metadata[b"fs"])["dimension_names"]["image"] == ["step", "image_feature"]
     want = _expected(export_store, "train")
     assert table.column("video_id").to_pylist() == list(want)
     for i, (vid, arrays) in enumerate(want.items()):
