@@ -410,6 +410,55 @@ def pack(store, arrays) -> None:
     click.echo(f"packed views of {store} up to date for {', '.join(names)} in {time.perf_counter() - t0:.1f} s")
 
 
+@main.command()
+@click.argument("split")
+@click.option("--format", "fmt", type=click.Choice(["npy", "parquet", "webdataset"]), required=True,
+              help="npy: <out>/<array>/<video_id>.npy + metadata.csv; parquet: <out>/<split>.parquet, a row per video; "
+                   "webdataset: <out>/<split>-NNNNNN.tar shards of <id>.<array>.npy + <id>.json.")
+@click.option("--arrays", default=None, help="Comma list of arrays (default: t, the signals and the descriptors the "
+                                             "store holds; kept inputs frames, mel, clips only when named).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (new or empty).")
+@store_option
+@click.option("--overwrite", is_flag=True, help="Replace an earlier fs export in --out.")
+@click.option("--shard-videos", type=click.IntRange(min=1), default=None, show_default="1000",
+              help="webdataset: videos per shard at most.")
+@click.option("--shard-mb", type=click.IntRange(min=1), default=None, show_default="1024",
+              help="webdataset: a new shard once one holds this many MB.")
+def export(split, fmt, arrays, out, store, overwrite, shard_videos, shard_mb) -> None:
+    """Write one split's arrays and metadata as files other tools read (numpy, parquet, webdataset), video by video,
+    bit for bit equal to the store."""
+    from tqdm import tqdm
+
+    from featurestore.store import FeatureStore, StoreError
+    from featurestore.text import printable
+    from pipelines.export import ExportError, export_split
+
+    names = tuple(a.strip() for a in arrays.split(",") if a.strip()) if arrays is not None else None
+    if names == ():
+        _fail("--arrays names no array")
+    bar = None
+
+    def progress(i: int, n: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=n, unit="video", desc=f"export {split}", dynamic_ncols=True, disable=n < 20)
+        bar.update(i - bar.n)
+    try:
+        try:
+            shards = {k: v for k, v in (("shard_videos", shard_videos),
+                                        ("shard_bytes", shard_mb << 20 if shard_mb else None)) if v}
+            done = export_split(FeatureStore(store), split, fmt, out, names, overwrite, progress, **shards)
+        finally:
+            if bar is not None:
+                bar.close()
+    except (StoreError, ExportError) as e:
+        _fail(e)
+    except OSError as e:
+        _fail(f"cannot write {e.filename or out}: {e.strerror or type(e).__name__}")
+    click.echo(f"exported {done.videos} {printable(split)} videos ({', '.join(done.arrays)}) as {fmt} to {done.out}: "
+               f"{done.files} files, {done.bytes / 1e6:.1f} MB")
+
+
 def _milestones(ctx, param, value: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in value.split(",") if v.strip())

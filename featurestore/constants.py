@@ -59,6 +59,33 @@ SIGNAL_WIDTHS = {"motion": MOTION_DIM, "spectrum": SPECTRUM_DIM}   # row widths 
 
 ROW_WIDTHS = {**FEATURE_DIMS, **SIGNAL_WIDTHS}   # the row width of every stored per-step array with rows
 
+# --- dimension names (zarr v3 ``dimension_names``, what xarray reads) ----------------------------------------------
+# xarray opens a group as one Dataset, where a dimension name has one size: arrays of different row widths name
+# their row dimension apart (``image_feature``, ``motion_cell``, ...); dimensions equal by construction share a name
+# (``mel_band``: the spectrum's width is N_MELS; ``height``/``width``/``channel``: frames and clips are CROP x CROP
+# RGB). No dimension is named like an array (xarray would take array ``mel`` for the coordinate of a dimension mel).
+STEP_DIM = "step"            # the first dimension of every array of a video group: one entry per step
+ROW_DIM = "row"              # ... of a packed view's arrays: the steps of every video of the split, one after another
+OFFSET_DIM = "offset"        # the packed view's ``offsets`` (V + 1,): video i holds rows offsets[i]:offsets[i + 1]
+DIMENSION_NAMES = {          # the dimensions after the first, per stored array
+    "t": (), "loudness": (),
+    "motion": ("motion_cell",), "spectrum": ("mel_band",),
+    "image": ("image_feature",), "audio": ("audio_feature",), "fused": ("fused_feature",),
+    "r2p1d": ("r2p1d_feature",), "r2p1d_logits": ("r2p1d_class",),
+    "frames": ("height", "width", "channel"), "mel": ("mel_band", "mel_frame"),
+    "clips": ("clip_frame", "height", "width", "channel"),
+}
+
+
+def dimension_names(name: str, ndim: int, first: str = STEP_DIM) -> tuple[str, ...]:
+    """The zarr ``dimension_names`` of stored array ``name`` with ``ndim`` dimensions: ``first`` (``step`` in a video
+    group, ``row`` in a packed view), then the array's own (:data:`DIMENSION_NAMES`). An array not listed there, or
+    of another rank, gets ``<name>_dim<i>``, which no other array shares."""
+    rest = DIMENSION_NAMES.get(name)
+    if rest is None or len(rest) != ndim - 1:
+        rest = tuple(f"{name}_dim{i}" for i in range(1, ndim))
+    return (first, *rest)[:ndim]
+
 
 def array_source(name: str) -> str:
     """What produces a stored array: "student", "teacher", "decode" (kept inputs) or "" (the step times ``t``)."""

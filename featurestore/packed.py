@@ -8,6 +8,7 @@ Layout::
         .readers.lock                  every open reader holds a shared flock on it
         offsets (V+1,) i8              video i holds rows offsets[i]:offsets[i+1]
         t (R,) f4 · image (R,256) f2 · audio (R,256) f2 · fused (R,512) f2 · r2p1d ... (R = total steps)
+                                       dimensions: offsets (offset), the others (row, ...) as in the groups
 
 A view is built once from the per-video groups (:func:`open_packed` builds or extends it on first use) and rebuilt
 when the index says the split changed (a new, failed-then-stored or refreshed video changes the fingerprint).
@@ -37,6 +38,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from featurestore.constants import OFFSET_DIM, ROW_DIM, dimension_names
 from featurestore.index import file_lock, fingerprint
 from featurestore.store import (FeatureStore, StoreError, array_options, check_video, chunk_problems, decode_problem,
                                 fsync_path, fsync_tree, threaded_map)
@@ -347,6 +349,7 @@ def _write_arrays(store: FeatureStore, entries: list[dict], group: zarr.Group, n
         rows = chunk_rows(int(np.prod(row, dtype=np.int64)) * first[n].dtype.itemsize)
         arrays[n] = group.create_array(n, shape=(int(offsets[-1]),) + row, dtype=first[n].dtype,
                                        chunks=(rows,) + row, compressors=PACK_CODEC, overwrite=True,
+                                       dimension_names=dimension_names(n, 1 + len(row), ROW_DIM),
                                        **array_options(first[n].dtype))
         buffers[n], written[n] = [], 0
     for i, video in enumerate(_read_videos(store, entries, names, progress)):
@@ -369,7 +372,8 @@ def _build(store: FeatureStore, entries: list[dict], root: Path, split: str, wan
     offsets = np.concatenate([[0], np.cumsum([int(e["n_steps"]) for e in entries])]).astype(np.int64)
     group = zarr.open_group(str(path), mode="w")
     (path / READERS_LOCK).touch()
-    group.create_array("offsets", data=offsets, chunks=(len(offsets),), **array_options(offsets.dtype))
+    group.create_array("offsets", data=offsets, chunks=(len(offsets),), dimension_names=(OFFSET_DIM,),
+                       **array_options(offsets.dtype))
     _write_arrays(store, entries, group, list(names), offsets, progress)
     group.attrs.update({"fingerprint": want, "video_ids": [e["video_id"] for e in entries], "arrays": list(names)})
     fsync_tree(path)                    # every chunk on disk before the pointer names the version

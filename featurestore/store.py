@@ -6,6 +6,8 @@ Layout::
     <store>/videos/<video_id>/        attrs: label, split, fps, duration, has_audio, n_steps, provenance, complete
         t (N,) f4 · image (N,256) f2 · audio (N,256) f2 · fused (N,512) f2 · r2p1d (N,512) f2 · r2p1d_logits (N,C) f2
         frames (N,112,112,3) u1 · mel (N,40,101) f2 [--keep-inputs] · clips (N,16,112,112,3) u1 [--keep-clips]
+                                      every array names its dimensions (zarr ``dimension_names``: step, ...;
+                                      featurestore.constants.dimension_names), so xarray opens the group
     <store>/partial/<video_id>-<tag>/ groups being written (never read)
     <store>/failures.csv              video_id, path, stage, error
     <store>/index.jsonl               one line per published video (featurestore.index): what listings read
@@ -43,7 +45,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from featurestore import SCHEMA_VERSION, __version__
-from featurestore.constants import DESCRIPTORS, stored_arrays
+from featurestore.constants import DESCRIPTORS, dimension_names, stored_arrays
 from featurestore.index import StoreIndex, directory_bytes, entry_of
 
 FAILURE_COLUMNS = ["video_id", "path", "stage", "error"]
@@ -362,7 +364,8 @@ class FeatureStore:
             if len(data) != n:
                 raise ValueError(f"{video_id}: array {name} has {len(data)} rows, expected {n}")
             group.create_array(name, data=np.ascontiguousarray(data), chunks=chunk_shape(data),
-                               compressors=COMPRESSOR, **array_options(data.dtype))
+                               compressors=COMPRESSOR, dimension_names=dimension_names(name, data.ndim),
+                               **array_options(data.dtype))
         group.attrs["complete"] = True   # the completion marker, written after every array
         fsync_tree(self.path / "partial" / tag)   # every chunk on disk before the rename publishes it
         return tag

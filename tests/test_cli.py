@@ -6,7 +6,7 @@ from click.testing import CliRunner
 from cli.main import main
 
 
-VERBS = ("bench", "bench-extract", "extract", "info", "manifest", "pack", "refresh", "show", "synth", "train-avgn",
+VERBS = ("bench", "bench-extract", "export", "extract", "info", "manifest", "pack", "refresh", "show", "synth", "train-avgn",
          "train-distill", "train-head", "train-sampler", "train-skim", "train-teacher", "verify")
 
 
