@@ -26,10 +26,11 @@ from featurestore.store import FeatureStore, StoreError, VideoFeatures, default_
 from models.selection import BUDGET, Selection, Selector, UnitCosts, VideoBlock
 from pipelines.bench import evaluate_methods
 from pipelines.dataset import VideoDataset, WindowSampler, collate_videos
+from pipelines.export import ExportError, ExportResult, export_split
 from pipelines.methods import METHODS, BenchContext
 
 __all__ = ["__version__", "open_store", "splits", "videos", "read_video", "VideoDataset", "WindowSampler",
-           "collate_videos", "evaluate", "methods", "synth", "extract", "FeatureStore", "VideoFeatures",
+           "collate_videos", "evaluate", "methods", "export", "synth", "extract", "ExportError", "ExportResult", "FeatureStore", "VideoFeatures",
            "StoreError", "Selector", "Selection", "UnitCosts", "VideoBlock", "BenchContext", "BUDGET"]
 
 
@@ -89,6 +90,14 @@ def evaluate(store: FeatureStore | str | Path, methods: Sequence[str] = ("UNIFOR
         methods = [m.strip() for m in methods.split(",") if m.strip()]
     return evaluate_methods(_store(store), tuple(methods), tuple(selectors), runs, split, train_split, subsample,
                             steps, device, intervals)
+
+
+def export(store: FeatureStore | str | Path, split: str, format: str, out: str | Path,
+           arrays: Sequence[str] | None = None, overwrite: bool = False) -> ExportResult:
+    """Write ``split``'s arrays (default: every stored array but the kept inputs) and metadata to ``out`` as
+    ``npy`` (``<out>/<array>/<video_id>.npy`` + ``metadata.csv``), ``parquet`` (``<out>/<split>.parquet``, one row per
+    video) or ``webdataset`` (``<out>/<split>-%06d.tar``), bit for bit (``fs export``); see docs/store.md."""
+    return export_split(_store(store), split, format, out, tuple(arrays) if arrays is not None else None, overwrite)
 
 
 def synth(out: str | Path, videos: int = 8, classes: int = 2, seconds: tuple[float, float] = (12.0, 16.0),
