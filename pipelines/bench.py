@@ -2,6 +2,7 @@
 accuracy/GFLOPs trade-off plot and the skimmer's sweep over subsampling factors and early-stop steps (Fig. 6)."""
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from featurestore.constants import STUDENT_DESCRIPTORS
+from featurestore.progress import progress_bar, tracker
 from featurestore.store import FeatureStore, StoreError
 from models.selection import NO_STEP, Selector, VideoBlock, select_block, to_device
 from models.skim import SkimSelector
@@ -21,6 +23,8 @@ from pipelines.methods import METHODS, BenchContext, build_rows, check_methods, 
 from pipelines.report import ENERGY_MARK, GalleryItem, below_energy, gallery_videos, write_report
 from pipelines.show import SHOW_METHODS, render_video, show_rows
 from pipelines.train import bound_heap
+
+log = logging.getLogger(__name__)
 
 SWEEP_SUBSAMPLE = (1, 2, 5, 10)
 SWEEP_STEPS = tuple(range(1, 11))
@@ -400,7 +404,7 @@ def bench_notes(table: pd.DataFrame, n_test: int | None = None) -> list[str]:
 
 def run_bench(store: FeatureStore, runs: Path, out: Path, methods: tuple[str, ...] = tuple(METHODS),
               subsample: int = 5, steps: int = 3, do_sweep: bool = True,
-              say: Callable[[str], None] = print, gallery: int = 0, device: str = "auto") -> pd.DataFrame:
+              say: Callable[[str], None] = log.info, gallery: int = 0, device: str = "auto") -> pd.DataFrame:
     """Evaluate, write ``bench.csv``, ``tradeoff.png`` (and ``sweep.csv``, ``sweep.png``), ``gallery/*.png`` for
     ``gallery`` test videos (see :func:`write_gallery`) and ``report.html`` with all of them into ``out``.
     Selection runs on ``device`` (auto: the first GPU when torch sees one), in blocks of videos; each split is
@@ -423,14 +427,12 @@ def run_bench(store: FeatureStore, runs: Path, out: Path, methods: tuple[str, ..
     rows = []
     say(f"evaluating {len(selectors)} selectors on {len(data)} test and {len(train)} training videos on {device} "
         f"(one pass over each split, blocks of videos)")
-    from tqdm import tqdm
-
     bars: dict = {}
 
     def progress(split: str, i: int, n: int) -> None:
-        bar = bars.setdefault(split, tqdm(total=n, unit="video", desc=f"bench {split}", dynamic_ncols=True,
-                                          leave=False, disable=n < 200))
-        bar.update(i - bar.n)
+        if split not in bars:                 # one bar a split
+            bars[split] = progress_bar(n, f"bench {split}", logger=log)
+        tracker(bars[split])(i, n)
     test_predictions: list[Predictions] = []
     swept = sweep_selectors(ctx) if do_sweep and checkpoint_path(runs, "skim").is_file() else []
     if swept:
@@ -485,9 +487,13 @@ def write_gallery(ctx: BenchContext, data: SplitData, table: pd.DataFrame, selec
         old.unlink()
     items = []
     scores = predictions[ref].scores
-    for i, bucket in gallery_videos(scores, predictions[ref].labels, k):
-        video = data.videos[i]
-        render_video(ctx.store, video, [(s.name, s.select(video)) for s in rows],
-                     folder / f"{video.video_id}.png", subtitle=f"{bucket}, by {selectors[ref].name}")
-        items.append(GalleryItem(video.video_id, bucket, float(scores[i].max()), folder / f"{video.video_id}.png"))
+    chosen = gallery_videos(scores, predictions[ref].labels, k)
+    with progress_bar(len(chosen), "gallery", unit="figure", logger=log) as bar:
+        for i, bucket in chosen:
+            video = data.videos[i]
+            render_video(ctx.store, video, [(s.name, s.select(video)) for s in rows],
+                         folder / f"{video.video_id}.png", subtitle=f"{bucket}, by {selectors[ref].name}")
+            items.append(GalleryItem(video.video_id, bucket, float(scores[i].max()),
+                                     folder / f"{video.video_id}.png"))
+            bar.update(1)
     return items, selectors[ref].name
