@@ -3,17 +3,22 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
-import sys
 import warnings
 from pathlib import Path
 
 import click
 from click.core import ParameterSource
 
+from cli.output import FsGroup, config_option, verbosity_options, write_options
 from featurestore import __version__
+from featurestore.progress import progress_bar, tracker
 from manifests.synth import (DEFAULT_ACTION_SECONDS, DEFAULT_ACTION_SHARE, DEFAULT_ACTIONS, DEFAULT_CLASSES,
                              DEFAULT_CONFOUNDERS, DEFAULT_SECONDS, DEFAULT_VIDEOS)
+
+log = logging.getLogger("cli")
+
 
 def _store_default() -> str:
     from featurestore.store import default_store_path
@@ -68,9 +73,11 @@ _seconds_range = _range(float, "in seconds")
 _count_range = _range(int, "counts")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120,
-                                "terminal_width": 120})
+@click.group(cls=FsGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120,
+                                            "terminal_width": 120})
 @click.version_option(__version__, prog_name="fs")
+@verbosity_options
+@config_option(group=True)
 def main() -> None:
     """fs: an offline feature store for action recognition in long videos, with audio as a cheap preview.
 
@@ -111,14 +118,9 @@ def synth(out, videos, classes, seconds, seed, test_fraction, data_root, jobs, a
     from manifests.synth import generate_synthetic
 
     out = Path(out) if out else resolve_root(data_root) / "synthetic"
-    with click.progressbar(length=videos, label="synth", file=sys.stderr) as bar:
-        last = [0]
-
-        def progress(i: int, n: int) -> None:
-            bar.update(i - last[0])
-            last[0] = i
+    with progress_bar(videos, "synth") as bar:
         try:
-            manifest = generate_synthetic(out, videos, classes, seconds, seed, test_fraction, progress,
+            manifest = generate_synthetic(out, videos, classes, seconds, seed, test_fraction, tracker(bar),
                                           jobs=jobs or os.cpu_count() or 1, actions=actions,
                                           action_seconds=action_seconds, action_share=action_share,
                                           confounders=confounders,
@@ -153,9 +155,9 @@ def manifest(dataset, annotations, video_root, seed, out, data_root) -> None:
     write_manifest(report, target, resolve_root(data_root))
     click.echo(f"{dataset}: {report.summary()}")
     for line in report.malformed[:10]:
-        click.echo(f"  malformed: {line}", err=True)
+        log.warning(f"  malformed: {line}")
     if len(report.malformed) > 10:
-        click.echo(f"  ... and {len(report.malformed) - 10} more malformed lines", err=True)
+        log.warning(f"  ... and {len(report.malformed) - 10} more malformed lines")
     if report.short_classes:
         shown = ", ".join(f"{k} ({v})" for k, v in list(report.short_classes.items())[:8])
         click.echo(f"  classes short of their quota: {shown}" + (" ..." if len(report.short_classes) > 8 else ""))
@@ -347,19 +349,14 @@ def info(store, as_json, failures) -> None:
 def verify(store, reindex) -> None:
     """Check every complete video: all arrays, every chunk on disk and decodable, equal step counts, finite values,
     provenance and schema of the store, and that the index agrees with the groups; lists every problem."""
-    from tqdm import tqdm
-
     from featurestore.packed import packed_problems
     from featurestore.store import FeatureStore, StoreError, verify as verify_store
     from featurestore.text import printable
 
     try:
         fs = FeatureStore(store)
-        with tqdm(unit="video", desc="verify", dynamic_ncols=True, leave=False) as bar:
-            def progress(i: int, n: int) -> None:
-                bar.total = n
-                bar.update(i - bar.n)
-            problems, notes = verify_store(fs, progress, reindex=reindex)
+        with progress_bar(desc="verify") as bar:
+            problems, notes = verify_store(fs, tracker(bar), reindex=reindex)
         problems += packed_problems(fs)
     except StoreError as e:
         _fail(e)
@@ -381,8 +378,6 @@ def pack(store, arrays) -> None:
     use, and rebuild them after the store changed)."""
     import time
 
-    from tqdm import tqdm
-
     from featurestore.packed import pack_store
     from featurestore.store import FeatureStore, StoreError, require_arrays
 
@@ -392,9 +387,8 @@ def pack(store, arrays) -> None:
 
     def progress(split: str, i: int, n: int) -> None:
         if split not in bars:                 # one bar a split (setdefault built a new bar on every call)
-            bars[split] = tqdm(total=n, unit="video", desc=f"pack {split}", dynamic_ncols=True)
-        bar = bars[split]
-        bar.update(i - bar.n)
+            bars[split] = progress_bar(n, f"pack {split}")
+        tracker(bars[split])(i, n)
     try:
         fs = FeatureStore(store)
         require_arrays(fs, names)
@@ -494,10 +488,11 @@ def training_options(epochs: int, batch_size: int, lr: float, milestones: str, s
 
 
 def _epoch_reporter(label: str):
+    """One info line per epoch (hidden by -q; the epochs' progress bar is the trainer's)."""
     def report(row: dict) -> None:
-        click.echo(f"{label} epoch {row['epoch']:>3}  loss {row['loss']:.4f}  train acc {100 * row['train_acc']:5.1f}%"
-                   f"  lr {row['lr']:.0e}  data {row.get('data_seconds', 0):.2f} s  compute "
-                   f"{row.get('compute_seconds', 0):.2f} s", err=True)
+        log.info(f"{label} epoch {row['epoch']:>3}  loss {row['loss']:.4f}  train acc {100 * row['train_acc']:5.1f}%"
+                 f"  lr {row['lr']:.0e}  data {row.get('data_seconds', 0):.2f} s  compute "
+                 f"{row.get('compute_seconds', 0):.2f} s")
     return report
 
 
@@ -623,11 +618,8 @@ def refresh(store, student, teacher) -> None:
     from featurestore.refresh import refresh as run_refresh
 
     try:
-        with click.progressbar(length=1, label="refresh", file=sys.stderr) as bar:
-            def progress(i, n):
-                bar.length = n
-                bar.update(1)
-            changed = run_refresh(store, student, teacher, progress)
+        with progress_bar(desc="refresh") as bar:
+            changed = run_refresh(store, student, teacher, tracker(bar))
     except (StoreError, WeightsError, ValueError) as e:
         _fail(e)
     click.echo(f"refreshed {changed} videos")
@@ -693,8 +685,8 @@ def train_sampler_cmd(store, runs, modality, loss, margin, k_tr, epochs, batch_s
         fs = FeatureStore(store)
         for lo in losses:
             trained = train_sampler(fs, runs, modality, lo, margin, epochs, batch_size, lr, milestones, seed,
-                                    _epoch_reporter(checkpoint_name(modality, lo)),
-                                    say=lambda m: click.echo(m, err=True), sized=sized, device=device, k_tr=k_tr)
+                                    _epoch_reporter(checkpoint_name(modality, lo)), sized=sized, device=device,
+                                    k_tr=k_tr)
             click.echo(trained.summary())
     except (StoreError, ValueError) as e:
         _fail(e)
@@ -728,30 +720,31 @@ def bench(store, runs, subsample, steps, methods, out, no_sweep, clip_level, stu
         from pipelines.clip_bench import clip_level_bench
         ckpt = Path(student) if student else checkpoint_path(runs, "student")
         try:
-            table = clip_level_bench(FeatureStore(store), ckpt if (student or ckpt.is_file()) else None, out_dir,
-                                     say=lambda m: click.echo(m, err=True))
+            table = clip_level_bench(FeatureStore(store), ckpt if (student or ckpt.is_file()) else None, out_dir)
         except StoreError as e:
             _fail(e)
         click.echo(table.to_string(index=False, formatters={"top1": lambda v: f"{100 * v:.1f}",
                                                              "gflops_per_clip": lambda v: f"{v:.2f}"}))
-        click.echo(f"(top1 in %; GFLOPs = 2 x multiply-adds) wrote {out_dir / 'clip_bench.csv'}")
+        options = write_options(click.get_current_context(), out_dir, {"out": out_dir})
+        click.echo(f"(top1 in %; GFLOPs = 2 x multiply-adds) wrote {out_dir / 'clip_bench.csv'} and {options}")
         return
 
     chosen = tuple(METHODS) if methods == "all" else tuple(m.strip().upper() for m in methods.split(",") if m.strip())
     try:
         table = run_bench(FeatureStore(store), runs, out_dir, chosen, subsample, steps, not no_sweep,
-                          say=lambda m: click.echo(m, err=True), gallery=gallery, device=device)
+                          gallery=gallery, device=device)
     except (StoreError, ValueError) as e:
         _fail(e)
     click.echo(format_table(table) + "\n(top1, mAP, train_top1, segment_hit in %; [95 % bootstrap interval over test "
                "videos]; GFLOPs = 2 x multiply-adds)")
     for line in bench_notes(table):
         click.echo(line)
+    options = write_options(click.get_current_context(), out_dir, {"out": out_dir})
     click.echo(f"wrote {out_dir / 'bench.csv'}, {out_dir / 'tradeoff.png'}" +
                ("" if no_sweep or not (out_dir / "sweep.csv").is_file() else
                 f", {out_dir / 'sweep.csv'}, {out_dir / 'sweep.png'}") +
                (f", {table.attrs.get('gallery', 0)} figures in {out_dir / 'gallery'}" if gallery else "") +
-               f" and {out_dir / 'report.html'}")
+               f", {out_dir / 'report.html'} and {options} (fs --config {options} bench repeats the run)")
 
 
 @main.command()
@@ -777,8 +770,7 @@ def show(video_id, store, runs, methods, out, subsample, steps) -> None:
 
     chosen = tuple(m.upper() if m.upper() in METHODS else m for m in (m.strip() for m in methods.split(",")) if m)
     try:
-        shown = show_video(FeatureStore(store), runs, video_id, Path(out) if out else None, chosen, subsample, steps,
-                           say=lambda m: click.echo(printable(m), err=True))
+        shown = show_video(FeatureStore(store), runs, video_id, Path(out) if out else None, chosen, subsample, steps)
     except (StoreError, ValueError) as e:
         _fail(e)
     for m in shown.methods:

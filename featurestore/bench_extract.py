@@ -8,6 +8,7 @@ and NVML are there) and peak host / GPU memory.
 from __future__ import annotations
 
 import contextlib
+import logging
 import resource
 import shutil
 import subprocess
@@ -16,7 +17,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,10 @@ from featurestore.constants import FPS, STEP_FRAMES
 from featurestore.extract import run_extraction
 from featurestore.extractor import Extractor, batch_counts, get_extractor
 from featurestore.launch import DeviceError, WorkerDevice, check_worker_devices, describe_worker_device, worker_device
+from featurestore.progress import progress_bar
 from featurestore.store import FeatureStore
+
+log = logging.getLogger(__name__)
 
 STEPS_PER_VIDEO_SECOND = FPS / STEP_FRAMES
 
@@ -317,14 +321,16 @@ def combine_rates(per_worker: dict[str, list[ModelRate]]) -> list[ModelRate]:
     return out
 
 
-def bench_extract(manifest: pd.DataFrame, config: ExtractConfig, client, say=print, progress: bool = True,
+def bench_extract(manifest: pd.DataFrame, config: ExtractConfig, client, say: Callable[[str], None] | None = None, progress: bool = True,
                   sample_period: float = 0.5) -> dict:
     """Run the three measurements on ``manifest``'s files; returns the figures (also printed through ``say``).
 
     Figures "per GPU" / "per worker" are one device's; the ceiling and the extraction are the whole cluster's.
+    ``say`` defaults to this module's logger at INFO.
     """
     from distributed import as_completed
-    from tqdm import tqdm
+
+    say = say or log.info
 
     paths = manifest["path"].tolist()
     workers = client.scheduler_info()["workers"]
@@ -344,7 +350,7 @@ def bench_extract(manifest: pd.DataFrame, config: ExtractConfig, client, say=pri
         f"{time.perf_counter() - t_warm:.1f} s (every batch size a run meets, on a GPU)")
     t0 = time.perf_counter()
     futures = client.map(decode_only_task, paths, hwaccel=config.hwaccel, threads=config.decode_threads, pure=False)
-    with tqdm(total=len(futures), unit="video", desc="decode only", disable=not progress, dynamic_ncols=True) as bar:
+    with progress_bar(len(futures), "decode only", disable=not progress) as bar:
         for _ in as_completed(futures):
             bar.update(1)
     decoded = [f.result() for f in futures]

@@ -2,6 +2,7 @@
 driver that submits them a bounded number at a time, shows progress and alone writes the failures table."""
 from __future__ import annotations
 
+import logging
 import os
 import time
 import traceback
@@ -16,9 +17,12 @@ from featurestore.config import ExtractConfig
 from featurestore.decode import DecodeError, DecoderStopped, DecodeTimeout, hwaccel_failure
 from featurestore.extractor import get_extractor
 from featurestore.launch import DeviceError, check_worker_devices, is_device_fault, restart_worker, worker_device
+from featurestore.progress import progress_bar
 from featurestore.segments import fit_segments
 from featurestore.store import FeatureStore, StoreError, store_fault
 from featurestore.text import printable
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -241,7 +245,6 @@ def run_extraction(manifest: pd.DataFrame | Iterable[Mapping[str, Any]], store: 
     before any worker sees them.
     """
     from distributed import as_completed
-    from tqdm import tqdm
 
     if max_in_flight is not None and max_in_flight < 1:
         raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
@@ -291,7 +294,7 @@ def run_extraction(manifest: pd.DataFrame | Iterable[Mapping[str, Any]], store: 
         bound = max_in_flight or _refreshed(lambda: default_max_in_flight(client), BOUND_REFRESH_SECONDS)
         t0 = time.perf_counter()
         stored_ids = []       # only those with a failure row to forget: the list stays as short as the failures
-        bar = tqdm(total=total, unit="video", desc="extract", disable=not progress, dynamic_ncols=True)
+        bar = progress_bar(total, "extract", disable=not progress)
         again: deque[dict] = deque()           # videos failed by a device fault, to submit again
         restarted: set[tuple[str, int]] = set()   # (address, pid) of the worker processes restarted
         finished = [0]                          # videos stored or recorded as failed by this run
@@ -323,7 +326,7 @@ def run_extraction(manifest: pd.DataFrame | Iterable[Mapping[str, Any]], store: 
                             raise DeviceError(f"{len(restarted)} worker restarts and CUDA errors go on "
                                               f"({res.error}): run stopped; check the GPUs "
                                               f"(nvidia-smi -q -d ECC,PAGE_RETIREMENT)")
-                        bar.write(f"CUDA error on worker {worker} ({res.error}): restarting it, {res.video_id} again")
+                        log.warning(f"CUDA error on worker {worker} ({res.error}): restarting it, {res.video_id} again")
                         restart_worker(client, worker)
                         restarted.add((worker, res.details.get("pid")))
                     if retries.get(res.video_id, 0) < DEVICE_RETRIES:
@@ -332,9 +335,9 @@ def run_extraction(manifest: pd.DataFrame | Iterable[Mapping[str, Any]], store: 
                         continue
                 if res.details.get("hwaccel_error") and not summary.hwaccel_error:
                     summary.hwaccel_error = res.details["hwaccel_error"]
-                    bar.write(f"warning: {summary.hwaccel_error}")
+                    log.warning(f"warning: {summary.hwaccel_error}")
                 for note in res.details.get("notes", ()):
-                    bar.write(f"note: {printable(res.video_id, 80)}: {note}")
+                    log.warning(f"note: {printable(res.video_id, 80)}: {note}")
                 if res.ok:
                     summary.stored += 1
                     summary.steps += res.n_steps
@@ -345,7 +348,7 @@ def run_extraction(manifest: pd.DataFrame | Iterable[Mapping[str, Any]], store: 
                     store.record_failure(res.video_id, res.path, res.stage, res.error)
                     summary.failed += 1
                     failed_ids.add(res.video_id)
-                    bar.write(f"failed {printable(res.video_id, 80)} ({res.stage}): {printable(res.error)}")
+                    log.warning(f"failed {printable(res.video_id, 80)} ({res.stage}): {printable(res.error)}")
                 finished[0] += 1
                 bar.set_postfix(stored=summary.stored, failed=summary.failed)
                 bar.update(1)

@@ -1,14 +1,17 @@
 """Named datasets: where each one's manifest lives, and loading it (the synthetic one is generated on first use)."""
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from featurestore.progress import progress_bar, tracker
 from manifests.schema import ManifestError, class_list, read_manifest
+
+log = logging.getLogger(__name__)
 
 MANIFEST_DIR = Path(__file__).resolve().parent
 DEFAULT_DATA_ROOT = "fs-data"
@@ -59,8 +62,9 @@ def load_dataset(dataset: str | None = None, manifest: str | Path | None = None,
     csv, base = dataset_manifest(name, root)
     if name == "synthetic" and not csv.is_file():
         from manifests.synth import generate_synthetic
-        print(f"generating the default synthetic dataset into {base} (first use)", file=sys.stderr)
-        generate_synthetic(base, jobs=os.cpu_count() or 1)
+        log.info(f"generating the default synthetic dataset into {base} (first use)")
+        with progress_bar(desc="synth") as bar:
+            generate_synthetic(base, progress=tracker(bar), jobs=os.cpu_count() or 1)
     classes_txt = csv.parent / "classes.txt"
     classes = classes_txt.read_text().split() if name == "synthetic" and classes_txt.is_file() else None
     df = read_manifest(csv, base=base, classes=classes)      # a label outside classes.txt is refused here

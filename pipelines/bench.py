@@ -2,6 +2,7 @@
 accuracy/GFLOPs trade-off plot and the skimmer's sweep over subsampling factors and early-stop steps (Fig. 6)."""
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from featurestore.constants import STUDENT_DESCRIPTORS
+from featurestore.progress import progress_bar, tracker
 from featurestore.store import FeatureStore, StoreError
 from models.selection import NO_STEP, Selector, VideoBlock, select_block, to_device
 from models.skim import SkimSelector
@@ -21,6 +23,8 @@ from pipelines.methods import METHODS, BenchContext, build_rows, check_methods, 
 from pipelines.report import ENERGY_MARK, GalleryItem, below_energy, gallery_videos, write_report
 from pipelines.show import SHOW_METHODS, render_video, show_rows
 from pipelines.train import bound_heap
+
+log = logging.getLogger(__name__)
 
 SWEEP_SUBSAMPLE = (1, 2, 5, 10)
 SWEEP_STEPS = tuple(range(1, 11))
@@ -407,14 +411,14 @@ def bench_arrays(ctx: BenchContext) -> tuple[str, ...]:
 def evaluate_methods(store: FeatureStore, methods: tuple[str, ...] = ("UNIFORM",), selectors: tuple = (),
                      runs: Path | str | None = None, split: str = "test", train_split: str | None = "train",
                      subsample: int = 5, steps: int = 3, device: str = "cpu", intervals: bool = True,
-                     say: Callable[[str], None] = print) -> pd.DataFrame:
+                     say: Callable[[str], None] | None = None) -> pd.DataFrame:
     """The bench's table for ``methods`` (registry names) and your own ``selectors`` (objects with ``name`` and
     ``select``), evaluated on ``split`` (and their top-1 on ``train_split``), one row each, as a DataFrame with the
     columns of ``bench.csv``; nothing is written. Checkpoints come from ``runs`` (``$FS_RUNS`` or ``fs-runs``)."""
     for sel in selectors:
         if not (isinstance(getattr(sel, "name", None), str) and callable(getattr(sel, "select", None))):
             raise TypeError(f"{sel!r} is not a selector: it needs a str `name` and a `select(video)` method")
-    ctx = BenchContext(store, runs_dir(runs), subsample, steps, say)
+    ctx = BenchContext(store, runs_dir(runs), subsample, steps, say or log.info)
     built = build_rows(ctx, tuple(methods)) + [("", sel) for sel in selectors]
     if not built:
         raise ValueError("nothing to evaluate: name methods or pass selectors")
@@ -438,7 +442,7 @@ def evaluate_methods(store: FeatureStore, methods: tuple[str, ...] = ("UNIFORM",
 
 def run_bench(store: FeatureStore, runs: Path, out: Path, methods: tuple[str, ...] = tuple(METHODS),
               subsample: int = 5, steps: int = 3, do_sweep: bool = True,
-              say: Callable[[str], None] = print, gallery: int = 0, device: str = "auto") -> pd.DataFrame:
+              say: Callable[[str], None] = log.info, gallery: int = 0, device: str = "auto") -> pd.DataFrame:
     """Evaluate, write ``bench.csv``, ``tradeoff.png`` (and ``sweep.csv``, ``sweep.png``), ``gallery/*.png`` for
     ``gallery`` test videos (see :func:`write_gallery`) and ``report.html`` with all of them into ``out``.
     Selection runs on ``device`` (auto: the first GPU when torch sees one), in blocks of videos; each split is
@@ -461,14 +465,12 @@ def run_bench(store: FeatureStore, runs: Path, out: Path, methods: tuple[str, ..
     rows = []
     say(f"evaluating {len(selectors)} selectors on {len(data)} test and {len(train)} training videos on {device} "
         f"(one pass over each split, blocks of videos)")
-    from tqdm import tqdm
-
     bars: dict = {}
 
     def progress(split: str, i: int, n: int) -> None:
-        bar = bars.setdefault(split, tqdm(total=n, unit="video", desc=f"bench {split}", dynamic_ncols=True,
-                                          leave=False, disable=n < 200))
-        bar.update(i - bar.n)
+        if split not in bars:                 # one bar a split
+            bars[split] = progress_bar(n, f"bench {split}", logger=log)
+        tracker(bars[split])(i, n)
     test_predictions: list[Predictions] = []
     swept = sweep_selectors(ctx) if do_sweep and checkpoint_path(runs, "skim").is_file() else []
     if swept:
@@ -523,9 +525,13 @@ def write_gallery(ctx: BenchContext, data: SplitData, table: pd.DataFrame, selec
         old.unlink()
     items = []
     scores = predictions[ref].scores
-    for i, bucket in gallery_videos(scores, predictions[ref].labels, k):
-        video = data.videos[i]
-        render_video(ctx.store, video, [(s.name, s.select(video)) for s in rows],
-                     folder / f"{video.video_id}.png", subtitle=f"{bucket}, by {selectors[ref].name}")
-        items.append(GalleryItem(video.video_id, bucket, float(scores[i].max()), folder / f"{video.video_id}.png"))
+    chosen = gallery_videos(scores, predictions[ref].labels, k)
+    with progress_bar(len(chosen), "gallery", unit="figure", logger=log) as bar:
+        for i, bucket in chosen:
+            video = data.videos[i]
+            render_video(ctx.store, video, [(s.name, s.select(video)) for s in rows],
+                         folder / f"{video.video_id}.png", subtitle=f"{bucket}, by {selectors[ref].name}")
+            items.append(GalleryItem(video.video_id, bucket, float(scores[i].max()),
+                                     folder / f"{video.video_id}.png"))
+            bar.update(1)
     return items, selectors[ref].name

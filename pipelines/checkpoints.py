@@ -2,6 +2,7 @@
 history and the fingerprint of the store it was trained on; loading refuses a store that does not match."""
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import re
@@ -12,6 +13,8 @@ import numpy as np
 import torch
 
 from featurestore.store import FeatureStore, StoreError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_RUNS = "fs-runs"
 
@@ -55,6 +58,7 @@ def save_checkpoint(runs: Path, name: str, kind: str, model: torch.nn.Module, st
     torch.save({"kind": kind, "state_dict": model.state_dict(), "fingerprint": plain(fingerprint(store)),
                 "config": plain(config), "history": plain(history)}, tmp)
     os.replace(tmp, path)
+    log.debug(f"saved {kind} checkpoint {path}")
     return path
 
 
@@ -96,6 +100,7 @@ def load_checkpoint(runs: Path, name: str, kind: str, store: FeatureStore) -> di
     if ckpt.get("kind") != kind:
         raise StoreError(f"{path} is a {ckpt.get('kind')} checkpoint, not {kind}")
     check_fingerprint(ckpt["fingerprint"], store, f"{kind} checkpoint {path}")
+    log.debug(f"loaded {kind} checkpoint {path} (trained on a store like {store.path})")
     return ckpt
 
 

@@ -5,6 +5,7 @@ Each representation gets the same linear head (BN + FC) trained on the training 
 the undistilled and distilled students are computed from the first frames and log-mels kept in the store."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +21,8 @@ from featurestore.refresh import student_features
 from pipelines.data import action_mask, load_split
 from pipelines.train_head import fit_step_classifier
 
+log = logging.getLogger(__name__)
+
 
 def action_steps(video) -> np.ndarray:
     """Indices of the steps that start inside a ground-truth action segment (all steps when none are annotated)."""
@@ -28,7 +31,7 @@ def action_steps(video) -> np.ndarray:
 
 
 def clip_level_bench(store: FeatureStore, student_ckpt: Path | None, out: Path,
-                     say: Callable[[str], None] = print) -> pd.DataFrame:
+                     say: Callable[[str], None] = log.info) -> pd.DataFrame:
     """Accuracy and counted GFLOPs per clip for each representation; writes ``clip_bench.csv`` into ``out``."""
     require_arrays(store, KEPT_INPUTS, "extract it with --keep-inputs")
     has_teacher = store.has_descriptor("r2p1d")

@@ -7,6 +7,7 @@ checkpoint is missing returns no rows and says how to train it. Adding a method 
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -28,6 +29,8 @@ from pipelines.train_head import step_head
 from pipelines.train_sampler import clip_classifier, load_sampler
 from pipelines.train_skim import checkpoint_note, load_skim_model, train_command
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class BenchContext:
@@ -38,7 +41,7 @@ class BenchContext:
     runs: Path
     subsample: int = 5
     steps: int = 3
-    say: Callable[[str], None] = print
+    say: Callable[[str], None] = log.info
     _heads: dict = field(default_factory=dict)
     _nets: dict = field(default_factory=dict)
     _said: set = field(default_factory=set)

@@ -10,11 +10,13 @@ shown frame (display is the one place outside extraction that opens a video, and
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -26,6 +28,8 @@ from manifests.schema import parse_confounders, parse_distractors, parse_segment
 from models.selection import BUDGET, Selection, Selector
 from pipelines.data import action_mask
 from pipelines.methods import METHODS, BenchContext
+
+log = logging.getLogger(__name__)
 
 SHOW_METHODS = ("UNIFORM", "AV-ENERGY", "SAMPLERS", "AVGN", "SKIM")
 """The default rows of a figure: a blind baseline, the free AV-energy control, the best SCSampler combination, AVGN
@@ -362,7 +366,7 @@ def _span(patch) -> tuple[float, float]:
 
 def show_video(store: FeatureStore, runs: Path, video_id: str, out: Path | None = None,
                methods: tuple[str, ...] = SHOW_METHODS, subsample: int = 5, steps: int = BUDGET,
-               say=print) -> Shown:
+               say: Callable[[str], None] = log.info) -> Shown:
     """``fs show VIDEO_ID``: run the methods on one stored video and draw its figure (default
     ``<runs>/show/VIDEO_ID.png``). Rows are ranked by ``<runs>/bench/bench.csv`` when a bench has run."""
     if not store.has_video(video_id):

@@ -1,6 +1,7 @@
 """Shared training recipe: SGD with Nesterov momentum, weight decay and step decay (Listen to Look supp. C)."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -10,6 +11,10 @@ import threading
 import time
 
 import torch
+
+from featurestore.progress import progress_bar
+
+log = logging.getLogger(__name__)
 
 
 def sgd_schedule(params: Iterable[torch.nn.Parameter], lr: float, milestones: tuple[int, ...],
@@ -223,7 +228,8 @@ def fit(model: torch.nn.Module, batches: Callable[[torch.Generator], Iterable[tu
     row gains ``final_loss`` and ``final_train_acc``: the training split evaluated in eval mode, as the bench does.
     A batch may be :class:`MicroBatches` (parts accumulated into one step). Per-epoch ``train_acc`` is the running
     accuracy in train mode; ``data_seconds`` is the time spent waiting for
-    batches (reading, collating), ``compute_seconds`` the forward, backward and optimiser steps."""
+    batches (reading, collating), ``compute_seconds`` the forward, backward and optimiser steps. The epochs show
+    as a progress bar (:func:`featurestore.progress.progress_bar`)."""
     bound_heap()
     gen = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -233,6 +239,7 @@ def fit(model: torch.nn.Module, batches: Callable[[torch.Generator], Iterable[tu
     else:
         opt, sched = sgd_schedule(params, lr, milestones)
     history = []
+    bar = progress_bar(epochs, "train", unit="epoch", logger=log)
     for epoch in range(1, epochs + 1):
         model.train()
         total = correct = seen = 0.0
@@ -260,8 +267,11 @@ def fit(model: torch.nn.Module, batches: Callable[[torch.Generator], Iterable[tu
         row = {"epoch": epoch, "loss": total / max(seen, 1), "train_acc": correct / max(seen, 1),
                "lr": opt.param_groups[0]["lr"], "data_seconds": data_s, "compute_seconds": compute_s}
         history.append(row)
+        bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{100 * row['train_acc']:.1f}%", refresh=False)
+        bar.update(1)
         if report:
             report(row)
+    bar.close()
     final_gen = torch.Generator().manual_seed(seed + 1)
     recalibrate_batchnorm(model, batches(final_gen), loss_fn)
     final = evaluate_fit(model, batches(torch.Generator().manual_seed(seed + 1)), loss_fn)

@@ -1,6 +1,7 @@
 """``fs train-head``: the per-step classifier the baselines average, trained on the training split's steps."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Callable
 
@@ -13,6 +14,8 @@ from models.baselines import StepClassifier
 from pipelines.checkpoints import checkpoint_path, load_model, save_checkpoint
 from pipelines.data import SplitData, load_split, resolve_device, step_batches
 from pipelines.train import Schedule, Trained, fit, minibatches, sized_schedule
+
+log = logging.getLogger(__name__)
 
 
 def checkpoint_name(features: str = "fused") -> str:
@@ -71,7 +74,7 @@ def load_head(store: FeatureStore, runs: Path, features: str = "fused") -> tuple
                       lambda c: StepClassifier(c["in_dim"], c["num_classes"]))
 
 
-def step_head(store: FeatureStore, runs: Path, features: str, say: Callable[[str], None] = print) -> StepClassifier:
+def step_head(store: FeatureStore, runs: Path, features: str, say: Callable[[str], None] = log.info) -> StepClassifier:
     """The per-step head on ``features`` from ``runs``, trained with the defaults on first use."""
     path = checkpoint_path(runs, checkpoint_name(features))
     if not path.is_file():

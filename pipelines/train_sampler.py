@@ -7,6 +7,7 @@ use): the teacher's own logits are over Kinetics classes, not the dataset's. A s
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Callable
 
@@ -17,6 +18,8 @@ from featurestore.constants import ROW_WIDTHS, SIGNALS
 from featurestore.store import FeatureStore, require_arrays
 from models.scsampler import (JOINT_MODALITIES, MODALITY_FEATURE, JointSampler, SaliencySampler, k_tr_fraction,
                               modality_features, modality_parts, sal_cl_loss, sal_rank_loss)
+
+log = logging.getLogger(__name__)
 
 MODALITIES = tuple(MODALITY_FEATURE) + tuple(JOINT_MODALITIES)
 """What ``--modality`` may name: visual, audio, motion, spectrum, and the joint av (image + audio), av-motion (motion +
@@ -32,7 +35,7 @@ def clip_feature(store: FeatureStore) -> str:
     return "r2p1d" if store.has_descriptor("r2p1d") else "fused"
 
 
-def clip_classifier(store: FeatureStore, runs: Path, say: Callable[[str], None] = print):
+def clip_classifier(store: FeatureStore, runs: Path, say: Callable[[str], None] = log.info):
     """f: the R(2+1)D head on stored ``r2p1d`` descriptors, or the student's head on ``fused`` in a store without
     them (trained on first use)."""
     return step_head(store, runs, clip_feature(store), say)
@@ -63,7 +66,7 @@ def checkpoint_name(modality: str, loss: str) -> str:
 def train_sampler(store: FeatureStore, runs: Path, modality: str, loss: str, margin: float = 1.0,
                   epochs: int = 15, batch_size: int = 16, lr: float = 0.01, milestones: tuple[int, ...] = (10,),
                   seed: int = 0, report: Callable[[dict], None] | None = None,
-                  say: Callable[[str], None] = print, sized: bool = True, device: str = "auto",
+                  say: Callable[[str], None] = log.info, sized: bool = True, device: str = "auto",
                   k_tr: float | None = None) -> Trained:
     """Train one sampler (``modality`` visual, audio, motion, spectrum, or av / av-motion / av-cheap =
     AV-joint-training of a visual side, the image descriptor's or the motion signal's sampler, and an audio side, the
