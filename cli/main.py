@@ -421,8 +421,6 @@ def pack(store, arrays) -> None:
 def export(split, fmt, arrays, out, store, overwrite, shard_videos, shard_mb) -> None:
     """Write one split's arrays and metadata as files other tools read (numpy, parquet, webdataset), video by video,
     bit for bit equal to the store."""
-    from tqdm import tqdm
-
     from featurestore.store import FeatureStore, StoreError
     from featurestore.text import printable
     from pipelines.export import ExportError, export_split
@@ -430,21 +428,11 @@ def export(split, fmt, arrays, out, store, overwrite, shard_videos, shard_mb) ->
     names = tuple(a.strip() for a in arrays.split(",") if a.strip()) if arrays is not None else None
     if names == ():
         _fail("--arrays names no array")
-    bar = None
-
-    def progress(i: int, n: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=n, unit="video", desc=f"export {split}", dynamic_ncols=True, disable=n < 20)
-        bar.update(i - bar.n)
     try:
-        try:
+        with progress_bar(desc=f"export {split}") as bar:
             shards = {k: v for k, v in (("shard_videos", shard_videos),
                                         ("shard_bytes", shard_mb << 20 if shard_mb else None)) if v}
-            done = export_split(FeatureStore(store), split, fmt, out, names, overwrite, progress, **shards)
-        finally:
-            if bar is not None:
-                bar.close()
+            done = export_split(FeatureStore(store), split, fmt, out, names, overwrite, tracker(bar), **shards)
     except (StoreError, ExportError) as e:
         _fail(e)
     except OSError as e:

@@ -8,6 +8,7 @@ tqdm's own ``disable=None``) and only when the ``featurestore`` logger (or the o
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Callable
 
@@ -19,7 +20,11 @@ MIN_INTERVAL = 0.5          # seconds between redraws: a bar costs nothing next 
 
 
 def progress_enabled(logger: logging.Logger | None = None) -> bool:
-    """Whether bars are drawn: ``logger`` (default this package's) passes INFO records and stderr is a terminal."""
+    """Whether bars are drawn: ``logger`` (default this package's) passes INFO records and stderr is a terminal,
+    or ``$FS_PROGRESS`` says: ``1`` draws them anyway (a notebook, whose stderr is no terminal), ``0`` never."""
+    forced = os.environ.get("FS_PROGRESS", "")
+    if forced in ("0", "1"):
+        return forced == "1"
     isatty = getattr(sys.stderr, "isatty", None)
     return (logger or log).isEnabledFor(logging.INFO) and bool(isatty and isatty())
 

@@ -90,6 +90,11 @@ def test_progress_bars_show_on_a_terminal_at_info_only(monkeypatch):
         logger.setLevel(logging.INFO)
         monkeypatch.setattr("sys.stderr", io.StringIO())                 # a log file or a pipe: no bar frames
         assert progress_bar(3, "x").disable
+        monkeypatch.setenv("FS_PROGRESS", "1")                          # a notebook asks for them anyway
+        assert not progress_bar(3, "x").disable
+        monkeypatch.setattr("sys.stderr", Terminal())
+        monkeypatch.setenv("FS_PROGRESS", "0")
+        assert progress_bar(3, "x").disable
     finally:
         logger.setLevel(was)
 
