@@ -54,7 +54,7 @@ class MethodResult:
     mAP_hi: float = float("nan")
     segment_hit: float = float("nan")     # share of chosen steps inside a ground-truth action segment
     one_class: bool = False               # every test video got the same predicted class
-    role: str = ""                        # "control" (energy), "learned" (a trained selector) or "baseline"
+    role: str = ""                        # "control" (energy), "learned", "baseline" or "plugin" (methods.role)
 
 
 @dataclass
@@ -387,7 +387,7 @@ def bench_notes(table: pd.DataFrame, n_test: int | None = None) -> list[str]:
     if below.any():
         controls = table[table["role"] == "control"]
         best = controls.loc[controls["top1"].idxmax()]
-        notes.append(f"{ENERGY_MARK.strip()}: {int(below.sum())} learned selector row(s) whose top-1 does not beat the "
+        notes.append(f"{ENERGY_MARK.strip()}: {int(below.sum())} learned or plug-in selector row(s) whose top-1 does not beat the "
                      f"best energy control, {best['method']} ({100 * best['top1']:.1f}%: the K loudest or most moving "
                      f"steps, no learned model): their learning buys nothing over the raw signal here")
     widest = float((table["top1_hi"] - table["top1_lo"]).max()) if len(table) else 0.0
