@@ -3,6 +3,7 @@
 plug-in can be wrong is said."""
 from __future__ import annotations
 
+import sys
 import textwrap
 from types import SimpleNamespace
 
@@ -116,6 +117,15 @@ def test_show_takes_a_plugin_spec(store, runs, tmp_path):
     line = next(line for line in res.output.splitlines() if line.strip().startswith("AUDIO-NORM"))
     assert line.endswith(f"steps {expected}")
     assert (tmp_path / "f.png").stat().st_size > 0
+
+
+def test_a_module_in_the_working_folder_is_found_though_the_fs_script_leaves_it_off_sys_path(tmp_path, monkeypatch):
+    (tmp_path / "cwd_plugin.py").write_text("from tests.test_plugins import Fixed\ndef build(ctx):\n"
+                                            "    return [Fixed('CWD')]\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])   # as the fs script runs
+    assert [r.name for r in resolve_method("cwd_plugin:build")(None)] == ["CWD"]
+    assert sys.path[-1] == str(tmp_path)          # after the installed packages: it shadows none of them
 
 
 # --- entry points of installed packages -------------------------------------------------------------------------------
