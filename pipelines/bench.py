@@ -387,9 +387,9 @@ def bench_notes(table: pd.DataFrame, n_test: int | None = None) -> list[str]:
     if below.any():
         controls = table[table["role"] == "control"]
         best = controls.loc[controls["top1"].idxmax()]
-        notes.append(f"{ENERGY_MARK.strip()}: {int(below.sum())} learned or plug-in selector row(s) whose top-1 does not beat the "
-                     f"best energy control, {best['method']} ({100 * best['top1']:.1f}%: the K loudest or most moving "
-                     f"steps, no learned model): their learning buys nothing over the raw signal here")
+        notes.append(f"{ENERGY_MARK.strip()}: {int(below.sum())} learned or plug-in selector row(s) whose top-1 does "
+                     f"not beat the best energy control, {best['method']} ({100 * best['top1']:.1f}%: the K loudest or "
+                     f"most moving steps, no learned model): their learning buys nothing over the raw signal here")
     widest = float((table["top1_hi"] - table["top1_lo"]).max()) if len(table) else 0.0
     if n_test < 30 or widest > 0.3:
         notes.append(f"the test split has {n_test} videos: top-1 intervals span up to {100 * widest:.0f} points, too "

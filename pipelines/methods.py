@@ -286,7 +286,7 @@ def role(method: str) -> str:
     return "control" if method in CONTROLS else "learned" if method in LEARNED else "baseline"
 
 
-# --- plug-in methods ---------------------------------------------------------------------------------------------------
+# --- plug-in methods --------------------------------------------------------------------------------------------------
 
 ENTRY_POINT_GROUP = "fs.methods"
 """The entry-point group under which an installed package registers builders: the entry point's name is the method

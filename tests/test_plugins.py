@@ -245,3 +245,15 @@ def test_the_bench_refuses_a_bad_method_before_reading_the_store(tmp_path):
     assert res.exit_code != 0 and "cannot import module 'fs_no_such_pkg'" in res.output
     assert "Traceback" not in res.output and not (tmp_path / "r").exists()
 
+
+
+def test_plugin_rows_are_marked_against_the_energy_controls():
+    from pipelines.bench import bench_notes
+    from pipelines.report import below_energy
+
+    table = pd.DataFrame({"method": ["UNIFORM", "AV-ENERGY", "SKIM", "MINE", "MINE-2"],
+                          "role": ["baseline", "control", "learned", "plugin", "plugin"],
+                          "top1": [0.3, 0.5, 0.4, 0.5, 0.6], "top1_lo": 0.0, "top1_hi": 1.0, "train_top1": 0.9,
+                          "one_class": False})
+    assert below_energy(table).tolist() == [False, False, True, True, False]     # a tie does not beat the control
+    assert any("2 learned or plug-in selector row(s)" in line for line in bench_notes(table, n_test=100))
