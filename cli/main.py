@@ -680,12 +680,26 @@ def train_sampler_cmd(store, runs, modality, loss, margin, k_tr, epochs, batch_s
         _fail(e)
 
 
+def _list_methods(ctx, param, value: bool) -> None:
+    """``fs bench --list-methods``: the built-in and the installed methods, then exit."""
+    if not value or ctx.resilient_parsing:
+        return
+    from pipelines.methods import list_methods
+    click.echo("\n".join(list_methods()))
+    ctx.exit()
+
+
 @main.command()
 @store_option
 @runs_option
 @click.option("--subsample", type=int, default=5, show_default=True, help="Skimmer's indexing subsampling factor s.")
 @click.option("--steps", type=int, default=3, show_default=True, help="Skimmer's early-stop step t (1..10).")
-@click.option("--methods", default="all", show_default=True, help="Comma list of methods, or 'all'.")
+@click.option("--methods", default="all", show_default=True,
+              help="Comma list of methods: registry names, 'all' (every registry method), installed plug-ins (entry "
+                   "points of group fs.methods) or pkg.module:attr builders (e.g. examples.custom_selector:build); "
+                   "plug-in rows come after the built-in ones.")
+@click.option("--list-methods", is_flag=True, is_eager=True, expose_value=False, callback=_list_methods,
+              help="List the built-in and the installed methods, and exit.")
 @click.option("--out", default=None, help="Output folder (default <runs>/bench).")
 @click.option("--no-sweep", is_flag=True, help="Skip the subsample x steps sweep.")
 @click.option("--clip-level", is_flag=True, help="Clip-level comparison instead: teacher vs image-only, audio-only, "
@@ -700,8 +714,9 @@ def bench(store, runs, subsample, steps, methods, out, no_sweep, clip_level, stu
     """Compare every selector on the test split: top-1, mAP, GFLOPs, time, trade-off plot, sweep of s and T;
     report.html beside bench.csv holds them all (and the gallery) in one page."""
     from featurestore.store import FeatureStore, StoreError
-    from pipelines.bench import METHODS, bench_notes, format_table, run_bench
+    from pipelines.bench import bench_notes, format_table, run_bench
     from pipelines.checkpoints import checkpoint_path
+    from pipelines.methods import check_methods, parse_methods
 
     out_dir = Path(out) if out else runs / "bench"
     if clip_level:
@@ -717,8 +732,9 @@ def bench(store, runs, subsample, steps, methods, out, no_sweep, clip_level, stu
         click.echo(f"(top1 in %; GFLOPs = 2 x multiply-adds) wrote {out_dir / 'clip_bench.csv'} and {options}")
         return
 
-    chosen = tuple(METHODS) if methods == "all" else tuple(m.strip().upper() for m in methods.split(",") if m.strip())
+    chosen = parse_methods(methods)
     try:
+        check_methods(chosen)             # a plug-in that does not resolve is said before the store is opened
         table = run_bench(FeatureStore(store), runs, out_dir, chosen, subsample, steps, not no_sweep,
                           gallery=gallery, device=device)
     except (StoreError, ValueError) as e:
@@ -740,8 +756,8 @@ def bench(store, runs, subsample, steps, methods, out, no_sweep, clip_level, stu
 @store_option
 @runs_option
 @click.option("--methods", default="UNIFORM,SAMPLERS,AVGN,SKIM", show_default=True,
-              help="Comma list of bench methods (one row each: the best of a bench.csv when one exists) or exact "
-                   "bench row names.")
+              help="Comma list of bench methods (one row each: the best of a bench.csv when one exists; plug-ins as "
+                   "fs bench --methods takes them) or exact bench row names.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Figure to write (default <runs>/show/VIDEO_ID.png).")
 @click.option("--subsample", type=click.IntRange(min=1), default=5, show_default=True,

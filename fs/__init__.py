@@ -27,7 +27,7 @@ from models.selection import BUDGET, Selection, Selector, UnitCosts, VideoBlock
 from pipelines.bench import evaluate_methods
 from pipelines.dataset import VideoDataset, WindowSampler, collate_videos
 from pipelines.export import ExportError, ExportResult, export_split
-from pipelines.methods import METHODS, BenchContext
+from pipelines.methods import METHODS, BenchContext, installed_methods, parse_methods
 
 __all__ = ["__version__", "open_store", "splits", "videos", "read_video", "VideoDataset", "WindowSampler",
            "collate_videos", "evaluate", "methods", "export", "synth", "extract", "ExportError", "ExportResult", "FeatureStore", "VideoFeatures",
@@ -74,8 +74,9 @@ def read_video(store: FeatureStore | str | Path, video_id: str, arrays: Iterable
 
 
 def methods() -> list[str]:
-    """The names ``fs bench --methods`` and :func:`evaluate` accept, in table order."""
-    return list(METHODS)
+    """The method names ``fs bench --methods`` and :func:`evaluate` accept: the built-in ones in table order, then
+    those installed packages register (entry-point group ``fs.methods``); ``pkg.module:build`` is accepted too."""
+    return list(METHODS) + [m for m in installed_methods() if m not in METHODS]
 
 
 def evaluate(store: FeatureStore | str | Path, methods: Sequence[str] = ("UNIFORM",),
@@ -83,11 +84,12 @@ def evaluate(store: FeatureStore | str | Path, methods: Sequence[str] = ("UNIFOR
              train_split: str | None = "train", subsample: int = 5, steps: int = 3, device: str = "cpu",
              intervals: bool = True) -> pd.DataFrame:
     """The bench's table as a DataFrame (the columns of ``bench.csv``: method, top1 with its interval, train_top1,
-    mAP, gflops_per_video, segment_hit, role, ...) for the registry ``methods`` and your own ``selectors``, on
+    mAP, gflops_per_video, segment_hit, role, ...) for ``methods`` (registry names, installed plug-ins,
+    ``pkg.module:build``) and your own ``selectors`` (role ``plugin``), on
     ``split``. Per-step heads missing from ``runs`` are trained first, as ``fs bench`` does; nothing else is
     written."""
     if isinstance(methods, str):
-        methods = [m.strip() for m in methods.split(",") if m.strip()]
+        methods = parse_methods(methods)
     return evaluate_methods(_store(store), tuple(methods), tuple(selectors), runs, split, train_split, subsample,
                             steps, device, intervals)
 

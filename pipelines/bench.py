@@ -19,7 +19,7 @@ from models.selection import NO_STEP, Selector, VideoBlock, select_block, to_dev
 from models.skim import SkimSelector
 from pipelines.checkpoints import checkpoint_path, runs_dir
 from pipelines.data import SplitData, action_segments, load_split, resolve_device
-from pipelines.methods import METHODS, BenchContext, build_rows, check_methods, role
+from pipelines.methods import METHODS, PLUGIN_ROLE, BenchContext, build_rows, check_methods, role
 from pipelines.report import ENERGY_MARK, GalleryItem, below_energy, gallery_videos, write_report
 from pipelines.show import SHOW_METHODS, render_video, show_rows
 from pipelines.train import bound_heap
@@ -58,7 +58,7 @@ class MethodResult:
     mAP_hi: float = float("nan")
     segment_hit: float = float("nan")     # share of chosen steps inside a ground-truth action segment
     one_class: bool = False               # every test video got the same predicted class
-    role: str = ""                        # "control" (energy), "learned" (a trained selector) or "baseline"
+    role: str = ""                        # "control" (energy), "learned", "baseline" or "plugin" (methods.role)
 
 
 @dataclass
@@ -391,9 +391,9 @@ def bench_notes(table: pd.DataFrame, n_test: int | None = None) -> list[str]:
     if below.any():
         controls = table[table["role"] == "control"]
         best = controls.loc[controls["top1"].idxmax()]
-        notes.append(f"{ENERGY_MARK.strip()}: {int(below.sum())} learned selector row(s) whose top-1 does not beat the "
-                     f"best energy control, {best['method']} ({100 * best['top1']:.1f}%: the K loudest or most moving "
-                     f"steps, no learned model): their learning buys nothing over the raw signal here")
+        notes.append(f"{ENERGY_MARK.strip()}: {int(below.sum())} learned or plug-in selector row(s) whose top-1 does "
+                     f"not beat the best energy control, {best['method']} ({100 * best['top1']:.1f}%: the K loudest or "
+                     f"most moving steps, no learned model): their learning buys nothing over the raw signal here")
     widest = float((table["top1_hi"] - table["top1_lo"]).max()) if len(table) else 0.0
     if n_test < 30 or widest > 0.3:
         notes.append(f"the test split has {n_test} videos: top-1 intervals span up to {100 * widest:.0f} points, too "
@@ -434,7 +434,7 @@ def evaluate_methods(store: FeatureStore, methods: tuple[str, ...] = ("UNIFORM",
         for _, sel in built:
             to_device(sel, "cpu")
     for (method, _), r in zip(built, results):
-        r.role = role(method) if method else "user"
+        r.role = role(method) if method else PLUGIN_ROLE
     table = pd.DataFrame([r.__dict__ for r in results])
     table.attrs["n_test"] = len(data)
     return table

@@ -4,14 +4,24 @@ A builder takes the :class:`BenchContext` (store, checkpoints, bench options, th
 per-step heads) and returns the method's :class:`~models.selection.Selector` rows, in table order; a method whose
 checkpoint is missing returns no rows and says how to train it. Adding a method is one entry here and one
 ``Selector`` class beside its model.
+
+A method may also live outside fs (:func:`resolve_method`): ``fs bench --methods`` and ``fs show --methods`` take,
+beside a registry name, the name of an entry point of group :data:`ENTRY_POINT_GROUP` that an installed package
+registers, or ``pkg.module:attr``, a builder importable from ``sys.path``. Their rows come after the built-in rows,
+with the role :data:`PLUGIN_ROLE`.
 """
 from __future__ import annotations
 
+import importlib
 import logging
+import os
+import re
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 
@@ -268,25 +278,194 @@ LEARNED = ("LSTM", "NON-RECURRENT", "SKIM", "SKIM-FS", "SKIM-DENSE", "SKIM-ARGMA
 the bench marks their rows that do not beat the best energy control."""
 
 
+PLUGIN_ROLE = "plugin"
+"""The role of a row built outside fs. The bench cannot tell whether a plug-in learned anything, and the energy
+controls are the floor that every new selector must clear, so plug-in rows are marked against them as learned rows are
+(:func:`~pipelines.report.below_energy`)."""
+
+
 def role(method: str) -> str:
-    """A method's role in the table: "control" (energy), "learned" (a trained selector) or "baseline" (the rest:
-    head rules, oracles)."""
+    """A method's role in the table: "control" (energy), "learned" (a trained selector), "baseline" (the other
+    registry methods: head rules, oracles) or "plugin" (a method resolved outside the registry)."""
+    if method not in METHODS:
+        return PLUGIN_ROLE
     return "control" if method in CONTROLS else "learned" if method in LEARNED else "baseline"
 
 
+# --- plug-in methods --------------------------------------------------------------------------------------------------
+
+ENTRY_POINT_GROUP = "fs.methods"
+"""The entry-point group under which an installed package registers builders: the entry point's name is the method
+name, its object a :data:`Builder`."""
+_MODULE_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+class MethodError(ValueError):
+    """A ``--methods`` item that cannot be resolved to a builder, or a builder that returned something else than
+    selectors."""
+
+
+def installed_methods() -> dict[str, EntryPoint]:
+    """The builders installed packages register under :data:`ENTRY_POINT_GROUP`, by method name."""
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def is_module_spec(spec: str) -> bool:
+    """Whether ``spec`` reads as ``pkg.module:attr``."""
+    return bool(_MODULE_SPEC.match(spec))
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    """The ``--methods`` items of a comma list: registry names in any case (as the registry spells them), ``all``
+    for every registry method, anything else (entry-point names, ``pkg.module:attr``) as written."""
+    out: list[str] = []
+    for item in (m.strip() for m in text.split(",")):
+        if not item:
+            continue
+        if item.lower() == "all":
+            out.extend(m for m in METHODS if m not in out)
+        elif item.upper() in METHODS:
+            out.append(item.upper())
+        else:
+            out.append(item)
+    return tuple(out)
+
+
+def _import_hint(module: str, error: BaseException) -> str:
+    """What went wrong importing a plug-in's ``module``: not found (and where it was looked for), a module it imports
+    missing, or an error raised by its own code."""
+    said = f"{type(error).__name__}: {error}"
+    if not isinstance(error, ModuleNotFoundError):
+        return f"importing module {module!r} failed in its own code: {said}"
+    if error.name and module != error.name and not module.startswith(error.name + "."):
+        return f"module {module!r} was found, but a module it imports is missing: {said} (install it)"
+    return (f"cannot import module {module!r}: {said} (a plug-in module must be importable: it is looked for on "
+            f"sys.path and in the working folder {os.getcwd()}; run fs from the folder that holds its package, add "
+            f"that folder to PYTHONPATH, or pip install the package)")
+
+
+def _load_spec(spec: str) -> object:
+    """The object ``pkg.module:attr`` names (``attr`` may be dotted: ``module:Class.build``); the working folder is
+    searched after ``sys.path`` (the ``fs`` script itself does not put it there)."""
+    module_name, attr = spec.split(":", 1)
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())        # as python -m, the working folder is importable (after installed packages)
+    try:
+        obj = importlib.import_module(module_name)
+    except Exception as e:           # a plug-in module may fail in any way while it runs; say which and how
+        raise MethodError(f"method {spec!r}: {_import_hint(module_name, e)}") from e
+    for i, part in enumerate(attr.split(".")):
+        if not hasattr(obj, part):
+            where = module_name + "".join("." + p for p in attr.split(".")[:i])
+            public = sorted(n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n, None)))
+            raise MethodError(f"method {spec!r}: {where} has no attribute {part!r}"
+                              + (f" (its callables: {', '.join(public[:12])})" if public else ""))
+        obj = getattr(obj, part)
+    return obj
+
+
+def _load_entry_point(name: str, ep: EntryPoint) -> object:
+    try:
+        return ep.load()
+    except Exception as e:
+        dist = getattr(getattr(ep, "dist", None), "name", None)
+        raise MethodError(f"method {name!r}: the entry point {ep.value!r} of group {ENTRY_POINT_GROUP}"
+                          + (f" (package {dist})" if dist else "")
+                          + f" does not load: {type(e).__name__}: {e}") from e
+
+
+def is_selector(obj: object) -> bool:
+    """Whether ``obj`` has what the bench reads of a selector: a string ``name`` and a callable ``select``."""
+    return not isinstance(obj, type) and isinstance(getattr(obj, "name", None), str) \
+        and callable(getattr(obj, "select", None))
+
+
+def as_builder(obj: object, method: str) -> Builder:
+    """``obj`` (a :data:`Builder`, or a callable of the context returning one selector) as a builder whose rows are
+    checked: each must be a selector (:func:`is_selector`)."""
+    if isinstance(obj, type) and hasattr(obj, "select"):
+        raise MethodError(f"method {method!r} is the Selector class {obj.__name__}, not a builder: give a function "
+                          f"def build(ctx): return [{obj.__name__}(...)] that makes its rows from the bench context")
+    if is_selector(obj):
+        raise MethodError(f"method {method!r} is a Selector instance ({obj.name!r}), not a builder: give a function "
+                          f"def build(ctx) that makes it from the bench context (its heads, costs, store)")
+    if not callable(obj):
+        raise MethodError(f"method {method!r} is not callable (it is {type(obj).__name__} {obj!r:.40}): a builder "
+                          f"is a function of the bench context returning a list of selectors")
+
+    def build(ctx: BenchContext) -> list[Selector]:
+        rows = obj(ctx)
+        rows = [rows] if is_selector(rows) else rows
+        if rows is None or isinstance(rows, (str, bytes)) or not isinstance(rows, Iterable):
+            raise MethodError(f"method {method!r}: its builder returned {type(rows).__name__}, not a list of "
+                              f"selectors")
+        rows = list(rows)
+        for row in rows:
+            if not is_selector(row):
+                missing = [a for a, ok in (("name", isinstance(getattr(row, "name", None), str)),
+                                           ("select", callable(getattr(row, "select", None)))) if not ok]
+                raise MethodError(f"method {method!r}: its builder returned a {type(row).__name__}, which is not a "
+                                  f"selector (no {' or '.join(missing) or 'instance'}: a selector has a string "
+                                  f"`name` and a `select(video)` method)")
+        return rows
+    return build
+
+
+def resolve_method(spec: str) -> Builder:
+    """The builder of one ``--methods`` item: a registry name, else an installed entry point of that name (group
+    :data:`ENTRY_POINT_GROUP`), else ``pkg.module:attr`` imported from ``sys.path``."""
+    if spec in METHODS:
+        return METHODS[spec]
+    installed = installed_methods()
+    if spec in installed:
+        return as_builder(_load_entry_point(spec, installed[spec]), spec)
+    if is_module_spec(spec):
+        return as_builder(_load_spec(spec), spec)
+    raise MethodError(f"unknown method {spec!r}; choose from {', '.join(METHODS)}"
+                      + (f", the installed {', '.join(installed)}" if installed else "")
+                      + ", or name a builder as pkg.module:attr (fs bench --list-methods)")
+
+
+def list_methods() -> list[str]:
+    """Lines for ``fs bench --list-methods``: the registry's methods with their role, then the installed entry
+    points with the package and object each comes from."""
+    lines = ["built-in methods (role):"] + [f"  {name:<16} {role(name)}" for name in METHODS]
+    installed = installed_methods()
+    lines.append(f"installed methods (entry points of group {ENTRY_POINT_GROUP}):" if installed else
+                 f"installed methods: none (a package registers one under the entry-point group {ENTRY_POINT_GROUP})")
+    for name, ep in sorted(installed.items()):
+        dist = getattr(getattr(ep, "dist", None), "name", None)
+        shadow = "  (shadowed by the built-in of that name)" if name.upper() in METHODS else ""
+        lines.append(f"  {name:<16} {ep.value}" + (f"  [{dist}]" if dist else "") + shadow)
+    lines.append("any other builder: pkg.module:attr, importable from sys.path (e.g. examples.custom_selector:build "
+                 "from the repository root)")
+    return lines
+
+
 def check_methods(methods: tuple[str, ...]) -> None:
-    """Refuse names that are not in the registry, listing those that are."""
-    unknown = set(methods) - set(METHODS)
-    if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(sorted(unknown))}; choose from {', '.join(METHODS)}")
+    """Refuse items that resolve to no builder (:func:`resolve_method`), saying why."""
+    for spec in methods:
+        resolve_method(spec)
 
 
 def build_rows(ctx: BenchContext, methods: tuple[str, ...]) -> list[tuple[str, Selector]]:
-    """(method, selector) of every row of ``methods``, in registry (table) order."""
-    check_methods(methods)
-    return [(name, sel) for name, build in METHODS.items() if name in methods for sel in build(ctx)]
+    """(method, selector) of every row of ``methods``: the registry's in registry (table) order, then the plug-ins'
+    in the order given. A plug-in row may not share its name with another row."""
+    builders = {spec: resolve_method(spec) for spec in methods}
+    rows = [(name, sel) for name, build in METHODS.items() if name in builders for sel in build(ctx)]
+    for spec, build in builders.items():
+        if spec not in METHODS:
+            rows.extend((spec, sel) for sel in build(ctx))
+    by_name: dict[str, list[str]] = {}
+    for method, sel in rows:
+        by_name.setdefault(sel.name, []).append(method)
+    for name, makers in by_name.items():
+        if len(makers) > 1 and any(m not in METHODS for m in makers):
+            raise MethodError(f"two rows are named {name!r} (from {' and '.join(dict.fromkeys(makers))}): a row's "
+                              f"name is its key in bench.csv and fs show; give the plug-in's selector another name")
+    return rows
 
 
 def build_selectors(ctx: BenchContext, methods: tuple[str, ...]) -> list[Selector]:
-    """The selectors of ``methods``, in registry (table) order."""
+    """The selectors of ``methods``, in table order (:func:`build_rows`)."""
     return [sel for _, sel in build_rows(ctx, methods)]

@@ -58,16 +58,17 @@ def gallery_videos(scores: np.ndarray, labels: np.ndarray, k: int) -> list[tuple
 
 
 ENERGY_MARK = " \u2264 energy"
-"""Trails a learned selector's row whose top-1 does not beat the best energy control's (see :func:`below_energy`)."""
+"""Trails a learned (or plug-in) selector's row whose top-1 does not beat the best energy control's (see
+:func:`below_energy`)."""
 
 
 def below_energy(table: pd.DataFrame) -> np.ndarray:
-    """Which rows are learned selectors whose top-1 does not exceed the best energy control's (all False when the
-    table has no control row, or no ``role`` column)."""
+    """Which rows are learned or plug-in selectors whose top-1 does not exceed the best energy control's (all False
+    when the table has no control row, or no ``role`` column)."""
     if "role" not in table or not (table["role"] == "control").any():
         return np.zeros(len(table), bool)
     best = table.loc[table["role"] == "control", "top1"].max()
-    return ((table["role"] == "learned") & (table["top1"] <= best)).to_numpy()
+    return (table["role"].isin(("learned", "plugin")) & (table["top1"] <= best)).to_numpy()
 
 
 def data_uri(path: Path) -> str:

@@ -27,7 +27,7 @@ from featurestore.store import FeatureStore, StoreError, VideoFeatures
 from manifests.schema import parse_confounders, parse_distractors, parse_segments
 from models.selection import BUDGET, Selection, Selector
 from pipelines.data import action_mask
-from pipelines.methods import METHODS, BenchContext
+from pipelines.methods import METHODS, BenchContext, installed_methods, is_module_spec, resolve_method
 
 log = logging.getLogger(__name__)
 
@@ -127,18 +127,21 @@ def named_row(ctx: BenchContext, name: str) -> Selector:
         for row in build(quiet):
             if row.name == name:
                 return row
-    raise ValueError(f"{name!r} is neither a bench method ({', '.join(METHODS)}) nor the name of a bench row whose "
-                     f"checkpoint is trained")
+    raise ValueError(f"{name!r} is neither a bench method ({', '.join(METHODS)}), an installed one, a plug-in "
+                     f"builder pkg.module:attr, nor the name of a bench row whose checkpoint is trained")
 
 
 def show_selectors(ctx: BenchContext, methods: tuple[str, ...] = SHOW_METHODS,
                    table: pd.DataFrame | None = None) -> list[Selector]:
-    """One selector per method key (registry names, as ``fs bench --methods``, each giving the row
-    :func:`pick_row` chooses) or exact bench row name. Methods without a checkpoint are skipped (the context says
-    how to train them)."""
+    """One selector per method key (a method as ``fs bench --methods`` takes it: a registry name, an installed
+    entry point's or ``pkg.module:attr``, each giving the row :func:`pick_row` chooses) or exact bench row name.
+    Methods without a checkpoint are skipped (the context says how to train them)."""
     out = []
+    installed = installed_methods()
     for key in methods:
-        row = pick_row(key, METHODS[key](ctx), table) if key in METHODS else named_row(ctx, key)
+        plugin = key in installed or is_module_spec(key)
+        row = (pick_row(key, resolve_method(key)(ctx), table) if key in METHODS or plugin
+               else named_row(ctx, key))
         if row is not None:
             out.append(row)
     return out

@@ -143,7 +143,7 @@ def test_evaluate_returns_the_bench_rows_and_runs_a_user_selector(store, tmp_pat
     ctx = fs.BenchContext(store, tmp_path)
     mine = FirstSteps(ctx.head("fused"), ctx.costs)
     both = fs.evaluate(store, "FRONT", selectors=[mine], runs=tmp_path, intervals=False)
-    assert both["method"].tolist() == ["FRONT", "FIRST-3"] and both["role"].tolist() == ["baseline", "user"]
+    assert both["method"].tolist() == ["FRONT", "FIRST-3"] and both["role"].tolist() == ["baseline", "plugin"]
     # the same choice through the user's select() loop as through FRONT's batched path: the same row
     for col in ("top1", "train_top1", "mAP", "gflops_per_video", "steps_per_video"):
         assert both[col][1] == pytest.approx(both[col][0], rel=1e-6), col
