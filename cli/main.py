@@ -19,6 +19,7 @@ DEFAULT_STORE = "fs-store.zarr"
 
 
 def _store_default() -> str:
+    """$FS_STORE or fs-store.zarr"""
     return os.environ.get("FS_STORE", DEFAULT_STORE)
 
 
