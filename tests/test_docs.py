@@ -111,3 +111,25 @@ def test_link_checker_sees_a_broken_link(tmp_path):
     page.write_text("# Top\n\nSee [a](missing.md), [b](#top), [c](#nowhere) and `[d](ignored.md)`.\n")
     assert _links(page) == ["missing.md", "#top", "#nowhere"]
     assert _anchors(page) == {"top"}
+
+
+INSTALL_AND_GO = "```sh\nbash .ci/install && .venv/bin/fs extract\n```"
+INSTALL_AND_TEST = "```sh\nbash .ci/install && .venv/bin/python -m pytest -q tests\n```"
+
+
+def test_readme_is_the_short_front_door():
+    size = len(README.read_bytes())
+    assert size <= README_MAX_BYTES, f"README.md is {size} bytes (at most {README_MAX_BYTES}): move detail to docs/"
+
+
+def test_readme_keeps_the_two_set_up_commands_that_ci_runs():
+    text = README.read_text(encoding="utf-8")
+    assert INSTALL_AND_GO in text and INSTALL_AND_TEST in text
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "bash .ci/install" in ci and ".venv/bin/python -m pytest -q tests" in ci     # CI runs README's command
+
+
+def test_readme_links_every_docs_page():
+    linked = {(README.parent / t.partition("#")[0]).resolve() for t in _links(README)}
+    unlinked = [p.name for p in DOCS if p.resolve() not in linked]
+    assert not unlinked, f"docs pages README.md does not link: {unlinked}"
