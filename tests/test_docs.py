@@ -133,3 +133,12 @@ def test_readme_links_every_docs_page():
     linked = {(README.parent / t.partition("#")[0]).resolve() for t in _links(README)}
     unlinked = [p.name for p in DOCS if p.resolve() not in linked]
     assert not unlinked, f"docs pages README.md does not link: {unlinked}"
+
+
+def test_readme_manifest_example_is_a_valid_manifest(tmp_path):
+    from manifests.schema import read_manifest
+    blocks = re.findall(r"```csv\n(.*?)\n\s*```", README.read_text(encoding="utf-8"), re.S)
+    assert len(blocks) == 1, "README's 'Your own videos' shows one manifest (a ```csv block)"
+    (tmp_path / "manifest.csv").write_text("\n".join(line.strip() for line in blocks[0].splitlines()) + "\n")
+    df = read_manifest(tmp_path / "manifest.csv", check_files=False)
+    assert list(df.columns[:4]) == ["video_id", "path", "label", "split"] and len(df) >= 2
