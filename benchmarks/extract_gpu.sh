@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 8's measurement: `fs bench-extract` on synthetic videos, per number of videos in flight, with software and
 # hardware (--hwaccel cuda) decoding; ends with one table of every run and the checks a first GPU run must pass
-# (README, "Measuring extraction on a GPU machine").
+# (docs/extraction.md, "Measuring extraction on a GPU machine").
 #
 #   bash benchmarks/extract_gpu.sh [OUT_DIR]          # default OUT_DIR: bench-extract
 #   GPUS=0 bash benchmarks/extract_gpu.sh             # the same on one CPU worker, small sizes (about a minute)
@@ -68,7 +68,7 @@ for f in sorted(out / f"{name}.json" for name in sys.argv[4:] if (out / f"{name}
                  str(r.get("gpu_utilisation_percent", "-")), f"{clips:.1f}" if clips else "-",
                  str(r.get("peak_gpu_memory_mb_per_worker", "-")), str(r.get("peak_gpu_memory_used_mb_per_gpu", "-")),
                  f"{r['peak_host_memory_mb_per_worker']:.0f}"])
-    # what a run must show to be trusted (README): say each failure, never average it away
+    # what a run must show to be trusted (docs/extraction.md): say each failure, never average it away
     if r["failed"]:
         problems.append(f"{f.stem}: {r['failed']} video(s) failed (see {f.stem}.txt)")
     if r["videos"] != videos:

@@ -11,7 +11,7 @@
    found there instead.
 3. Each command in its own process (wall time and its own peak RSS, as ``scale_store.py`` measures them):
    ``fs bench --methods UNIFORM,DENSE,SKIM --no-sweep`` and the full ``fs bench`` (every method, the sweep, the
-   training-split pass), both with ``--device``. Prints a table and a markdown table for the README.
+   training-split pass), both with ``--device``. Prints a table and a markdown table for docs/scale.md.
 """
 from __future__ import annotations
 

@@ -25,7 +25,7 @@
    second that should only open the packs), ``fs train-head --epochs 1`` (so that the bench does not train its head
    inside its own row), ``fs train-skim --epochs 1`` (with the epoch's ``data X s`` / ``compute Y s`` split when the
    trainer reports it), and ``fs bench --methods UNIFORM,DENSE,SKIM --no-sweep``. A verb or option the CLI does not
-   have yet is a row marked n/a. Prints a table, a markdown table for the README, and writes everything as JSON to
+   have yet is a row marked n/a. Prints a table, a markdown table for docs/scale.md, and writes everything as JSON to
    ``--out``.
 
 The store defaults to ``fs-data/scale-N.zarr``; checkpoints, bench output and command logs go beside it, to
@@ -437,7 +437,7 @@ def text_table(rows: list[Row]) -> str:
 
 
 def markdown_table(rows: list[Row]) -> str:
-    """The same rows as a README table."""
+    """The same rows as a docs/scale.md table."""
     out = ["| operation | seconds | peak RSS (GB) | notes |", "|---|---:|---:|---|"]
     for r in rows:
         out.append(f"| {r.operation} | {_fmt(r.seconds, 2)} | {_fmt(r.peak_rss_gb, 2)} | "

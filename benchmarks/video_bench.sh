@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The video-level benchmark of the README on one extracted store: every trainer with its default (sized) schedule,
+# The video-level benchmark of docs/benchmark.md on one extracted store: every trainer with its default (sized) schedule,
 # then `fs bench` with the intervals, segment_hit and the s x T sweep.
 #
 #   bash benchmarks/video_bench.sh STORE RUNS [SUBSAMPLE] [STEPS]       # defaults: 5 10
 #
-# Regimes used in the README (seeds the tests do not use): see its "Video-level benchmark" section, e.g.
+# Regimes used in docs/benchmark.md (seeds the tests do not use): see that page, e.g.
 #   fs synth --out fs-data/long216 --videos 216 --classes 8 --seconds 24:40 --seed 8181 --test-fraction 0.3334 \
 #            --actions 1:2 --action-seconds 6:14 --action-share 0.6           # long actions, as in ActivityNet
 #   fs extract --manifest fs-data/long216/manifest.csv --store fs-data/long216.zarr --descriptors image,audio,fused

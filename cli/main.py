@@ -21,6 +21,7 @@ log = logging.getLogger("cli")
 
 
 def _store_default() -> str:
+    """$FS_STORE or fs-store.zarr"""
     from featurestore.store import default_store_path
     return str(default_store_path())
 

@@ -131,7 +131,7 @@ def usable_cpus() -> int:
 def default_in_flight(gpus: int) -> int:
     """Videos each worker decodes at once. Decoding is CPU work: on a GPU machine each GPU worker gets its share of
     the usable cores; on a CPU worker a second video decodes while the models run (27 vs 20 video-s/s on 2 cores,
-    README)."""
+    docs/extraction.md)."""
     return max(2, usable_cpus() // gpus) if gpus else 2
 
 

@@ -397,7 +397,7 @@ def bench_notes(table: pd.DataFrame, n_test: int | None = None) -> list[str]:
     widest = float((table["top1_hi"] - table["top1_lo"]).max()) if len(table) else 0.0
     if n_test < 30 or widest > 0.3:
         notes.append(f"the test split has {n_test} videos: top-1 intervals span up to {100 * widest:.0f} points, too "
-                     f"few to separate the methods; for the benchmark-sized set see README (fs synth --out "
+                     f"few to separate the methods; for the benchmark-sized set see docs/benchmark.md (fs synth --out "
                      f"fs-data/syn300 --videos 300 --classes 10 --seconds 30:60 --test-fraction 0.3334)")
     return notes
 
