@@ -397,8 +397,9 @@ def bench_notes(table: pd.DataFrame, n_test: int | None = None) -> list[str]:
     widest = float((table["top1_hi"] - table["top1_lo"]).max()) if len(table) else 0.0
     if n_test < 30 or widest > 0.3:
         notes.append(f"the test split has {n_test} videos: top-1 intervals span up to {100 * widest:.0f} points, too "
-                     f"few to separate the methods; for the benchmark-sized set see docs/benchmark.md (fs synth --out "
-                     f"fs-data/syn300 --videos 300 --classes 10 --seconds 30:60 --test-fraction 0.3334)")
+                     f"few to separate the methods; for a benchmark-sized set see docs/benchmark.md (e.g. fs synth --out "
+                     f"fs-data/long216 --videos 216 --classes 8 --seconds 24:40 --test-fraction 0.3334 --actions 1:2 "
+                     f"--action-seconds 6:14 --action-share 0.6)")
     return notes
 
 
