@@ -162,7 +162,7 @@ def test_fs_pack_draws_one_progress_bar_a_split(store, monkeypatch):
             made.append(kwargs.get("desc"))
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(tqdm_mod, "tqdm", Counted)
+    monkeypatch.setattr("featurestore.progress.tqdm", Counted)       # every bar is made by fs's one progress style
     res = CliRunner().invoke(main, ["pack", str(store.path), "--arrays", "image,fused"])
     assert res.exit_code == 0, res.output
     assert made == ["pack train", "pack test"]
