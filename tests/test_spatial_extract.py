@@ -184,3 +184,18 @@ def test_the_extract_command_takes_the_flag(tmp_path, video_dir, manifest_of):
     assert res.exit_code == 0, res.output
     assert "inputs kept: frames, mel, image_map" in res.output       # --spatial-map implies --keep-inputs
     assert FeatureStore(store).read_video("silent")["image_map"].shape == (3, 4, 4, 512)
+
+
+def test_the_map_costs_no_flops_beyond_the_image_descriptor():
+    from models.imgaud import ImageNet
+    from models.selection import counted_gflops
+
+    torch.manual_seed(0)
+    net = ImageNet().eval()
+    frames = torch.randint(0, 256, (2, 112, 112, 3), dtype=torch.uint8)
+    alone = counted_gflops(net, frames)
+    both = counted_gflops(net.global_map, frames)
+    assert alone > 1.0 and both == alone         # ResNet-18 on two 112x112 frames: ~1.2 GFLOPs, map included
+    e_g, z_i = net.global_map(frames)
+    with torch.inference_mode():
+        assert torch.equal(z_i, net(frames)) and e_g.shape == (2, 4, 4, 512)
