@@ -204,14 +204,14 @@ def extraction_options(f):
     return f
 
 
-def _extract_setup(o: dict, keep_inputs: bool = False, keep_clips: bool = False):
+def _extract_setup(o: dict, keep_inputs: bool = False, keep_clips: bool = False, spatial_map: bool = False):
     """(dataset, ExtractConfig, Dask client) from the shared extraction options; the manifest is read and validated
     before anything starts."""
     from featurestore.launch import launch
     from manifests.datasets import load_dataset
 
     ds = load_dataset(o.pop("dataset"), o.pop("manifest"), o.pop("data_root"))
-    return (ds, *launch(**o, keep_inputs=keep_inputs, keep_clips=keep_clips))
+    return (ds, *launch(**o, keep_inputs=keep_inputs, keep_clips=keep_clips, spatial_map=spatial_map))
 
 
 def _writable_store(store: str):
@@ -238,7 +238,10 @@ def _writable_store(store: str):
 @click.option("--keep-inputs", is_flag=True, help="Also store each step's first frame and log-mel (for distillation "
                                                    "and refresh without decoding again).")
 @click.option("--keep-clips", is_flag=True, help="Also store each step's 16-frame teacher clip (large; small data).")
-def extract(store, retry_failed, keep_inputs, keep_clips, **options) -> None:
+@click.option("--spatial-map", is_flag=True,
+              help="Also store each step's image_map: the student image trunk's 4x4x512 layer4 map (AVGN's global "
+                   "feature map, for the spatial glance; no extra compute). Implies --keep-inputs.")
+def extract(store, retry_failed, keep_inputs, keep_clips, spatial_map, **options) -> None:
     """Decode each video once and write its descriptors to the zarr store (one Dask task per video)."""
     from featurestore.cluster import ClusterError, close_client
     from featurestore.extract import ExtractionInterrupted, run_extraction
@@ -249,7 +252,7 @@ def extract(store, retry_failed, keep_inputs, keep_clips, **options) -> None:
 
     try:
         # the manifest and options are checked first: a refused run creates no store
-        ds, config, client = _extract_setup(options, keep_inputs, keep_clips)
+        ds, config, client = _extract_setup(options, keep_inputs, keep_clips, spatial_map)
         try:
             fs = _writable_store(store)
             summary = run_extraction(ds.manifest, fs, config, client, ds.name, ds.classes, retry_failed=retry_failed)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from featurestore.constants import DESCRIPTORS, KEPT_CLIPS, KEPT_INPUTS, SIGNALS, STUDENT_DESCRIPTORS, stored_arrays
+from featurestore.constants import (DESCRIPTORS, KEPT_CLIPS, KEPT_INPUTS, KEPT_MAPS, SIGNALS, STUDENT_DESCRIPTORS,
+                                    stored_arrays)
 from featurestore.weights import STUDENT_DEFAULT, TEACHER_DEFAULT, is_random_source
 
 VIDEO_TIMEOUT_MIN = 60.0          # default --video-timeout: max(VIDEO_TIMEOUT_MIN, VIDEO_TIMEOUT_PER_SECOND × duration)
@@ -33,6 +34,7 @@ class ExtractConfig:
     threads: int = 0      # torch intra-op threads per worker; 0 leaves torch's default
     keep_inputs: bool = False   # also store each step's first frame (uint8) and log-mel (float16)
     keep_clips: bool = False    # also store each step's 16-frame teacher clip (uint8; large)
+    spatial_map: bool = False   # also store each step's image_map (AVGN's e^G; implies keep_inputs, needs the student)
     weights_sha256: tuple[tuple[str, str], ...] = ()   # (model, sha256) the client loaded; workers must match
     hwaccel: str = ""           # ffmpeg hardware decoding ("cuda"); software decoding when empty or unusable
     decode_threads: int = 0     # ffmpeg decoder threads per video; 0 lets ffmpeg choose
@@ -42,6 +44,8 @@ class ExtractConfig:
     def __post_init__(self) -> None:
         if self.video_timeout is not None and not self.video_timeout >= 0:
             raise ValueError(f"--video-timeout must be at least 0 seconds (0: no limit), got {self.video_timeout}")
+        if self.spatial_map and not self.keep_inputs:     # the spatial glance crops the kept frame: keep it too
+            object.__setattr__(self, "keep_inputs", True)
         unknown = set(self.descriptors) - set(DESCRIPTORS)
         if unknown or not self.descriptors:
             raise ValueError(f"--descriptors must name some of {', '.join(DESCRIPTORS)}; got "
@@ -58,7 +62,7 @@ class ExtractConfig:
 
     @property
     def needs_student(self) -> bool:
-        return bool(set(STUDENT_DESCRIPTORS) & set(self.descriptors))
+        return bool(set(STUDENT_DESCRIPTORS) & set(self.descriptors)) or self.spatial_map
 
     def resolved(self, models: dict[str, dict]) -> "ExtractConfig":
         """This config with pretrained-weight requests that fell back to random init pinned to "random".
@@ -88,7 +92,8 @@ class ExtractConfig:
     @property
     def inputs(self) -> tuple[str, ...]:
         """The model inputs kept in the store beside the descriptors."""
-        return (KEPT_INPUTS if self.keep_inputs else ()) + (KEPT_CLIPS if self.keep_clips else ())
+        return ((KEPT_INPUTS if self.keep_inputs else ()) + (KEPT_MAPS if self.spatial_map else ())
+                + (KEPT_CLIPS if self.keep_clips else ()))
 
     def stored_arrays(self) -> list[str]:
         """Every array a video extracted with this config holds."""

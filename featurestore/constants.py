@@ -43,6 +43,11 @@ DESCRIPTOR_ARRAYS = {"image": ("image",), "audio": ("audio",), "fused": ("fused"
 STUDENT_DESCRIPTORS = ("image", "audio", "fused")
 KEPT_INPUTS = ("frames", "mel")              # ``--keep-inputs``: each step's first frame and log-mel
 KEPT_CLIPS = ("clips",)                      # ``--keep-clips``: each step's teacher clip
+MAP_SIZE = 4                 # AVGN's global feature map e^G: H_G = W_G = 4 cells (the image ResNet-18's layer4 on a
+MAP_DIM = 512                # CROP x CROP frame, stride 32 rounded up), D_G = 512 features per cell
+KEPT_MAPS = ("image_map",)   # ``--spatial-map``: each step's e^G (N, MAP_SIZE, MAP_SIZE, MAP_DIM) float16, a by-product
+                             # of the ``image`` descriptor (z^I = proj(mean of e^G)); a kept input, never packed
+SPATIAL_INPUTS = ("frames", "image_map")     # what AVGN's spatial glance reads: the frame it crops and e^G
 
 # --- signal energy: free previews from the single decode, no model (the controls every learned preview must beat) ---
 LOUDNESS_FLOOR_DB = -100.0   # ``loudness`` (N,) float32: RMS level in dBFS of the step's audio window (the log-mel's
@@ -73,6 +78,7 @@ DIMENSION_NAMES = {          # the dimensions after the first, per stored array
     "image": ("image_feature",), "audio": ("audio_feature",), "fused": ("fused_feature",),
     "r2p1d": ("r2p1d_feature",), "r2p1d_logits": ("r2p1d_class",),
     "frames": ("height", "width", "channel"), "mel": ("mel_band", "mel_frame"),
+    "image_map": ("map_y", "map_x", "map_feature"),
     "clips": ("clip_frame", "height", "width", "channel"),
 }
 
@@ -88,8 +94,9 @@ def dimension_names(name: str, ndim: int, first: str = STEP_DIM) -> tuple[str, .
 
 
 def array_source(name: str) -> str:
-    """What produces a stored array: "student", "teacher", "decode" (kept inputs) or "" (the step times ``t``)."""
-    if name in STUDENT_DESCRIPTORS:
+    """What produces a stored array: "student" (its descriptors and ``image_map``), "teacher", "decode" (kept inputs)
+    or "" (the step times ``t``)."""
+    if name in STUDENT_DESCRIPTORS + KEPT_MAPS:
         return "student"
     if name in DESCRIPTOR_ARRAYS["r2p1d"]:
         return "teacher"

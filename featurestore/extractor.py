@@ -89,9 +89,15 @@ class Extractor:
                 return mel, student.audio_net(mel)
         fns["audio"] = audio
         if student is not None:
-            def image(frames):
-                with self.autocast():
-                    return (student.image_net(frames),)
+            if self.config.spatial_map:
+                def image(frames):       # e^G is the by-product of z^I: one pass of the trunk gives both
+                    with self.autocast():
+                        e_g, z_i = student.image_net.global_map(frames)
+                        return z_i, e_g
+            else:
+                def image(frames):
+                    with self.autocast():
+                        return (student.image_net(frames),)
 
             def fused(z_i, z_a):
                 return (student.fusion(z_i, z_a),)     # tiny; float32 on every device
@@ -196,7 +202,10 @@ class Extractor:
         if "spectrum" in cfg.signals:
             arrays["spectrum"] = mel_spectrum(mel) if mel is not None else silent_spectrum(n)
         if self.student is not None:
-            z_i = np.concatenate([_result(f, stage)[0] for f in image_futs])
+            images = [_result(f, stage) for f in image_futs]
+            z_i = np.concatenate([out[0] for out in images])
+            if cfg.spatial_map:
+                arrays["image_map"] = np.concatenate([out[1] for out in images]).astype(np.float16)
             if z_a is None:
                 z_a = np.zeros((n, FEATURE_DIMS["audio"]), np.float32)
             for name, value in (("image", z_i), ("audio", z_a)):

@@ -138,11 +138,13 @@ def default_in_flight(gpus: int) -> int:
 def launch(gpus: int = 0, workers: int = 1, scheduler: str | None = None, in_flight: int = 0, batch_size: int = 16,
            descriptors: str = ",".join(DESCRIPTORS), teacher_weights: str = TEACHER_DEFAULT,
            student_weights: str = STUDENT_DEFAULT, seed: int = 0, hwaccel: str = "", decode_threads: int = 0,
-           keep_inputs: bool = False, keep_clips: bool = False, video_timeout: float | None = None):
+           keep_inputs: bool = False, keep_clips: bool = False, video_timeout: float | None = None,
+           spatial_map: bool = False):
     """(ExtractConfig, Dask client) for the options of ``fs extract`` / ``fs bench-extract``.
 
     A ``hwaccel`` this ffmpeg lacks warns and decodes in software; ``in_flight`` 0 takes :func:`default_in_flight`;
-    ``video_timeout`` None takes :meth:`ExtractConfig.video_time_limit`'s default, 0 sets no limit.
+    ``video_timeout`` None takes :meth:`ExtractConfig.video_time_limit`'s default, 0 sets no limit; ``spatial_map``
+    also keeps each step's ``image_map`` (AVGN's e^G) and implies ``keep_inputs``.
     """
     from featurestore.cluster import make_client   # Dask is the client's concern; workers import this module too
 
@@ -164,7 +166,7 @@ def launch(gpus: int = 0, workers: int = 1, scheduler: str | None = None, in_fli
         device="cuda" if gpus else "cpu", teacher_weights=teacher_weights, student_weights=student_weights, seed=seed,
         threads=0 if gpus else max(1, usable_cpus() // max(1, workers)),
         keep_inputs=keep_inputs, keep_clips=keep_clips, hwaccel=hwaccel, decode_threads=decode_threads,
-        video_timeout=video_timeout)
+        video_timeout=video_timeout, spatial_map=spatial_map)
     client = make_client(gpus=gpus, workers=workers, scheduler=scheduler,
                          threads_per_worker=in_flight or default_in_flight(gpus))
     return config, client

@@ -1,6 +1,7 @@
 """``fs refresh``: recompute descriptors from the inputs kept in the store with new weights, never decoding a video.
 
-``image``, ``audio``, ``fused`` come from a new student (stored first frames and log-mels), ``r2p1d`` and
+``image``, ``audio``, ``fused`` (and ``image_map``, AVGN's e^G, where the store keeps it) come from a new student
+(stored first frames and log-mels), ``r2p1d`` and
 ``r2p1d_logits`` from a new teacher (stored clips); each video records which checkpoint produced its arrays.
 """
 from __future__ import annotations
@@ -25,13 +26,20 @@ def _batched(fn, x: np.ndarray, batch: int = 64) -> list[np.ndarray]:
     return [torch.cat([o[k] for o in outs]).float().numpy() for k in range(len(outs[0]))]
 
 
-def student_features(net: nn.Module, frames: np.ndarray, mel: np.ndarray, has_audio: bool) -> dict[str, np.ndarray]:
-    """z^I, z^A and Psi(z^I, z^A) of stored first frames and log-mels (zero audio features for a silent video)."""
-    z_i, = _batched(net.image_net, frames)
+def student_features(net: nn.Module, frames: np.ndarray, mel: np.ndarray, has_audio: bool,
+                     spatial_map: bool = False) -> dict[str, np.ndarray]:
+    """z^I, z^A and Psi(z^I, z^A) of stored first frames and log-mels (zero audio features for a silent video);
+    with ``spatial_map`` also ``image_map``, AVGN's e^G, from the same pass of the image trunk as z^I."""
+    maps = {}
+    if spatial_map:
+        e_g, z_i = _batched(net.image_net.global_map, frames)
+        maps["image_map"] = e_g
+    else:
+        z_i, = _batched(net.image_net, frames)
     z_a, = _batched(net.audio_net, mel.astype(np.float32)) if has_audio else (np.zeros_like(z_i),)
     with torch.inference_mode():
         fused = net.fusion(torch.from_numpy(z_i), torch.from_numpy(z_a)).numpy()
-    return {"image": z_i, "audio": z_a, "fused": fused}
+    return {"image": z_i, "audio": z_a, "fused": fused, **maps}
 
 
 def refresh(store_path: str | Path, student: str | None = None, teacher: str | None = None,
@@ -84,7 +92,7 @@ def refresh(store_path: str | Path, student: str | None = None, teacher: str | N
                 arrays = dict(video.arrays)
                 if "student" in todo:
                     feats = student_features(models["student"][0], video["frames"], video["mel"],
-                                             bool(attrs.get("has_audio")))
+                                             bool(attrs.get("has_audio")), "image_map" in arrays)
                     for n, v in feats.items():
                         if n in arrays:
                             arrays[n] = v.astype(np.float16)

@@ -6,6 +6,7 @@ Layout::
     <store>/videos/<video_id>/        attrs: label, split, fps, duration, has_audio, n_steps, provenance, complete
         t (N,) f4 · image (N,256) f2 · audio (N,256) f2 · fused (N,512) f2 · r2p1d (N,512) f2 · r2p1d_logits (N,C) f2
         frames (N,112,112,3) u1 · mel (N,40,101) f2 [--keep-inputs] · clips (N,16,112,112,3) u1 [--keep-clips]
+        image_map (N,4,4,512) f2 [--spatial-map]: AVGN's global feature map e^G (the image trunk's layer4)
                                       every array names its dimensions (zarr ``dimension_names``: step, ...;
                                       featurestore.constants.dimension_names), so xarray opens the group
     <store>/partial/<video_id>-<tag>/ groups being written (never read)
@@ -45,7 +46,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from featurestore import SCHEMA_VERSION, __version__
-from featurestore.constants import DESCRIPTORS, dimension_names, stored_arrays
+from featurestore.constants import DESCRIPTORS, KEPT_MAPS, SPATIAL_INPUTS, dimension_names, stored_arrays
 from featurestore.index import StoreIndex, directory_bytes, entry_of
 
 FAILURE_COLUMNS = ["video_id", "path", "stage", "error"]
@@ -588,14 +589,27 @@ def expected_arrays(root_attrs: dict) -> list[str]:
     return stored_arrays(root_attrs.get("descriptors", []), root_attrs.get("inputs", []), root_attrs.get("signals", []))
 
 
-def require_arrays(store: FeatureStore, names: tuple[str, ...],
-                   how: str = "re-extract with --descriptors including them") -> None:
-    """Refuse a store whose videos lack any of ``names`` (descriptors or kept inputs), saying ``how`` to get them."""
+SPATIAL_HOW = ("extract the videos again into a new store with fs extract --keep-inputs --spatial-map (image_map is "
+               "written only at extraction: fs refresh recomputes it, never adds it)")
+
+
+def require_arrays(store: FeatureStore, names: tuple[str, ...], how: str | None = None) -> None:
+    """Refuse a store whose videos lack any of ``names`` (descriptors or kept inputs), saying ``how`` to get them
+    (by default: the spatial glance's extraction when ``image_map`` is missing, else re-extract with the
+    descriptors)."""
     have = store.attrs.get("descriptors", []) + store.attrs.get("inputs", []) + store.attrs.get("signals", [])
     missing = [n for n in names if n not in have and n not in ("t", "r2p1d_logits")]
     if missing:
+        if how is None:
+            how = SPATIAL_HOW if set(missing) & set(KEPT_MAPS) else \
+                "re-extract with --descriptors including them"
         kind = "descriptors" if set(missing) <= set(DESCRIPTORS) else "arrays"
         raise StoreError(f"store {store.path} has no {', '.join(missing)} {kind} (it holds {', '.join(have)}): {how}")
+
+
+def require_spatial(store: FeatureStore) -> None:
+    """Refuse a store without the spatial glance's inputs (``frames`` and ``image_map``), saying the command to run."""
+    require_arrays(store, SPATIAL_INPUTS, SPATIAL_HOW)
 
 
 def check_video(video: VideoFeatures, root_attrs: dict, names: Iterable[str] | None = None) -> list[str]:

@@ -30,6 +30,17 @@ class ImageNet(nn.Module):
         x = self.preprocess(frames) if frames.dtype == torch.uint8 else frames
         return self.proj(self.trunk(x))
 
+    def global_map(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(e^G, z^I) in one pass of the trunk: AVGN's global feature map e^G (the trunk's layer4 output, channels
+        last: (B, H_G, W_G, D_G) = (B, 4, 4, 512) on 112x112 frames) and the image descriptor z^I = proj(mean of
+        e^G over its H_G x W_G cells), equal to :meth:`forward` (the trunk's average pooling is that mean)."""
+        t = self.trunk
+        x = self.preprocess(frames) if frames.dtype == torch.uint8 else frames
+        x = t.maxpool(t.relu(t.bn1(t.conv1(x))))
+        e_g = t.layer4(t.layer3(t.layer2(t.layer1(x))))              # (B, D_G, H_G, W_G)
+        z_i = self.proj(torch.flatten(t.avgpool(e_g), 1))
+        return e_g.permute(0, 2, 3, 1), z_i
+
 
 def audio_trunk_state(image_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """An RGB ResNet-18 state dict (torchvision keys) for :class:`AudioNet`'s trunk: conv1 averaged over the three

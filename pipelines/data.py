@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from featurestore.constants import KEPT_CLIPS, KEPT_INPUTS, ROW_WIDTHS
+from featurestore.constants import KEPT_CLIPS, KEPT_INPUTS, KEPT_MAPS, ROW_WIDTHS
 from featurestore.packed import BLOCK_CHUNKS, BlockReader, PackedSplit, open_packed
 from featurestore.store import FeatureStore, StoreError, VideoFeatures, require_arrays
 from featurestore.text import printable
@@ -18,7 +18,7 @@ from manifests.schema import parse_segments
 from models.imgaud import Fusion
 from models.selection import VideoBlock
 
-INPUT_ARRAYS = KEPT_INPUTS + KEPT_CLIPS     # kept inputs are read from the groups; descriptors from the packed view
+INPUT_ARRAYS = KEPT_INPUTS + KEPT_MAPS + KEPT_CLIPS   # kept inputs are read from the groups; descriptors packed
 READ_BUDGET_BYTES = int(os.environ.get("FS_READ_BUDGET_MB", "512")) << 20
 """Rows a streamed split keeps decoded, over all its arrays: the memory bound of a trainer's or the bench's reads."""
 
@@ -35,7 +35,7 @@ def resolve_device(device: str = "auto") -> str:
 
 
 class _GroupRows:
-    """One kept input (frames, mel, clips) read video by video from the groups: inputs are not packed."""
+    """One kept input (frames, mel, image_map, clips) read video by video from the groups: inputs are not packed."""
 
     def __init__(self, store: FeatureStore, video_ids: list[str], name: str):
         self.store, self.video_ids, self.name = store, video_ids, name

@@ -35,7 +35,7 @@ from urllib.parse import quote
 import numpy as np
 
 from featurestore import __version__
-from featurestore.constants import KEPT_CLIPS, KEPT_INPUTS, dimension_names
+from featurestore.constants import KEPT_CLIPS, KEPT_INPUTS, KEPT_MAPS, dimension_names
 from featurestore.store import FeatureStore, StoreError, check_video, expected_arrays, threaded_map
 
 FORMATS = ("npy", "parquet", "webdataset")
@@ -67,7 +67,7 @@ class ExportResult:
 def default_arrays(store: FeatureStore) -> tuple[str, ...]:
     """What is exported when no arrays are named: every array the store's videos hold but the kept inputs and clips
     (large; named explicitly when wanted)."""
-    return tuple(a for a in expected_arrays(store.attrs) if a not in KEPT_INPUTS + KEPT_CLIPS)
+    return tuple(a for a in expected_arrays(store.attrs) if a not in KEPT_INPUTS + KEPT_MAPS + KEPT_CLIPS)
 
 
 def check_request(store: FeatureStore, split: str, fmt: str, arrays: tuple[str, ...] | None, out: Path,

@@ -3,7 +3,8 @@
 One figure per video: the timeline of its steps with the ground-truth action segments (and the synthetic set's
 distractor segments), each method's chosen steps on that timeline with its prediction, the skimmer's attention per
 skimming step and its modality scores s^I / s^A, the rankers' saliency, and a contact sheet of the frames at the
-chosen steps, each captioned with its time and whether it falls inside an action segment.
+chosen steps, each captioned with its time and whether it falls inside an action segment; a method with a spatial
+glance (AVGN §3.3: ``details["patches"]``) has the patch it cropped drawn as a box on each of those steps' frames.
 
 Frames come from the store's kept ``frames`` when it has them; otherwise from the video file, one short seek per
 shown frame (display is the one place outside extraction that opens a video, and only for the frames it shows).
@@ -46,6 +47,7 @@ K' = 8), AVGN at the full budget."""
 FAMILIES = {"SAMPLERS": "SCS ", "AVGN": "AVGN", "SKIM": "IMGAUD-SKIM ("}
 """The name prefix of every row a many-row method builds (a one-row method's row is named after the method)."""
 
+PATCH_COLOUR = "#ffff00"   # the spatial glance's patch boxes on the contact sheet (a colour nothing else draws)
 TILE_COLUMNS = BUDGET      # frame tiles per contact-sheet row ...
 MAX_TILES = 3 * BUDGET     # ... and at most this many per method (DENSE chooses every step); the title says so
 _SKIM_OPTIONS = re.compile(r"\(s=(\d+), T=(\d+)\)$")
@@ -83,6 +85,23 @@ class Shown:
     modality: dict[str, int] = field(default_factory=dict)                # method -> s^I / s^A bars drawn
     saliency: dict[str, list[str]] = field(default_factory=dict)          # method -> its saliency curves' labels
     notes: list[str] = field(default_factory=list)
+    patches: dict[str, list[tuple[int, tuple[float, float, float, float]]]] = field(default_factory=dict)
+    """method -> (step, (x0, y0, x1, y1)) of each patch box drawn, in pixel edges of the frame (0, 0: its top-left
+    corner), read back from the figure."""
+
+
+def patch_boxes(patches: dict, width: int, height: int) -> dict[int, tuple[float, float, float, float]]:
+    """{step: (x0, y0, x1, y1)}: each cropped step's patch as a box in pixel edges of a ``width`` x ``height`` frame
+    (0, 0 is the frame's top-left corner, (width, height) its bottom-right), from a selection's ``details["patches"]``
+    (``steps``; ``centres`` (x, y) in [0, 1] frame coordinates; ``size``, the patch side as a fraction of the frame
+    side). The box is not clipped: a patch reaching past the frame is drawn so."""
+    size = float(patches["size"])
+    centres = np.asarray(patches["centres"], float).reshape(-1, 2)
+    boxes = {}
+    for step, (x, y) in zip(np.asarray(patches["steps"], int).reshape(-1), centres):
+        half_w, half_h = size * width / 2, size * height / 2
+        boxes[int(step)] = (x * width - half_w, y * height - half_h, x * width + half_w, y * height + half_h)
+    return boxes
 
 
 def family(key: str, selectors: list[Selector]) -> list[Selector]:
@@ -205,6 +224,7 @@ def render_video(store: FeatureStore, video: VideoFeatures, selections: list[tup
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.image import imread
+    from matplotlib.patches import Rectangle
 
     plain = {"parse_math": False}          # names and ids are text, never mathtext ("$" in an id)
     classes = list(store.attrs.get("classes", []))
@@ -265,7 +285,8 @@ def render_video(store: FeatureStore, video: VideoFeatures, selections: list[tup
         verdict = "right" if row.correct else "WRONG"
         shown_steps = row.steps[:MAX_TILES]
         timeline(ax, f"{name}: chose {len(row.steps)} steps" + (f" (the first {MAX_TILES} shown below)"
-                                                                if len(row.steps) > MAX_TILES else ""))
+                                                                if len(row.steps) > MAX_TILES else "")
+                 + ("; yellow boxes: the patch its spatial glance cropped" if "patches" in sel.details else ""))
         for label, (steps_scored, values) in sel.details.get("saliency", {}).items():
             values, at = np.asarray(values, float), np.asarray(steps_scored, int)
             span = np.ptp(values) if len(values) else 0.0
@@ -316,11 +337,17 @@ def render_video(store: FeatureStore, video: VideoFeatures, selections: list[tup
             r += 1
         # the contact sheet
         if frames:
+            patches = sel.details.get("patches")
             cells = grid[r, :].subgridspec(max(1, math.ceil(len(shown_steps) / TILE_COLUMNS)), TILE_COLUMNS,
                                            wspace=0.08, hspace=0.5)
             for i, s in enumerate(shown_steps):
                 tile = fig.add_subplot(cells[i // TILE_COLUMNS, i % TILE_COLUMNS])
                 tile.imshow(frames[s])
+                box = patch_boxes(patches, frames[s].shape[1], frames[s].shape[0]).get(s) if patches else None
+                if box is not None:                          # imshow centres pixel i on i: its edges are at i +- 0.5
+                    x0, y0, x1, y1 = box
+                    tile.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=1.5,
+                                             edgecolor=PATCH_COLOUR, gid=f"patch:{s}:{name}"))
                 tile.set_xticks([])
                 tile.set_yticks([])
                 tile.set_title(f"#{i + 1} {t[s]:.1f} s\n{places[s]}", fontsize=7,
@@ -336,7 +363,15 @@ def render_video(store: FeatureStore, video: VideoFeatures, selections: list[tup
     segments = [(p.get_gid().split(":", 1)[1], *_span(p)) for a in fig.axes[:1] for p in a.patches
                 if (p.get_gid() or "").startswith("segment:")]
     tiles = [a for a in fig.axes if a.get_gid() == "tile"]
-    drawn = {"attention": {}, "modality": {}, "saliency": {}}
+    drawn = {"attention": {}, "modality": {}, "saliency": {}, "patches": {}}
+    for a in tiles:
+        for p in a.patches:
+            kind, _, rest = (p.get_gid() or "").partition(":")
+            if kind == "patch":
+                step, _, name = rest.partition(":")
+                drawn["patches"].setdefault(name, []).append(
+                    (int(step), (p.get_x() + 0.5, p.get_y() + 0.5, p.get_x() + 0.5 + p.get_width(),
+                                 p.get_y() + 0.5 + p.get_height())))
     for a in fig.axes:
         kind, _, name = (a.get_gid() or "").partition(":")
         if kind == "attention":
@@ -352,7 +387,7 @@ def render_video(store: FeatureStore, video: VideoFeatures, selections: list[tup
     h, w = imread(path).shape[:2]
     return Shown(path, video.video_id, (w, h), rows, len(tiles), [a.get_title() for a in tiles],
                  [np.asarray(a.images[0].get_array()) for a in tiles], segments, source, drawn["attention"],
-                 drawn["modality"], drawn["saliency"], notes)
+                 drawn["modality"], drawn["saliency"], notes, drawn["patches"])
 
 
 def _has_attention(sel: Selection) -> bool:

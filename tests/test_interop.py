@@ -14,7 +14,7 @@ from featurestore.store import FeatureStore, verify
 
 SIGNALS = ["loudness", "motion", "spectrum"]
 DESCRIPTORS = ["image", "audio", "fused", "r2p1d"]
-INPUTS = ["frames", "mel", "clips"]
+INPUTS = ["frames", "mel", "image_map", "clips"]
 N_MELS = 5
 
 
@@ -29,6 +29,7 @@ def video_arrays(i: int, n: int) -> dict[str, np.ndarray]:
             "motion": f16(12), "spectrum": f16(N_MELS), "image": f16(6), "audio": f16(5), "fused": f16(4),
             "r2p1d": f16(7), "r2p1d_logits": f16(3),
             "frames": rng.integers(0, 256, size=(n, 8, 8, 3), dtype=np.uint8), "mel": f16(N_MELS, 9),
+            "image_map": f16(2, 2, 10),
             "clips": rng.integers(0, 256, size=(n, 4, 8, 8, 3), dtype=np.uint8)}
 
 
@@ -62,12 +63,14 @@ def test_every_stored_array_has_a_dimension_name_for_each_dimension():
 
 
 def test_a_dimension_shared_by_two_arrays_has_one_size_in_real_stores():
-    from featurestore.constants import CLIP_FRAMES, CROP, MEL_FRAMES, N_MELS as REAL_MELS, ROW_WIDTHS
+    from featurestore.constants import (CLIP_FRAMES, CROP, MAP_DIM, MAP_SIZE, MEL_FRAMES, N_MELS as REAL_MELS,
+                                        ROW_WIDTHS)
     from models.widths import AUDIO_DIM, DESCRIPTOR_DIM, FUSED_DIM, IMAGE_DIM
 
     shapes = {"motion": (ROW_WIDTHS["motion"],), "spectrum": (ROW_WIDTHS["spectrum"],), "image": (IMAGE_DIM,),
               "audio": (AUDIO_DIM,), "fused": (FUSED_DIM,), "r2p1d": (DESCRIPTOR_DIM,), "r2p1d_logits": (400,),
-              "frames": (CROP, CROP, 3), "mel": (REAL_MELS, MEL_FRAMES), "clips": (CLIP_FRAMES, CROP, CROP, 3)}
+              "frames": (CROP, CROP, 3), "mel": (REAL_MELS, MEL_FRAMES), "clips": (CLIP_FRAMES, CROP, CROP, 3),
+              "image_map": (MAP_SIZE, MAP_SIZE, MAP_DIM)}
     sizes: dict[str, set[int]] = {}
     for name, shape in shapes.items():
         for dim, size in zip(dimension_names(name, 1 + len(shape))[1:], shape):
