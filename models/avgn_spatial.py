@@ -270,11 +270,16 @@ class SpatialAVGN(nn.Module):
 
 def spatial_losses(model: SpatialAVGN, e_g: torch.Tensor, e_a: torch.Tensor, maps: torch.Tensor,
                    frames: torch.Tensor, y: torch.Tensor, t_g: int, k: int, use_mask_loss: bool = True,
-                   tau: float = 1.0, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                   tau: float = 1.0, generator: torch.Generator | None = None, random_patches: bool = False
+                   ) -> dict[str, torch.Tensor]:
     """AVGN's training losses with the spatial glance on a batch of T glance-ordered steps (the spatial glance runs on
     all T, pi's GRU in glance order): L_p (Eq. 8, every prefix), L_V (Eq. 9: FC^G, FC^L, f_C^V on [e^G, e^L]), L_A
     (Eq. 10), L_s (Eq. 11-12, pseudo-labels from f_C^AV with e^L), L_mask, L_ord (Eq. 13). Sum them to train.
-    e_g (B, T, image_dim), e_a (B, T, audio_dim), maps (B, T, H_G, W_G, D_G), frames (B, T, H, W, 3) uint8, y (B,)."""
+    e_g (B, T, image_dim), e_a (B, T, audio_dim), maps (B, T, H_G, W_G, D_G), frames (B, T, H, W, 3) uint8, y (B,).
+
+    ``random_patches`` adds ``"l_rand"``: FC^L's cross-entropy on a uniformly random patch of every step (AdaFocusV2's
+    second branch, not in AVGN's loss list): f_L then learns from patches all over the frame, which gives pi a useful
+    gradient early (tests/test_avgn_spatial.py trains pi this way)."""
     tm = model.temporal
     b, t, _ = e_g.shape
     visible = torch.zeros(b, t, dtype=torch.bool, device=e_g.device)
@@ -298,6 +303,10 @@ def spatial_losses(model: SpatialAVGN, e_g: torch.Tensor, e_a: torch.Tensor, map
     w = torch.gather(soft, 1, idx)
     picked = torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1])) * (w / w.detach()).unsqueeze(-1)
     losses["ord"] = F.cross_entropy(model.f_av(picked), y)
+    if random_patches:
+        lo, hi = centre_bounds(model.patch, *frames.shape[-3:-1], like=model.pixel_mean)
+        u = torch.rand(b, t, 2, generator=generator, device=generator.device if generator else lo.device)
+        losses["l_rand"] = ce(model.fc_l(model.local_features(frames, lo + (hi - lo) * u.to(lo.device))))
     return losses
 
 
