@@ -178,7 +178,8 @@ class SpatialAVGN(nn.Module):
         super().__init__()
         if spatial not in SPATIAL_VARIANTS:
             raise ValueError(f"spatial must be one of {SPATIAL_VARIANTS}, not {spatial!r}")
-        self.spatial, self.patch, self.map_size, self.num_classes, self.seed = spatial, patch, map_size, num_classes, seed
+        self.spatial, self.patch, self.map_size, self.seed = spatial, patch, map_size, seed
+        self.num_classes = num_classes
         self.temporal = AVTeST(num_classes, image_dim, audio_dim, dim, layers, heads, max_len)
         self.norm_map = Standardize(map_dim)
         if spatial in ("aespa", "pi"):
