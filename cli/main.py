@@ -629,15 +629,36 @@ def refresh(store, student, teacher) -> None:
 @training_options(epochs=30, batch_size=16, lr=1e-3, milestones="20", sized=True)
 @click.option("--no-audio-tokens", is_flag=True, help="Ablation: AV-TeST sees no audio tokens.")
 @click.option("--no-mask-loss", is_flag=True, help="Ablation: train without L_mask.")
+@click.option("--spatial", type=click.Choice(["aespa", "pi", "centre", "random", "all"]), default=None,
+              help="Train AVGN with its spatial glance too (a store extracted with --keep-inputs --spatial-map): "
+                   "AESPA + patch network (aespa), the patch network alone (pi), a centre or random patch (the "
+                   "controls), or all four. The temporal glance starts from <runs>/avgn.pt when it exists.")
+@click.option("--patch", type=click.IntRange(min=8), default=None, show_default="64",
+              help="Patch side P in pixels of the stored 112 x 112 frames (--spatial).")
 @click.option("--device", default="auto", show_default=True,
               help="auto (the first GPU when one is visible, else the CPU), cpu, or cuda[:N].")
 @click.option("--seed", type=int, default=0, show_default=True)
 def train_avgn_cmd(store, runs, layers, heads, dim, t_steps, k, epochs, batch_size, lr, milestones, no_audio_tokens,
-                   no_mask_loss, device, seed, sized) -> None:
-    """Train AVGN's AV-TeST temporal glance on the store's image and audio descriptors."""
+                   no_mask_loss, spatial, patch, device, seed, sized) -> None:
+    """Train AVGN's AV-TeST temporal glance on the store's image and audio descriptors (with --spatial, both
+    glances, from the stored frames and global maps too)."""
     from featurestore.store import FeatureStore, StoreError
-    from pipelines.train_avgn import checkpoint_name, train_avgn
+    from pipelines.train_avgn import SPATIAL_CHECKPOINTS, checkpoint_name, train_avgn, train_avgn_spatial
 
+    if spatial is not None:
+        if no_audio_tokens:
+            _fail("--no-audio-tokens is an ablation of the temporal glance alone; drop it with --spatial")
+        for variant in (SPATIAL_CHECKPOINTS if spatial == "all" else (spatial,)):
+            try:
+                trained = train_avgn_spatial(FeatureStore(store), runs, variant, layers, heads, dim, t_steps, k,
+                                             epochs, batch_size, lr, milestones, not no_mask_loss, seed,
+                                             _epoch_reporter(SPATIAL_CHECKPOINTS[variant]), sized, device, patch)
+            except (StoreError, ValueError) as e:
+                _fail(e)
+            click.echo(trained.summary())
+        return
+    if patch is not None:
+        _fail("--patch applies to the spatial glance: add --spatial")
     name = checkpoint_name(not no_audio_tokens, not no_mask_loss)
     try:
         trained = train_avgn(FeatureStore(store), runs, layers, heads, dim, t_steps, k, epochs, batch_size, lr,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from models.widths import AUDIO_DIM, DESCRIPTOR_DIM, FUSED_DIM, IMAGE_DIM
+from models.widths import AUDIO_DIM, DESCRIPTOR_DIM, FUSED_DIM, IMAGE_DIM, MAP_DIM, MAP_SIZE  # noqa: F401 - e^G's map
 
 # --- decoding ------------------------------------------------------------------------------------------------------
 FPS = 30                 # frames are resampled to this rate
@@ -43,8 +43,6 @@ DESCRIPTOR_ARRAYS = {"image": ("image",), "audio": ("audio",), "fused": ("fused"
 STUDENT_DESCRIPTORS = ("image", "audio", "fused")
 KEPT_INPUTS = ("frames", "mel")              # ``--keep-inputs``: each step's first frame and log-mel
 KEPT_CLIPS = ("clips",)                      # ``--keep-clips``: each step's teacher clip
-MAP_SIZE = 4                 # AVGN's global feature map e^G: H_G = W_G = 4 cells (the image ResNet-18's layer4 on a
-MAP_DIM = 512                # CROP x CROP frame, stride 32 rounded up), D_G = 512 features per cell
 KEPT_MAPS = ("image_map",)   # ``--spatial-map``: each step's e^G (N, MAP_SIZE, MAP_SIZE, MAP_DIM) float16, a by-product
                              # of the ``image`` descriptor (z^I = proj(mean of e^G)); a kept input, never packed
 SPATIAL_INPUTS = ("frames", "image_map")     # what AVGN's spatial glance reads: the frame it crops and e^G

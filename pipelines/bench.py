@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from featurestore.constants import STUDENT_DESCRIPTORS
+from featurestore.constants import SPATIAL_INPUTS, STUDENT_DESCRIPTORS
 from featurestore.progress import progress_bar, tracker
 from featurestore.store import FeatureStore, StoreError
 from models.selection import NO_STEP, Selector, VideoBlock, select_block, to_device
@@ -403,10 +403,12 @@ def bench_notes(table: pd.DataFrame, n_test: int | None = None) -> list[str]:
     return notes
 
 
-def bench_arrays(ctx: BenchContext) -> tuple[str, ...]:
-    """The arrays any bench row may read: step times, the student's descriptors, and r2p1d and the signals when
-    the store holds them."""
-    return ("t",) + STUDENT_DESCRIPTORS + (("r2p1d",) if ctx.has_r2p1d else ()) + ctx.signals
+def bench_arrays(ctx: BenchContext, methods: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The arrays any bench row of ``methods`` may read: step times, the student's descriptors, r2p1d and the
+    signals when the store holds them, and the spatial glance's frames and global maps (read from the video groups
+    only when a row asks) for AVGN-SPATIAL."""
+    spatial = SPATIAL_INPUTS if "AVGN-SPATIAL" in methods and ctx.has_spatial else ()
+    return ("t",) + STUDENT_DESCRIPTORS + (("r2p1d",) if ctx.has_r2p1d else ()) + ctx.signals + spatial
 
 
 def evaluate_methods(store: FeatureStore, methods: tuple[str, ...] = ("UNIFORM",), selectors: tuple = (),
@@ -423,7 +425,7 @@ def evaluate_methods(store: FeatureStore, methods: tuple[str, ...] = ("UNIFORM",
     built = build_rows(ctx, tuple(methods)) + [("", sel) for sel in selectors]
     if not built:
         raise ValueError("nothing to evaluate: name methods or pass selectors")
-    names = bench_arrays(ctx)
+    names = bench_arrays(ctx, tuple(methods))
     device = resolve_device(device)
     data = load_split(store, split, names, device)
     train = load_split(store, train_split, names, device) if train_split else None
@@ -454,7 +456,7 @@ def run_bench(store: FeatureStore, runs: Path, out: Path, methods: tuple[str, ..
     device = resolve_device(device)
     bound_heap()            # blocks of varying padded shapes would otherwise fragment the heap over a long run
     ctx = BenchContext(store, runs, subsample, steps, say)
-    names = bench_arrays(ctx)
+    names = bench_arrays(ctx, methods)
     data = load_split(store, "test", names, device)
     train = load_split(store, "train", names, device)
     built = build_rows(ctx, methods)

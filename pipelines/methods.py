@@ -76,6 +76,11 @@ class BenchContext:
         """The signal arrays the store's videos hold (``loudness``, ``motion``; none in a store built before them)."""
         return tuple(self.store.attrs.get("signals", []))
 
+    @property
+    def has_spatial(self) -> bool:
+        """Whether the store keeps the spatial glance's inputs (frames and the global map, --spatial-map)."""
+        return {"frames", "image_map"} <= set(self.store.attrs.get("inputs", []))
+
     def has_signals(self, names: tuple[str, ...], rows: str) -> bool:
         """Whether the store holds the signal arrays ``names``; if not, say once (per ``rows``) which ``rows`` are
         skipped and how to get them."""
@@ -183,6 +188,45 @@ def avgn(ctx: BenchContext) -> list[Selector]:
     return out
 
 
+AVGN_SPATIAL_LABELS = {"aespa": "AESPA + pi", "pi": "pi alone", "centre": "centre patch", "random": "random patch"}
+"""Table 6's spatial glances, by the variant their checkpoint was trained with."""
+AVGN_SPATIAL_GRID = {"aespa": [(k, t_g) for k in (4, 10) for t_g in (2, None)],
+                     "pi": [(4, None), (10, None)], "centre": [(4, None), (10, None)], "random": [(4, None), (10, None)]}
+"""The (k, T_G) each spatial variant is read at: the temporal rows' k = 4, 10 at T_G = all, and AESPA + pi at T_G = 2
+too (the paper's '+' setting)."""
+AVGN_EXITS = (0.9, 0.99)
+"""Early-exit thresholds tau (FrameExit's gate on the running max softmax) of the '+' rows, at T_G = 2, k = 10."""
+
+
+def avgn_spatial(ctx: BenchContext) -> list[Selector]:
+    """AVGN with the spatial glance (fs train-avgn --spatial ...): Table 6's variants at the temporal rows' k and T_G,
+    f_L's own accuracy (FC^L on the patches alone), and early-exit rows with their GFLOPs."""
+    from models.avgn_spatial import AVGNSpatialSelector
+    from pipelines.train_avgn import SPATIAL_CHECKPOINTS, load_avgn_spatial
+
+    if not ctx.has_spatial:
+        ctx.say(f"skipping AVGN-SPATIAL: store {ctx.store.path} has no frames and image_map (extract into a new "
+                f"store with fs extract --keep-inputs --spatial-map)")
+        return []
+    out: list[Selector] = []
+    for spatial, label in AVGN_SPATIAL_LABELS.items():
+        name = SPATIAL_CHECKPOINTS[spatial]
+        path = checkpoint_path(ctx.runs, name)
+        if not path.is_file():
+            ctx.say(f"skipping {name}: no checkpoint at {path} (fs train-avgn --spatial {spatial})")
+            continue
+        model, cfg = load_avgn_spatial(ctx.store, ctx.runs, name)
+        for k, t_g in AVGN_SPATIAL_GRID[spatial]:
+            out.append(AVGNSpatialSelector(f"AVGN spatial {label} (k={k}, T_G={'all' if t_g is None else t_g})",
+                                           model, ctx.costs, k=k, t_g=t_g, t=cfg["t"]))
+        if spatial == "aespa":
+            out.append(AVGNSpatialSelector("AVGN spatial f_L alone (k=10, T_G=all)", model, ctx.costs, k=10, t_g=None,
+                                           t=cfg["t"], head="local"))
+            out.extend(AVGNSpatialSelector(f"AVGN+ spatial exit tau={tau} (k=10, T_G=2)", model, ctx.costs, k=10,
+                                           t_g=2, t=cfg["t"], exit_threshold=tau) for tau in AVGN_EXITS)
+    return out
+
+
 COMBINATION_LABELS = {"convex-score": " (a=0.9)", "convex-list": " (a=0.8)", "union-list": " (K'=8)",
                       "intersect-list": ""}
 
@@ -265,6 +309,7 @@ METHODS: dict[str, Builder] = {
     "SKIM-FS": skim_variant("skim-fs", "IMGAUD-SKIM fs-protocol"),
     "ORACLE": head_rule("ORACLE (upper bound)", "oracle"),
     "AVGN": avgn,
+    "AVGN-SPATIAL": avgn_spatial,
     "SAMPLERS": samplers,
     "ORACLE-F": oracle_f,
 }
@@ -273,7 +318,7 @@ METHODS: dict[str, Builder] = {
 CONTROLS = tuple(ENERGY_ROWS)
 """The signal-energy controls: no learned model, the floor a learned selector must clear."""
 LEARNED = ("LSTM", "NON-RECURRENT", "SKIM", "SKIM-FS", "SKIM-DENSE", "SKIM-ARGMAX", "SKIM-VISUAL", "SKIM-SINGLE",
-           "AVGN", "SAMPLERS")
+           "AVGN", "AVGN-SPATIAL", "SAMPLERS")
 """The methods whose steps a trained network picks (the skimmer and its ablations, LSTM, AVGN, SCSampler's rankers);
 the bench marks their rows that do not beat the best energy control."""
 

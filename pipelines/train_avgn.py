@@ -1,16 +1,20 @@
 """``fs train-avgn``: AV-TeST (AVGN's temporal glance) trained on stored image and audio descriptors."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from featurestore.store import FeatureStore
 from models.avgn import AVTeST, avgn_losses, sample_steps
-from pipelines.checkpoints import load_model, save_checkpoint
+from pipelines.checkpoints import checkpoint_path, load_model, save_checkpoint
 from pipelines.data import load_split, resolve_device
 from pipelines.train import Trained, fit, minibatches, sized_schedule
+
+log = logging.getLogger(__name__)
 
 
 def checkpoint_name(audio_tokens: bool = True, mask_loss: bool = True) -> str:
@@ -88,3 +92,103 @@ def build_avgn(c: dict) -> AVTeST:
 
 def load_avgn(store: FeatureStore, runs: Path, name: str = "avgn") -> tuple[AVTeST, dict]:
     return load_model(runs, name, "avgn", store, build_avgn)
+
+
+SPATIAL_CHECKPOINTS = {"aespa": "avgn-spatial", "pi": "avgn-spatial-pi", "centre": "avgn-spatial-centre",
+                       "random": "avgn-spatial-random"}
+"""The checkpoint of each spatial-glance variant (Table 6's rows): AESPA + pi, pi alone, a centre or a random patch."""
+
+
+def train_avgn_spatial(store: FeatureStore, runs: Path, spatial: str = "aespa", layers: int = 2, heads: int = 4,
+                       dim: int = 128, t: int = 16, k: int = 4, epochs: int = 30, batch_size: int = 16,
+                       lr: float = 1e-3, milestones: tuple[int, ...] = (20,), mask_loss: bool = True, seed: int = 0,
+                       report: Callable[[dict], None] | None = None, sized: bool = True, device: str = "auto",
+                       patch: int | None = None) -> Trained:
+    """AVGN with both glances (§3.1-3.4), trained from the store alone: per video t sampled steps (glance order)
+    with their stored ``image``, ``audio``, ``image_map`` (e^G's map) and ``frames``; the spatial glance of kind
+    ``spatial`` crops a P x P patch of each frame for f_L; every loss of the paper (L_p, L_V, L_A, L_s, L_mask,
+    L_ord), and for the patch-network variants AdaFocusV2's random-patch branch (FC^L on a random patch; without it
+    pi often stays at the centre while f_L learns the centre patch). T_G is drawn per batch as for the temporal glance. The temporal part starts from ``<runs>/avgn.pt`` when
+    it exists (same sizes), else from scratch. Saves ``<runs>/<SPATIAL_CHECKPOINTS[spatial]>.pt``."""
+    from featurestore.store import require_spatial
+    from models.avgn_spatial import PATCH, SpatialAVGN, spatial_losses
+
+    random_patches = spatial in ("aespa", "pi")    # f_L also learns on random patches: pi gets a gradient early
+    if spatial not in SPATIAL_CHECKPOINTS:
+        raise ValueError(f"--spatial must be one of {', '.join(SPATIAL_CHECKPOINTS)}, not {spatial!r}")
+    require_spatial(store)
+    device = resolve_device(device)
+    patch = patch or PATCH
+    data = load_split(store, "train", ("image", "audio", "frames", "image_map"), device)
+    images, audios = data.tensors("image"), data.tensors("audio")
+    frames_of, maps_of = data.sources["frames"], data.sources["image_map"]
+    torch.manual_seed(seed)
+    model = SpatialAVGN(len(data.classes), spatial, dim=dim, layers=layers, heads=heads, max_len=t, patch=patch,
+                        seed=seed)
+    model.temporal.norm_g.set_moments(*data.moments("image"))
+    model.temporal.norm_a.set_moments(*data.moments("audio"))
+    model.norm_map.set_moments(*_map_moments(maps_of, len(data)))
+    warm = checkpoint_path(runs, checkpoint_name())
+    if warm.is_file():
+        temporal, cfg = load_avgn(store, runs)
+        if (cfg["dim"], cfg["layers"], cfg["heads"], cfg["t"]) == (dim, layers, heads, t) and cfg["audio_tokens"]:
+            model.temporal.load_state_dict(temporal.state_dict())
+            log.info("spatial glance: the temporal glance starts from %s", warm)
+    model.to(device)
+    labels = data.labels.to(device)
+    sched = sized_schedule(len(images), batch_size, epochs, milestones, sized)
+
+    def collate(idx, gen):
+        idx = idx.tolist()
+        picks = [sample_steps(len(images[j]), t, gen) for j in idx]
+        e_g = torch.stack([images[j][p] for j, p in zip(idx, picks)])
+        e_a = torch.stack([audios[j][p] for j, p in zip(idx, picks)])
+        maps = torch.stack([torch.from_numpy(np.asarray(maps_of.video(j), np.float32))[p] for j, p in zip(idx, picks)])
+        frames = torch.stack([torch.from_numpy(np.asarray(frames_of.video(j)))[p] for j, p in zip(idx, picks)])
+        return e_g, e_a, maps.to(device), frames.to(device), labels[idx], draw_glances(t, gen), \
+            int(torch.randint(1 << 30, (1,), generator=gen))
+
+    def loss_fn(e_g, e_a, maps, frames, y, t_g, draw):
+        gen = torch.Generator(device=frames.device).manual_seed(draw)
+        losses = spatial_losses(model, e_g, e_a, maps, frames, y, t_g, k, use_mask_loss=mask_loss, generator=gen,
+                                random_patches=random_patches)
+        with torch.no_grad():
+            logits = model(e_g, e_a, maps, frames, generator=gen)
+        return sum(losses.values()), logits, y
+
+    history = fit(model, minibatches(data.order, sched.batch_size, collate), loss_fn, sched.epochs, lr,
+                  sched.milestones, seed, report, optimizer="adamw")
+    model.eval().cpu()
+    path = save_checkpoint(runs, SPATIAL_CHECKPOINTS[spatial], "avgn-spatial", model, store,
+                           {"num_classes": len(data.classes), "spatial": spatial, "dim": dim, "layers": layers,
+                            "heads": heads, "t": t, "k": k, "patch": patch, "mask_loss": mask_loss, "seed": seed,
+                            "random_patches": random_patches,
+                            "epochs": sched.epochs, "batch_size": sched.batch_size,
+                            "train_glances": list(training_glances(t))}, history)
+    return Trained(model, history, path, sched)
+
+
+def _map_moments(maps_of, videos: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation of the global map's D_G features over every cell of every training step,
+    accumulated video by video in float64 (the maps are not packed)."""
+    total = total_sq = None
+    count = 0
+    for j in range(videos):
+        z = torch.from_numpy(np.asarray(maps_of.video(j), np.float64)).reshape(-1, np.shape(maps_of.video(j))[-1])
+        total = z.sum(0) if total is None else total + z.sum(0)
+        total_sq = (z * z).sum(0) if total_sq is None else total_sq + (z * z).sum(0)
+        count += len(z)
+    mean = total / count
+    var = (total_sq - count * mean * mean) / max(count - 1, 1)
+    return mean.float(), var.clamp(min=0).sqrt().float()
+
+
+def build_avgn_spatial(c: dict):
+    """AVGN with both glances as a checkpoint's config describes it."""
+    from models.avgn_spatial import SpatialAVGN
+    return SpatialAVGN(c["num_classes"], c["spatial"], dim=c["dim"], layers=c["layers"], heads=c["heads"],
+                       max_len=c["t"], patch=c["patch"], seed=c.get("seed", 0))
+
+
+def load_avgn_spatial(store: FeatureStore, runs: Path, name: str = "avgn-spatial"):
+    return load_model(runs, name, "avgn-spatial", store, build_avgn_spatial)
