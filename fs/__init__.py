@@ -117,7 +117,7 @@ def extract(manifest: str | Path, store: str | Path | None = None, *, descriptor
     """Decode each video of ``manifest`` (a manifest CSV) once and write its arrays into ``store`` (``fs extract
     --manifest``); returns the store, opened read-only. Videos already stored are skipped, failures recorded.
     ``options``: the other ``launch`` settings (``batch_size``, ``in_flight``, ``seed``, ``hwaccel``,
-    ``keep_inputs``, ``video_timeout``, ...)."""
+    ``keep_inputs``, ``spatial_map`` (AVGN's spatial-glance inputs), ``video_timeout``, ...)."""
     from featurestore.cluster import close_client
     from featurestore.extract import run_extraction
     from featurestore.launch import launch
