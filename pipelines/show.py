@@ -32,19 +32,20 @@ from pipelines.methods import METHODS, BenchContext, installed_methods, is_modul
 
 log = logging.getLogger(__name__)
 
-SHOW_METHODS = ("UNIFORM", "AV-ENERGY", "SAMPLERS", "AVGN", "SKIM")
+SHOW_METHODS = ("UNIFORM", "AV-ENERGY", "SAMPLERS", "AVGN", "AVGN-SPATIAL", "SKIM")
 """The default rows of a figure: a blind baseline, the free AV-energy control, the best SCSampler combination, AVGN
-and the skimmer."""
+(and, on a store with the spatial glance's inputs, AVGN with its patches drawn) and the skimmer."""
 
-PREFERRED_ROWS = {"SAMPLERS": "SCS AV-", "AVGN": "AVGN (k="}
+PREFERRED_ROWS = {"SAMPLERS": "SCS AV-", "AVGN": "AVGN (k=", "AVGN-SPATIAL": "AVGN spatial AESPA + pi (k="}
 """Of a method's many rows, the ones a figure may show: SCSampler's audio-visual combinations, AVGN without
 ablations."""
 
-DEFAULT_ROWS = {"SAMPLERS": "SCS AV-union-list", "AVGN": f"AVGN (k={BUDGET}, T_G=all)"}
+DEFAULT_ROWS = {"SAMPLERS": "SCS AV-union-list", "AVGN": f"AVGN (k={BUDGET}, T_G=all)",
+                "AVGN-SPATIAL": f"AVGN spatial AESPA + pi (k={BUDGET}, T_G=all)"}
 """The row shown when no bench table ranks them: SCSampler's best combination in its Table 7 (AV-union-list,
 K' = 8), AVGN at the full budget."""
 
-FAMILIES = {"SAMPLERS": "SCS ", "AVGN": "AVGN", "SKIM": "IMGAUD-SKIM ("}
+FAMILIES = {"SAMPLERS": "SCS ", "AVGN": "AVGN", "AVGN-SPATIAL": "AVGN spatial ", "SKIM": "IMGAUD-SKIM ("}
 """The name prefix of every row a many-row method builds (a one-row method's row is named after the method)."""
 
 PATCH_COLOUR = "#ffff00"   # the spatial glance's patch boxes on the contact sheet (a colour nothing else draws)

@@ -105,3 +105,13 @@ def test_patch_needs_spatial_on_the_command_line(store, tmp_path):
     res = CliRunner().invoke(main, ["train-avgn", "--store", str(store.path), "--runs", str(tmp_path),
                                     "--patch", "16"])
     assert res.exit_code == 1 and "--spatial" in res.output
+
+
+def test_fs_show_draws_the_aespa_row_by_default_on_a_spatial_store(store, tmp_path):
+    from pipelines.show import show_selectors
+    train_avgn_spatial(store, tmp_path, "aespa", **TINY)
+    names = [s.name for s in show_selectors(BenchContext(store, tmp_path))]
+    assert "AVGN spatial AESPA + pi (k=10, T_G=all)" in names
+    said = []
+    plain = [s.name for s in show_selectors(BenchContext(store, tmp_path / "empty", say=said.append))]
+    assert not any(n.startswith("AVGN spatial") for n in plain) and any("avgn-spatial" in m for m in said)
