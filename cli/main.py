@@ -20,6 +20,11 @@ from manifests.synth import (DEFAULT_ACTION_SECONDS, DEFAULT_ACTION_SHARE, DEFAU
 log = logging.getLogger("cli")
 
 
+SHOW_DEFAULT = "UNIFORM,AV-ENERGY,SAMPLERS,AVGN,AVGN-SPATIAL,SKIM"
+"""fs show's default rows as --help shows them (pipelines.show.SHOW_METHODS, which the command uses; a test keeps the
+two equal: importing it here would load torch for every command)."""
+
+
 def _store_default() -> str:
     """$FS_STORE or fs-store.zarr"""
     from featurestore.store import default_store_path
@@ -780,9 +785,10 @@ def bench(store, runs, subsample, steps, methods, out, no_sweep, clip_level, stu
 @click.argument("video_id")
 @store_option
 @runs_option
-@click.option("--methods", default="UNIFORM,SAMPLERS,AVGN,SKIM", show_default=True,
+@click.option("--methods", default=None, show_default=SHOW_DEFAULT,
               help="Comma list of bench methods (one row each: the best of a bench.csv when one exists; plug-ins as "
-                   "fs bench --methods takes them) or exact bench row names.")
+                   "fs bench --methods takes them) or exact bench row names. Methods without a checkpoint, or whose "
+                   "arrays the store lacks, are skipped with a line saying why.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Figure to write (default <runs>/show/VIDEO_ID.png).")
 @click.option("--subsample", type=click.IntRange(min=1), default=5, show_default=True,
@@ -795,8 +801,9 @@ def show(video_id, store, runs, methods, out, subsample, steps) -> None:
     from featurestore.store import FeatureStore, StoreError
     from featurestore.text import printable
     from pipelines.methods import METHODS
-    from pipelines.show import show_video
+    from pipelines.show import SHOW_METHODS, show_video
 
+    methods = methods if methods is not None else ",".join(SHOW_METHODS)
     chosen = tuple(m.upper() if m.upper() in METHODS else m for m in (m.strip() for m in methods.split(",")) if m)
     try:
         shown = show_video(FeatureStore(store), runs, video_id, Path(out) if out else None, chosen, subsample, steps)

@@ -12,14 +12,14 @@ from typing import Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from featurestore.constants import SPATIAL_INPUTS, STUDENT_DESCRIPTORS
 from featurestore.progress import progress_bar, tracker
 from featurestore.store import FeatureStore, StoreError
 from models.selection import NO_STEP, Selector, VideoBlock, select_block, to_device
 from models.skim import SkimSelector
 from pipelines.checkpoints import checkpoint_path, runs_dir
 from pipelines.data import SplitData, action_segments, load_split, resolve_device
-from pipelines.methods import METHODS, PLUGIN_ROLE, BenchContext, build_rows, check_methods, role
+from pipelines.methods import (METHODS, PLUGIN_ROLE, BenchContext, bench_arrays, build_rows, check_methods,
+                               role)
 from pipelines.report import ENERGY_MARK, GalleryItem, below_energy, gallery_videos, write_report
 from pipelines.show import SHOW_METHODS, render_video, show_rows
 from pipelines.train import bound_heap
@@ -401,14 +401,6 @@ def bench_notes(table: pd.DataFrame, n_test: int | None = None) -> list[str]:
                      f"fs-data/long216 --videos 216 --classes 8 --seconds 24:40 --test-fraction 0.3334 --actions 1:2 "
                      f"--action-seconds 6:14 --action-share 0.6)")
     return notes
-
-
-def bench_arrays(ctx: BenchContext, methods: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """The arrays any bench row of ``methods`` may read: step times, the student's descriptors, r2p1d and the
-    signals when the store holds them, and the spatial glance's frames and global maps (read from the video groups
-    only when a row asks) for AVGN-SPATIAL."""
-    spatial = SPATIAL_INPUTS if "AVGN-SPATIAL" in methods and ctx.has_spatial else ()
-    return ("t",) + STUDENT_DESCRIPTORS + (("r2p1d",) if ctx.has_r2p1d else ()) + ctx.signals + spatial
 
 
 def evaluate_methods(store: FeatureStore, methods: tuple[str, ...] = ("UNIFORM",), selectors: tuple = (),

@@ -25,6 +25,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from featurestore.constants import SPATIAL_INPUTS, STUDENT_DESCRIPTORS
 from featurestore.cost import unit_gflops
 from featurestore.store import FeatureStore
 from models.avgn import AVGNSelector
@@ -123,6 +124,14 @@ class BenchContext:
 
 
 Builder = Callable[[BenchContext], list[Selector]]
+
+
+def bench_arrays(ctx: BenchContext, methods: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The arrays any bench row of ``methods`` may read: step times, the student's descriptors, r2p1d and the
+    signals when the store holds them, and the spatial glance's frames and global maps (read from the video groups
+    only when a row asks) for AVGN-SPATIAL."""
+    spatial = SPATIAL_INPUTS if "AVGN-SPATIAL" in methods and ctx.has_spatial else ()
+    return ("t",) + STUDENT_DESCRIPTORS + (("r2p1d",) if ctx.has_r2p1d else ()) + ctx.signals + spatial
 
 
 def head_rule(name: str, rule: str) -> Builder:

@@ -22,13 +22,14 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from featurestore.constants import FPS, STEP_FRAMES, STUDENT_DESCRIPTORS
+from featurestore.constants import FPS, STEP_FRAMES
 from featurestore.decode import DecodeError, frames_at
 from featurestore.store import FeatureStore, StoreError, VideoFeatures
 from manifests.schema import parse_confounders, parse_distractors, parse_segments
 from models.selection import BUDGET, Selection, Selector
 from pipelines.data import action_mask
-from pipelines.methods import METHODS, BenchContext, installed_methods, is_module_spec, resolve_method
+from pipelines.methods import (METHODS, BenchContext, bench_arrays, installed_methods, is_module_spec,
+                               resolve_method)
 
 log = logging.getLogger(__name__)
 
@@ -416,7 +417,6 @@ def show_video(store: FeatureStore, runs: Path, video_id: str, out: Path | None 
     selectors = show_selectors(ctx, tuple(methods), table)
     if not selectors:
         raise StoreError("no method could be shown (see the lines above)")
-    names = ("t",) + STUDENT_DESCRIPTORS + (("r2p1d",) if store.has_descriptor("r2p1d") else ())
-    video = store.read_video(video_id, names)
+    video = store.read_video(video_id, bench_arrays(ctx, tuple(methods)))
     return render_video(store, video, [(s.name, s.select(video)) for s in selectors],
                         Path(out) if out else runs / "show" / f"{video_id}.png")

@@ -115,3 +115,14 @@ def test_fs_show_draws_the_aespa_row_by_default_on_a_spatial_store(store, tmp_pa
     said = []
     plain = [s.name for s in show_selectors(BenchContext(store, tmp_path / "empty", say=said.append))]
     assert not any(n.startswith("AVGN spatial") for n in plain) and any("avgn-spatial" in m for m in said)
+
+
+def test_fs_show_runs_the_spatial_glance_on_the_stored_inputs(store, tmp_path):
+    train_avgn_spatial(store, tmp_path, "aespa", **TINY)
+    vid = store.video_ids("test")[0]
+    res = CliRunner().invoke(main, ["show", vid, "--store", str(store.path), "--runs", str(tmp_path),
+                                    "--methods", "AV-ENERGY,AVGN-SPATIAL", "--out", str(tmp_path / "s.png")])
+    assert res.exit_code == 0, res.output
+    shown = [line.split(" predicted ")[0].strip() for line in res.output.splitlines() if " predicted " in line]
+    assert shown == ["AV-ENERGY", "AVGN spatial AESPA + pi (k=10, T_G=all)"]
+    assert (tmp_path / "s.png").is_file()

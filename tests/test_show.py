@@ -157,7 +157,7 @@ def test_show_cli_names_each_method_its_prediction_and_skips_untrained_ones(synt
     assert res.exit_code == 0, res.output
     assert "skipping avgn-no-audio" in res.output            # the AVGN ablations are not trained here
     lines = [line for line in res.output.splitlines() if "predicted" in line]
-    assert [line.split()[0] for line in lines] == ["UNIFORM", "SCS", "AVGN", "IMGAUD-SKIM"]
+    assert [line.split()[0] for line in lines] == ["UNIFORM", "AV-ENERGY", "SCS", "AVGN", "IMGAUD-SKIM"]
     assert f"true {synth.df.loc[vid, 'label']}" in lines[0] and (tmp_path / "c.png").is_file()
     bad = CliRunner().invoke(main, ["show", "nope", "--store", str(synth.kept.path), "--runs", str(synth.runs)])
     assert bad.exit_code != 0 and "not a complete video" in bad.output
@@ -270,3 +270,9 @@ def test_confounders_are_spans_of_their_own_and_steps_inside_them_say_so():
     assert [(k, s, e) for k, s, e, _ in spans] == [("action", 0, 1), ("distractor", 1, 2), ("confounder", 2, 3)]
     video = VideoFeatures("v", {**attrs, "n_steps": 4}, {"t": np.array([0.5, 1.5, 2.5, 3.5], np.float32)})
     assert step_places(video, spans) == ["in action", "in a distractor", "in a confounder", "not in action"]
+
+
+def test_fs_show_help_names_the_rows_it_draws_by_default():
+    from cli.main import SHOW_DEFAULT
+    from pipelines.show import SHOW_METHODS
+    assert SHOW_DEFAULT == ",".join(SHOW_METHODS)
