@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -242,20 +242,26 @@ class SplitData:
         if self.fits(float32_copy=True):
             x = torch.cat(list(self.tensors(name))).cpu()
             return x.mean(0), x.std(0)
-        total = total_sq = None
-        count = 0
-        for z in self.tensors(name):
-            z = z.double().cpu()
-            total = z.sum(0) if total is None else total + z.sum(0)
-            total_sq = (z * z).sum(0) if total_sq is None else total_sq + (z * z).sum(0)
-            count += len(z)
-        mean = total / count
-        var = (total_sq - count * mean * mean) / max(count - 1, 1)
-        return mean.float(), var.clamp(min=0).sqrt().float()
+        return streamed_moments(self.tensors(name))
 
     def cache_bytes(self) -> int:
         """The most bytes the streamed readers keep decoded."""
         return sum(s.cache_bytes for s in self.sources.values() if isinstance(s, BlockReader))
+
+
+def streamed_moments(rows: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased standard deviation over the rows of every (N_i, D) tensor of ``rows``, accumulated one
+    tensor at a time in float64 (nothing but sums held), on the CPU."""
+    total = total_sq = None
+    count = 0
+    for z in rows:
+        z = z.double().cpu()
+        total = z.sum(0) if total is None else total + z.sum(0)
+        total_sq = (z * z).sum(0) if total_sq is None else total_sq + (z * z).sum(0)
+        count += len(z)
+    mean = total / count
+    var = (total_sq - count * mean * mean) / max(count - 1, 1)
+    return mean.float(), var.clamp(min=0).sqrt().float()
 
 
 def step_batches(data: SplitData, name: str, batch_size: int) -> Callable[[torch.Generator], Iterator[tuple]]:

@@ -8,10 +8,11 @@ from typing import Callable
 import numpy as np
 import torch
 
+from featurestore.constants import MAP_DIM
 from featurestore.store import FeatureStore
 from models.avgn import AVTeST, avgn_losses, sample_steps
 from pipelines.checkpoints import checkpoint_path, load_model, save_checkpoint
-from pipelines.data import load_split, resolve_device
+from pipelines.data import load_split, resolve_device, streamed_moments
 from pipelines.train import Trained, fit, minibatches, sized_schedule
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,16 @@ def draw_glances(t: int, generator: torch.Generator) -> int:
     return glances[int(torch.randint(len(glances), (1,), generator=generator))]
 
 
+def sampled_pairs(images, audios, idx: torch.Tensor, t: int, gen: torch.Generator):
+    """A batch's t sampled steps per video in glance order (:func:`sample_steps`): (video indices, picks, e_g
+    (B, t, image_dim), e_a (B, t, audio_dim))."""
+    idx = idx.tolist()
+    picks = [sample_steps(len(images[j]), t, gen) for j in idx]
+    e_g = torch.stack([images[j][p] for j, p in zip(idx, picks)])
+    e_a = torch.stack([audios[j][p] for j, p in zip(idx, picks)])
+    return idx, picks, e_g, e_a
+
+
 def train_avgn(store: FeatureStore, runs: Path, layers: int = 2, heads: int = 4, dim: int = 128, t: int = 16,
                k: int = 4, epochs: int = 30, batch_size: int = 16, lr: float = 1e-3,
                milestones: tuple[int, ...] = (20,),
@@ -61,10 +72,7 @@ def train_avgn(store: FeatureStore, runs: Path, layers: int = 2, heads: int = 4,
     sched = sized_schedule(len(images), batch_size, epochs, milestones, sized)
 
     def collate(idx, gen):
-        idx = idx.tolist()
-        picks = [sample_steps(len(images[j]), t, gen) for j in idx]
-        e_g = torch.stack([images[j][p] for j, p in zip(idx, picks)])
-        e_a = torch.stack([audios[j][p] for j, p in zip(idx, picks)])
+        idx, picks, e_g, e_a = sampled_pairs(images, audios, idx, t, gen)
         t_g = draw_glances(t, gen)
         return e_g, e_a, labels[idx], t_g
 
@@ -139,10 +147,7 @@ def train_avgn_spatial(store: FeatureStore, runs: Path, spatial: str = "aespa", 
     sched = sized_schedule(len(images), batch_size, epochs, milestones, sized)
 
     def collate(idx, gen):
-        idx = idx.tolist()
-        picks = [sample_steps(len(images[j]), t, gen) for j in idx]
-        e_g = torch.stack([images[j][p] for j, p in zip(idx, picks)])
-        e_a = torch.stack([audios[j][p] for j, p in zip(idx, picks)])
+        idx, picks, e_g, e_a = sampled_pairs(images, audios, idx, t, gen)
         maps = torch.stack([torch.from_numpy(np.asarray(maps_of.video(j), np.float32))[p] for j, p in zip(idx, picks)])
         frames = torch.stack([torch.from_numpy(np.asarray(frames_of.video(j)))[p] for j, p in zip(idx, picks)])
         return e_g, e_a, maps.to(device), frames.to(device), labels[idx], draw_glances(t, gen), \
@@ -169,18 +174,10 @@ def train_avgn_spatial(store: FeatureStore, runs: Path, spatial: str = "aespa", 
 
 
 def _map_moments(maps_of, videos: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and standard deviation of the global map's D_G features over every cell of every training step,
-    accumulated video by video in float64 (the maps are not packed)."""
-    total = total_sq = None
-    count = 0
-    for j in range(videos):
-        z = torch.from_numpy(np.asarray(maps_of.video(j), np.float64)).reshape(-1, np.shape(maps_of.video(j))[-1])
-        total = z.sum(0) if total is None else total + z.sum(0)
-        total_sq = (z * z).sum(0) if total_sq is None else total_sq + (z * z).sum(0)
-        count += len(z)
-    mean = total / count
-    var = (total_sq - count * mean * mean) / max(count - 1, 1)
-    return mean.float(), var.clamp(min=0).sqrt().float()
+    """Mean and standard deviation of the global map's D_G features over every cell of every training step, read
+    video by video (the maps are not packed)."""
+    return streamed_moments(torch.from_numpy(np.asarray(maps_of.video(j))).reshape(-1, MAP_DIM)
+                            for j in range(videos))
 
 
 def build_avgn_spatial(c: dict):
