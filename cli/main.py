@@ -640,11 +640,14 @@ def refresh(store, student, teacher) -> None:
                    "controls), or all four. The temporal glance starts from <runs>/avgn.pt when it exists.")
 @click.option("--patch", type=click.IntRange(min=8), default=None, show_default="64",
               help="Patch side P in pixels of the stored 112 x 112 frames (--spatial).")
+@click.option("--freeze-temporal", is_flag=True,
+              help="With --spatial: keep the trained temporal glance (<runs>/avgn.pt) as it is, so the spatial glance "
+                   "sees the steps the temporal rows choose (checkpoint <name>-frozen, its own bench rows).")
 @click.option("--device", default="auto", show_default=True,
               help="auto (the first GPU when one is visible, else the CPU), cpu, or cuda[:N].")
 @click.option("--seed", type=int, default=0, show_default=True)
 def train_avgn_cmd(store, runs, layers, heads, dim, t_steps, k, epochs, batch_size, lr, milestones, no_audio_tokens,
-                   no_mask_loss, spatial, patch, device, seed, sized) -> None:
+                   no_mask_loss, spatial, patch, freeze_temporal, device, seed, sized) -> None:
     """Train AVGN's AV-TeST temporal glance on the store's image and audio descriptors (with --spatial, both
     glances, from the stored frames and global maps too)."""
     from featurestore.store import FeatureStore, StoreError
@@ -657,13 +660,14 @@ def train_avgn_cmd(store, runs, layers, heads, dim, t_steps, k, epochs, batch_si
             try:
                 trained = train_avgn_spatial(FeatureStore(store), runs, variant, layers, heads, dim, t_steps, k,
                                              epochs, batch_size, lr, milestones, not no_mask_loss, seed,
-                                             _epoch_reporter(SPATIAL_CHECKPOINTS[variant]), sized, device, patch)
+                                             _epoch_reporter(SPATIAL_CHECKPOINTS[variant]), sized, device, patch,
+                                             freeze_temporal)
             except (StoreError, ValueError) as e:
                 _fail(e)
             click.echo(trained.summary())
         return
-    if patch is not None:
-        _fail("--patch applies to the spatial glance: add --spatial")
+    if patch is not None or freeze_temporal:
+        _fail("--patch and --freeze-temporal apply to the spatial glance: add --spatial")
     name = checkpoint_name(not no_audio_tokens, not no_mask_loss)
     try:
         trained = train_avgn(FeatureStore(store), runs, layers, heads, dim, t_steps, k, epochs, batch_size, lr,

@@ -220,6 +220,11 @@ def avgn_spatial(ctx: BenchContext) -> list[Selector]:
     out: list[Selector] = []
     for spatial, label in AVGN_SPATIAL_LABELS.items():
         name = SPATIAL_CHECKPOINTS[spatial]
+        frozen = checkpoint_path(ctx.runs, f"{name}-frozen")
+        if frozen.is_file():           # fs train-avgn --spatial ... --freeze-temporal: the temporal rows' own steps
+            model, cfg = load_avgn_spatial(ctx.store, ctx.runs, f"{name}-frozen")
+            out.extend(AVGNSpatialSelector(f"AVGN spatial {label}, temporal frozen (k={k}, T_G=all)", model,
+                                           ctx.costs, k=k, t_g=None, t=cfg["t"]) for k in (4, 10))
         path = checkpoint_path(ctx.runs, name)
         if not path.is_file():
             ctx.say(f"skipping {name}: no checkpoint at {path} (fs train-avgn --spatial {spatial})")

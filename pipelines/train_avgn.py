@@ -111,13 +111,15 @@ def train_avgn_spatial(store: FeatureStore, runs: Path, spatial: str = "aespa", 
                        dim: int = 128, t: int = 16, k: int = 4, epochs: int = 30, batch_size: int = 16,
                        lr: float = 1e-3, milestones: tuple[int, ...] = (20,), mask_loss: bool = True, seed: int = 0,
                        report: Callable[[dict], None] | None = None, sized: bool = True, device: str = "auto",
-                       patch: int | None = None) -> Trained:
+                       patch: int | None = None, freeze_temporal: bool = False) -> Trained:
     """AVGN with both glances (§3.1-3.4), trained from the store alone: per video t sampled steps (glance order)
     with their stored ``image``, ``audio``, ``image_map`` (e^G's map) and ``frames``; the spatial glance of kind
     ``spatial`` crops a P x P patch of each frame for f_L; every loss of the paper (L_p, L_V, L_A, L_s, L_mask,
     L_ord), and for the patch-network variants AdaFocusV2's random-patch branch (FC^L on a random patch; without it
     pi often stays at the centre while f_L learns the centre patch). T_G is drawn per batch as for the temporal glance. The temporal part starts from ``<runs>/avgn.pt`` when
-    it exists (same sizes), else from scratch. Saves ``<runs>/<SPATIAL_CHECKPOINTS[spatial]>.pt``."""
+    it exists (same sizes), else from scratch; ``freeze_temporal`` keeps it as loaded (AV-TeST, psi and the audio
+    heads are not trained: the spatial glance then sees exactly the steps the temporal glance alone would choose).
+    Saves ``<runs>/<SPATIAL_CHECKPOINTS[spatial]>.pt`` (``-frozen`` appended when frozen)."""
     from featurestore.store import require_spatial
     from models.avgn_spatial import PATCH, SpatialAVGN, spatial_losses
 
@@ -142,6 +144,11 @@ def train_avgn_spatial(store: FeatureStore, runs: Path, spatial: str = "aespa", 
         if (cfg["dim"], cfg["layers"], cfg["heads"], cfg["t"]) == (dim, layers, heads, t) and cfg["audio_tokens"]:
             model.temporal.load_state_dict(temporal.state_dict())
             log.info("spatial glance: the temporal glance starts from %s", warm)
+    if freeze_temporal:
+        if not warm.is_file():
+            raise ValueError(f"--freeze-temporal keeps a trained temporal glance: train it first (fs train-avgn), "
+                             f"no checkpoint at {warm}")
+        model.temporal.requires_grad_(False)
     model.to(device)
     labels = data.labels.to(device)
     sched = sized_schedule(len(images), batch_size, epochs, milestones, sized)
@@ -164,10 +171,13 @@ def train_avgn_spatial(store: FeatureStore, runs: Path, spatial: str = "aespa", 
     history = fit(model, minibatches(data.order, sched.batch_size, collate), loss_fn, sched.epochs, lr,
                   sched.milestones, seed, report, optimizer="adamw")
     model.eval().cpu()
-    path = save_checkpoint(runs, SPATIAL_CHECKPOINTS[spatial], "avgn-spatial", model, store,
+    if freeze_temporal:
+        model.temporal.requires_grad_(True)
+    name = SPATIAL_CHECKPOINTS[spatial] + ("-frozen" if freeze_temporal else "")
+    path = save_checkpoint(runs, name, "avgn-spatial", model, store,
                            {"num_classes": len(data.classes), "spatial": spatial, "dim": dim, "layers": layers,
                             "heads": heads, "t": t, "k": k, "patch": patch, "mask_loss": mask_loss, "seed": seed,
-                            "random_patches": random_patches,
+                            "random_patches": random_patches, "freeze_temporal": freeze_temporal,
                             "epochs": sched.epochs, "batch_size": sched.batch_size,
                             "train_glances": list(training_glances(t))}, history)
     return Trained(model, history, path, sched)

@@ -126,3 +126,30 @@ def test_fs_show_runs_the_spatial_glance_on_the_stored_inputs(store, tmp_path):
     shown = [line.split(" predicted ")[0].strip() for line in res.output.splitlines() if " predicted " in line]
     assert shown == ["AV-ENERGY", "AVGN spatial AESPA + pi (k=10, T_G=all)"]
     assert (tmp_path / "s.png").is_file()
+
+
+def test_a_frozen_temporal_glance_stays_as_trained_and_gets_its_own_rows(store, tmp_path):
+    from pipelines.train_avgn import load_avgn, train_avgn
+    with pytest.raises(ValueError, match="fs train-avgn"):
+        train_avgn_spatial(store, tmp_path, "aespa", freeze_temporal=True, **TINY)
+    tiny = {k: v for k, v in TINY.items() if k != "patch"}
+    train_avgn(store, tmp_path, **tiny)
+    temporal, _ = load_avgn(store, tmp_path)
+    trained = train_avgn_spatial(store, tmp_path, "aespa", freeze_temporal=True, **TINY)
+    assert trained.path.name == "avgn-spatial-frozen.pt"
+    model, cfg = load_avgn_spatial(store, tmp_path, "avgn-spatial-frozen")
+    assert cfg["freeze_temporal"] and all(p.requires_grad for p in model.parameters())
+    for (n, a), b in zip(model.temporal.state_dict().items(), temporal.state_dict().values()):
+        assert torch.equal(a, b), n
+    assert any(not torch.equal(a, b) for a, b in zip(model.f_l.state_dict().values(),
+                                                     SpatialInit(model).f_l.state_dict().values()))
+    names = [s.name for _, s in build_rows(BenchContext(store, tmp_path, say=lambda m: None), ("AVGN-SPATIAL",))]
+    assert names[:2] == ["AVGN spatial AESPA + pi, temporal frozen (k=4, T_G=all)",
+                         "AVGN spatial AESPA + pi, temporal frozen (k=10, T_G=all)"]
+
+
+def SpatialInit(model):
+    """The same architecture at its seeded initialisation (what training must have moved away from)."""
+    from models.avgn_spatial import SpatialAVGN
+    torch.manual_seed(0)
+    return SpatialAVGN(model.num_classes, model.spatial, dim=16, layers=1, heads=2, max_len=8, patch=16)
