@@ -18,7 +18,7 @@ from models.selection import NO_STEP, Selector, VideoBlock, select_block, to_dev
 from models.skim import SkimSelector
 from pipelines.checkpoints import checkpoint_path, runs_dir
 from pipelines.data import SplitData, action_segments, load_split, resolve_device
-from pipelines.methods import (METHODS, PLUGIN_ROLE, BenchContext, bench_arrays, build_rows, check_methods,
+from pipelines.methods import (METHODS, BenchContext, bench_arrays, build_rows, check_methods,
                                role)
 from pipelines.report import ENERGY_MARK, GalleryItem, below_energy, gallery_videos, write_report
 from pipelines.show import SHOW_METHODS, render_video, show_rows
@@ -428,10 +428,16 @@ def evaluate_methods(store: FeatureStore, methods: tuple[str, ...] = ("UNIFORM",
     finally:
         for _, sel in built:
             to_device(sel, "cpu")
+    return results_table(built, results, len(data))
+
+
+def results_table(built: list[tuple[str, Selector]], results: list[MethodResult], n_test: int) -> pd.DataFrame:
+    """The bench's table: one row per result, with the role of the method that built it (a selector built outside
+    the registry, or passed in as an object with method "", is a plug-in)."""
     for (method, _), r in zip(built, results):
-        r.role = role(method) if method else PLUGIN_ROLE
+        r.role = role(method)
     table = pd.DataFrame([r.__dict__ for r in results])
-    table.attrs["n_test"] = len(data)
+    table.attrs["n_test"] = n_test
     return table
 
 
@@ -457,7 +463,6 @@ def run_bench(store: FeatureStore, runs: Path, out: Path, methods: tuple[str, ..
         raise StoreError("no method could be evaluated (see the lines above)")
     for sel in selectors:
         to_device(sel, device)
-    rows = []
     say(f"evaluating {len(selectors)} selectors on {len(data)} test and {len(train)} training videos on {device} "
         f"(one pass over each split, blocks of videos)")
     bars: dict = {}
@@ -477,14 +482,11 @@ def run_bench(store: FeatureStore, runs: Path, out: Path, methods: tuple[str, ..
         bar.close()
     for sel in selectors + swept:         # the gallery and fs show answer one video at a time, on the CPU
         to_device(sel, "cpu")
-    for (method, _), r in zip(built, results):
-        r.role = role(method)
-        rows.append(r.__dict__)
+    table = results_table(built, results, len(data.videos))
+    for r in results:
         say(f"  {r.method:<40} top1 {100 * r.top1:5.1f}% [{100 * r.top1_lo:3.0f}-{100 * r.top1_hi:3.0f}]  "
             f"train {100 * r.train_top1:5.1f}%  mAP {100 * r.mAP:5.1f}%  {r.gflops_per_video:9.1f} GFLOPs"
             + ("  ONE CLASS" if r.one_class else ""))
-    table = pd.DataFrame(rows)
-    table.attrs["n_test"] = len(data.videos)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "bench.csv", index=False)
     title = (f"{store.attrs.get('dataset')} test split: {len(data.videos)} videos, {len(data.classes)} classes "
